@@ -1,0 +1,106 @@
+"""Packed token blocks -> :class:`mmssl.types.Batch`, and ALBERT's sentence-order transform."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from mmssl.types import Batch
+
+
+def build_pairs(raw: Tensor, first_len: Tensor, swap: Tensor, cls_id: int, sep_id: int) -> Batch:
+    """``[CLS] A [SEP] B [SEP]`` from raw blocks, vectorised over the batch.
+
+    Each row of ``raw`` (``[B, L]``) is cut into two consecutive segments at ``first_len`` (the
+    original first segment is ``raw[:, :first_len]``); rows with ``swap`` get them in reverse
+    order, which is ALBERT's negative class (Lan et al. 2020, sec. 4.2).
+
+    Returns:
+        a Batch of ``[B, L + 3]`` units with ``token_type_ids`` and ``sop_labels`` (1 = swapped) extras.
+    """
+    B, L = raw.shape
+    dev = raw.device
+    cut = first_len.view(B, 1)
+    a = torch.where(swap.view(B, 1), L - cut, cut)  # length of the segment that comes first
+    j = torch.arange(L + 3, device=dev).view(1, -1).expand(B, -1)
+    in_first = (j >= 1) & (j <= a)
+    in_second = (j >= a + 2) & (j <= L + 1)
+    offset_first = torch.where(swap.view(B, 1), cut + j - 1, j - 1)  # index into raw
+    offset_second = torch.where(swap.view(B, 1), j - a - 2, cut + j - a - 2)
+    src = torch.where(in_first, offset_first, torch.where(in_second, offset_second, 0)).clamp(0, L - 1)
+    units = raw.gather(1, src)
+    special = ~(in_first | in_second)
+    units = torch.where(j == 0, cls_id, torch.where(special, sep_id, units))
+    token_type = (j > a + 1).long()
+    return Batch(
+        units=units,
+        padding_mask=torch.zeros(B, L + 3, dtype=torch.bool, device=dev),
+        special_mask=special,
+        extras={"token_type_ids": token_type, "sop_labels": swap.long()},
+    )
+
+
+def unpack_pairs(batch: Batch) -> Tensor:
+    """Raw ``[B, L]`` blocks back from a pair batch (drops the three special tokens)."""
+    keep = ~batch.special_mask
+    return batch.units[keep].view(batch.batch_size, -1)
+
+
+class BlockCollator:
+    """Stack packed blocks and add the architecture's special tokens. Deterministic.
+
+    * ``gpt2``: the block as is.
+    * ``bert``: ``[CLS] block [SEP]``.
+    * ``bert`` with sentence pairs: ``[CLS] A [SEP] B [SEP]`` cut in the middle, unswapped;
+      :class:`SentenceOrderTransform` redraws the cut and the order at every step.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, arch: str, sentence_pairs: bool) -> None:
+        self.arch = arch
+        self.pairs = sentence_pairs
+        self.cls = tokenizer.cls_token_id
+        self.sep = tokenizer.sep_token_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> Batch:
+        raw = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)  # [B, L]
+        B, L = raw.shape
+        if self.arch == "gpt2":
+            return Batch(units=raw, padding_mask=torch.zeros(B, L, dtype=torch.bool))
+        if self.pairs:
+            return build_pairs(raw, torch.full((B,), L // 2), torch.zeros(B, dtype=torch.bool), self.cls, self.sep)
+        units = torch.cat([torch.full((B, 1), self.cls), raw, torch.full((B, 1), self.sep)], dim=1)
+        special = torch.zeros(B, L + 2, dtype=torch.bool)
+        special[:, [0, -1]] = True
+        return Batch(units=units, padding_mask=torch.zeros(B, L + 2, dtype=torch.bool), special_mask=special,
+                     extras={"token_type_ids": torch.zeros(B, L + 2, dtype=torch.long)})
+
+
+class SentenceOrderTransform:
+    """Redraw the segment cut (uniform in the middle half) and swap half of the pairs. Runs on the device."""
+
+    def __init__(self, cls_id: int, sep_id: int, swap_prob: float = 0.5) -> None:
+        self.cls, self.sep, self.swap_prob = cls_id, sep_id, swap_prob
+
+    def __call__(self, batch: Batch) -> Batch:
+        raw = unpack_pairs(batch)
+        B, L = raw.shape
+        cut = torch.randint(L // 4, L - L // 4 + 1, (B,), device=raw.device)
+        swap = torch.rand(B, device=raw.device) < self.swap_prob
+        return build_pairs(raw, cut, swap, self.cls, self.sep)
+
+
+def classification_collate(tokenizer: PreTrainedTokenizerBase, max_length: int):
+    """Collate ``{"text", "label"}`` rows into a padded Batch with ``labels`` in extras."""
+
+    def collate(rows: list[dict[str, Any]]) -> Batch:
+        enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        extras = {"labels": torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)}
+        if "token_type_ids" in enc:
+            extras["token_type_ids"] = enc["token_type_ids"]
+        return Batch(units=enc["input_ids"], padding_mask=enc["attention_mask"] == 0, extras=extras)
+
+    return collate

@@ -1,0 +1,123 @@
+"""Text sources -> a ``datasets`` dataset of texts -> packed fixed-length token blocks."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from domains.text.tokenizer import TokenizerConfig
+
+LOADERS = {".txt": "text", ".text": "text", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class TextDataConfig:
+    """A recipe's ``data:`` section for the text domain."""
+
+    source: Literal["embedded", "prepared", "files", "hub"] = "embedded"
+    name: str = "austen"  # embedded corpus, `mmssl data prepare` name, or Hub dataset name / local dataset folder
+    paths: list[str] = field(default_factory=list)  # source=files: .txt (one paragraph per sample), .csv, .json(l), .parquet; globs ok
+    hub_config: str | None = None  # source=hub: dataset configuration name
+    split: str = "train"
+    text_column: str = "text"
+    streaming: bool = False  # iterate without loading everything (IterableDataset, sharded per process)
+    block_size: int = 128  # tokens per packed block, special tokens included
+    sentence_pairs: bool = False  # blocks become [CLS] A [SEP] B [SEP] with A/B randomly swapped (ALBERT SOP)
+    max_texts: int | None = None  # use only the first N texts (quick experiments)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    def __post_init__(self) -> None:
+        if self.block_size < 8:
+            raise ValueError("data.block_size must be >= 8")
+        if self.source == "files" and not self.paths:
+            raise ValueError("data.paths must list at least one file when data.source=files")
+
+
+def _check_files(patterns: list[str]) -> list[str]:
+    files: list[str] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not matched:
+            raise FileNotFoundError(f"data.paths: no file matches {pattern!r}")
+        files.extend(matched)
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise FileNotFoundError(f"data.paths: text file {f} does not exist")
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(4096)
+        except OSError as e:
+            raise OSError(f"data.paths: cannot read text file {f}: {e.strerror}") from e
+        if not head.strip():
+            raise ValueError(f"data.paths: text file {f} is empty")
+    suffixes = {Path(f).suffix.lower() for f in files}
+    if len(suffixes) != 1 or next(iter(suffixes)) not in LOADERS:
+        raise ValueError(f"data.paths: files must share one of the suffixes {sorted(LOADERS)}, got {sorted(suffixes)}")
+    return files
+
+
+def load_texts(cfg: TextDataConfig) -> datasets.Dataset | datasets.IterableDataset:
+    """Load the configured source as a dataset with one text per row in ``cfg.text_column``."""
+    if cfg.source == "embedded":
+        from domains.text.builders import load_embedded_corpus
+
+        ds = load_embedded_corpus(cfg.name)
+        if cfg.streaming:
+            ds = ds.to_iterable_dataset(num_shards=8)
+    elif cfg.source == "prepared":
+        from mmssl.datasets import prepare
+
+        ds = datasets.load_from_disk(str(prepare(cfg.name)))
+        if cfg.streaming:
+            ds = ds.to_iterable_dataset(num_shards=8)
+    elif cfg.source == "files":
+        files = _check_files(cfg.paths)
+        builder = LOADERS[Path(files[0]).suffix.lower()]
+        kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+        ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs)
+    else:
+        ds = datasets.load_dataset(cfg.name, cfg.hub_config, split=cfg.split, streaming=cfg.streaming)
+    columns = ds.column_names
+    if columns is not None and cfg.text_column not in columns:
+        raise KeyError(f"data.text_column: column {cfg.text_column!r} not in {cfg.source} dataset "
+                       f"{cfg.name if cfg.source != 'files' else cfg.paths}; available: {', '.join(columns)}")
+    if cfg.max_texts is not None:
+        ds = ds.take(cfg.max_texts) if isinstance(ds, datasets.IterableDataset) else ds.select(range(min(cfg.max_texts, len(ds))))
+    return ds
+
+
+def iter_texts(ds: Any, column: str):
+    """Yield non-empty texts (used to train a tokenizer)."""
+    for row in ds:
+        text = row[column]
+        if isinstance(text, str) and text.strip():
+            yield text
+
+
+def pack_blocks(ds: Any, tokenizer: PreTrainedTokenizerBase, column: str, length: int) -> Any:
+    """Tokenize every text, join them with a separator, and cut the stream into ``length``-token blocks.
+
+    Documents are separated by ``[SEP]`` (BERT) or ``<|endoftext|>`` (GPT), as in RoBERTa's
+    FULL-SENTENCES packing (Liu et al. 2019); the remainder of each map batch is dropped.
+    Returns a dataset with one ``input_ids`` list of exactly ``length`` ids per row.
+    """
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+
+    def tokenize_and_pack(batch: dict[str, list]) -> dict[str, list]:
+        texts = [t for t in batch[column] if isinstance(t, str) and t.strip()]
+        ids: list[int] = []
+        for seq in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
+            ids.extend(seq)
+            ids.append(sep)
+        n = len(ids) // length * length
+        return {"input_ids": [ids[i : i + length] for i in range(0, n, length)]}
+
+    remove = ds.column_names
+    kwargs = {} if isinstance(ds, datasets.IterableDataset) else {"desc": "tokenize + pack"}
+    return ds.map(tokenize_and_pack, batched=True, batch_size=2000, remove_columns=remove, **kwargs)

@@ -1,0 +1,91 @@
+"""The text domain: corpora -> tokenizer -> packed blocks -> BERT / GPT-2, and text tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedTokenizerBase
+
+from mmssl.domain import PretrainData, TaskData
+from mmssl.registry import DOMAINS
+
+from domains.text.collate import BlockCollator, SentenceOrderTransform, classification_collate
+from domains.text.corpus import TextDataConfig, iter_texts, load_texts, pack_blocks
+from domains.text.encoders import HFTextEncoder, TextEncoderConfig, build_text_encoder, check_vocab
+from domains.text.tasks import sequence_classifier, text_task_data
+from domains.text.tokenizer import check_tokenizer, load_tokenizer, train_tokenizer
+
+TOKENIZER_DIR = "tokenizer"
+
+
+class TextDomain:
+    """Units are tokens; encoders are transformers' ``BertForMaskedLM`` and ``GPT2LMHeadModel``."""
+
+    name = "text"
+    unit_name = "tokens"
+    data_config = TextDataConfig
+    encoder_config = TextEncoderConfig
+
+    # ------------------------------------------------------------------ pretraining
+    def _tokenizer(self, data: TextDataConfig, arch: str, texts: Any, run_dir: Path, max_length: int) -> PreTrainedTokenizerBase:
+        saved = Path(run_dir) / TOKENIZER_DIR
+        if (saved / "tokenizer_config.json").is_file():  # resumed run, or a non-main process
+            tokenizer, source = load_tokenizer(saved), str(saved)
+        elif data.tokenizer.name_or_path:
+            tokenizer, source = load_tokenizer(data.tokenizer.name_or_path), data.tokenizer.name_or_path
+        else:
+            tokenizer, source = train_tokenizer(iter_texts(texts, data.text_column), data.tokenizer, arch, max_length), "trained"
+        check_tokenizer(tokenizer, arch, source)
+        if not saved.exists():
+            tokenizer.save_pretrained(str(saved))
+        return tokenizer
+
+    def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
+        data, enc = recipe.data, recipe.encoder
+        if data.block_size > enc.max_position_embeddings:
+            raise ValueError(f"data.block_size={data.block_size} exceeds encoder.max_position_embeddings={enc.max_position_embeddings}")
+        if data.sentence_pairs and enc.arch != "bert":
+            raise ValueError("data.sentence_pairs needs encoder.arch=bert (sentence order prediction is a BERT/ALBERT task)")
+        texts = load_texts(data)
+        tokenizer = self._tokenizer(data, enc.arch, texts, run_dir, enc.max_position_embeddings)
+        n_special = 0 if enc.arch == "gpt2" else 3 if data.sentence_pairs else 2
+        blocks = pack_blocks(texts, tokenizer, data.text_column, data.block_size - n_special)
+        summary: dict[str, Any] = {"data_source": data.source, "data_name": data.name if data.source != "files" else ",".join(data.paths),
+                                   "block_size": data.block_size, "vocab_size": len(tokenizer)}
+        if isinstance(blocks, datasets.Dataset):
+            if len(blocks) == 0:
+                raise ValueError(f"data: the {data.source} corpus {data.name!r} holds less than one block of "
+                                 f"{data.block_size} tokens (data.block_size)")
+            summary.update(blocks=len(blocks), tokens=len(blocks) * data.block_size)
+        transform = SentenceOrderTransform(tokenizer.cls_token_id, tokenizer.sep_token_id) if data.sentence_pairs else None
+        return PretrainData(blocks, BlockCollator(tokenizer, enc.arch, data.sentence_pairs), tokenizer, transform, summary)
+
+    def load_processor(self, run_dir: Path) -> PreTrainedTokenizerBase:
+        return load_tokenizer(Path(run_dir) / TOKENIZER_DIR)
+
+    def build_encoder(self, encoder_config: TextEncoderConfig, processor: PreTrainedTokenizerBase) -> HFTextEncoder:
+        return build_text_encoder(encoder_config, processor)
+
+    # ------------------------------------------------------------------ downstream
+    def task_data(self, task: Any) -> TaskData:
+        return text_task_data(task)
+
+    def task_collate(self, export_dir: Path, task: Any):
+        return classification_collate(load_tokenizer(export_dir), task.max_length)
+
+    def classifier(self, export_dir: Path, num_labels: int, init: str):
+        return sequence_classifier(export_dir, num_labels, init)
+
+    def load_encoder(self, export_dir: Path, random_init: bool = False) -> HFTextEncoder:
+        tokenizer = load_tokenizer(export_dir)
+        config = AutoConfig.from_pretrained(str(export_dir))
+        arch = (config.architectures or [""])[0]
+        auto = AutoModelForCausalLM if arch.endswith(("LMHeadModel", "ForCausalLM")) else AutoModelForMaskedLM
+        model = auto.from_config(config) if random_init else auto.from_pretrained(str(export_dir))
+        check_vocab(model, tokenizer, str(export_dir))
+        return HFTextEncoder(model, tokenizer)
+
+
+DOMAINS.add("text", TextDomain())

@@ -1,0 +1,114 @@
+"""transformers' own BERT and GPT-2 classes behind mmssl's encoder protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from torch import Tensor, nn
+from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config,
+                          GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase)
+
+from mmssl.encoder import Encoder
+from mmssl.types import Batch, EncoderOutput
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """A recipe's ``encoder:`` section. Defaults are a 4-layer, 256-wide model for 2 CPU cores;
+    BERT-base / GPT-2 small are hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072."""
+
+    arch: Literal["bert", "gpt2"] = "bert"
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    max_position_embeddings: int = 512
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    init_from: str | None = None  # continue from a transformers checkpoint (folder or Hub name); sizes then come from it
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"encoder.hidden_size={self.hidden_size} is not divisible by encoder.num_heads={self.num_heads}")
+
+
+def _fresh_model(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    if cfg.arch == "bert":
+        return BertForMaskedLM(BertConfig(
+            vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+            max_position_embeddings=cfg.max_position_embeddings, hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.attention_dropout, pad_token_id=tokenizer.pad_token_id, type_vocab_size=2,
+        ))
+    eos = tokenizer.eos_token_id
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(tokenizer), n_positions=cfg.max_position_embeddings, n_embd=cfg.hidden_size,
+        n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.intermediate_size, resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout, attn_pdrop=cfg.attention_dropout, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+    ))
+
+
+def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str) -> None:
+    """A tokenizer must index the model's embedding table exactly."""
+    if model.config.vocab_size != len(tokenizer):
+        raise ValueError(
+            f"tokenizer/vocabulary mismatch: the tokenizer has {len(tokenizer)} tokens but {source} has "
+            f"config.vocab_size={model.config.vocab_size}; use the checkpoint's own tokenizer "
+            "(data.tokenizer.name_or_path) or retrain the model"
+        )
+
+
+class HFTextEncoder(Encoder):
+    """Wraps ``BertForMaskedLM`` or ``GPT2LMHeadModel``; encodes with the base model, exposes the LM head."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        self.model = model
+        self.hidden_size = model.config.hidden_size
+        self.vocab_size = model.config.vocab_size
+        self.mask_token_id = tokenizer.mask_token_id  # None for GPT-2
+
+    @property
+    def pipeline_tag(self) -> str:
+        """The transformers pipeline the export serves (written into the model card)."""
+        return "fill-mask" if self.mask_token_id is not None else "text-generation"
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.base_model  # BertModel / GPT2Model
+
+    def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
+        ids = batch.units
+        if mask is not None:
+            if self.mask_token_id is None:
+                raise ValueError(f"{self.model.config.model_type} has no mask token to encode a masked batch")
+            ids = ids.masked_fill(mask, self.mask_token_id)
+        kwargs = {"input_ids": ids, "output_hidden_states": all_layers}
+        if batch.padding_mask.any():
+            kwargs["attention_mask"] = (~batch.padding_mask).long()
+        if "token_type_ids" in batch.extras and self.model.config.model_type == "bert":
+            kwargs["token_type_ids"] = batch.extras["token_type_ids"]
+        out = self.backbone(**kwargs)
+        layers = tuple(out.hidden_states) if all_layers else None
+        return EncoderOutput(hidden=out.last_hidden_state, padding_mask=batch.padding_mask, layers=layers)
+
+    def prediction_head(self) -> nn.Module:
+        return self.model.get_output_embeddings() if self.model.config.model_type != "bert" else self.model.cls
+
+    def export(self, out_dir: Path) -> None:
+        self.model.save_pretrained(str(out_dir))
+
+
+def build_text_encoder(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> HFTextEncoder:
+    """A fresh BERT/GPT-2 sized by ``cfg`` and the tokenizer, or ``cfg.init_from`` checked against the tokenizer."""
+    if cfg.init_from is None:
+        return HFTextEncoder(_fresh_model(cfg, tokenizer), tokenizer)
+    auto = AutoModelForMaskedLM if cfg.arch == "bert" else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(cfg.init_from)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load encoder.init_from={cfg.init_from!r}: {e}") from e
+    check_vocab(model, tokenizer, f"encoder.init_from={cfg.init_from!r}")
+    return HFTextEncoder(model, tokenizer)

@@ -1,0 +1,83 @@
+"""Tokenizers: load a pretrained one, or train one on the corpus with the ``tokenizers`` library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+BERT_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+GPT_EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Where the tokenizer comes from."""
+
+    name_or_path: str | None = None  # a local folder or Hub name to load; None trains one on the corpus
+    vocab_size: int = 8192  # when training
+    min_frequency: int = 2  # when training: drop rarer merges/pieces
+    lowercase: bool = True  # when training a WordPiece (BERT) vocabulary, as in bert-base-uncased
+    train_texts: int = 100_000  # when training: the first N texts of the corpus are used
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 64:
+            raise ValueError("data.tokenizer.vocab_size must be >= 64")
+
+
+def _bert_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) -> PreTrainedTokenizerFast:
+    """WordPiece with BERT's normaliser and pre-tokeniser (Devlin et al. 2019)."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=cfg.lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = list(BERT_SPECIALS.values())
+    trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials)
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **BERT_SPECIALS)
+
+
+def _gpt_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE as in GPT-2 (Radford et al. 2019): no unknown tokens, case preserved."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=[GPT_EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_max_length=max_length,
+        bos_token=GPT_EOS, eos_token=GPT_EOS, unk_token=GPT_EOS, pad_token=GPT_EOS,
+    )
+
+
+def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, arch: str, max_length: int) -> PreTrainedTokenizerFast:
+    """Train a tokenizer suited to ``arch`` (``bert``: WordPiece, ``gpt2``: byte-level BPE)."""
+    texts = islice(texts, cfg.train_texts)
+    return _bert_tokenizer(texts, cfg, max_length) if arch == "bert" else _gpt_tokenizer(texts, cfg, max_length)
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a folder or the Hub, with an error naming what failed."""
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load tokenizer {str(name_or_path)!r} (data.tokenizer.name_or_path): {e}") from e
+
+
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, arch: str, source: str) -> None:
+    """The special tokens each architecture needs must exist."""
+    needed = ("mask_token", "cls_token", "sep_token", "pad_token") if arch == "bert" else ("eos_token",)
+    missing = [name for name in needed if getattr(tokenizer, name, None) is None]
+    if missing:
+        raise ValueError(f"tokenizer {source} has no {', '.join(missing)}, which a {arch} encoder needs")

@@ -1,0 +1,90 @@
+"""The domain protocol: what a modality package provides to the core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from mmssl.encoder import Encoder
+from mmssl.types import Batch
+
+
+@dataclass
+class PretrainData:
+    """Everything the trainer needs to iterate a domain's pretraining data.
+
+    Attributes:
+        dataset: map-style (``torch``/``datasets.Dataset``) or iterable (streaming) dataset.
+        collate: list of samples -> :class:`Batch`; deterministic (no randomness), so a
+            resumed run sees the same batches.
+        processor: tokenizer / feature extractor (``save_pretrained``-able), saved beside exports.
+        transform: optional random per-step transform applied on the training device
+            (augmentations, sentence-pair construction); draws from the global torch RNG,
+            which the trainer seeds per step for exact resume.
+        summary: facts for the model card (corpus name, number of blocks, ...).
+    """
+
+    dataset: Any
+    collate: Callable[[list[Any]], Batch]
+    processor: Any = None
+    transform: Callable[[Batch], Batch] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Domain(Protocol):
+    """A modality adapter, registered in :data:`mmssl.registry.DOMAINS` under :attr:`name`."""
+
+    name: str
+    unit_name: str  # "tokens", "patches", "frames", "nodes": what tokens_per_s counts
+    data_config: type  # dataclass validating a recipe's ``data:`` section
+    encoder_config: type  # dataclass validating a recipe's ``encoder:`` section
+
+    def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
+        """Load, preprocess and wrap the recipe's pretraining data; saves the processor in ``run_dir``."""
+        ...
+
+    def load_processor(self, run_dir: Path) -> Any:
+        """Load the processor a run saved (for export/fine-tuning without re-reading data)."""
+        ...
+
+    def build_encoder(self, encoder_config: Any, processor: Any) -> Encoder:
+        """Build a freshly initialised encoder sized by the config and the processor."""
+        ...
+
+
+@dataclass
+class TaskData:
+    """A downstream classification task: train/test rows in the domain's format, and label names."""
+
+    train: Any
+    test: Any
+    label_names: list[str]
+
+
+class Classifier(Protocol):
+    """A fine-tunable model: ``forward(batch) -> ObjectiveOutput`` (cross-entropy on ``batch.extras['labels']``)."""
+
+    def __call__(self, batch: Batch) -> Any: ...
+    def logits(self, batch: Batch) -> Any: ...
+    def export(self, out_dir: Path) -> None: ...
+
+
+class DownstreamDomain(Domain, Protocol):
+    """The fine-tuning and evaluation half of a domain (used by ``mmssl finetune`` / ``mmssl evaluate``)."""
+
+    def task_data(self, task: Any) -> TaskData:
+        """Load a task (a registered name, or the user's file / Hub dataset given by ``task.path``)."""
+        ...
+
+    def task_collate(self, export_dir: Path, task: Any) -> Callable[[list[Any]], Batch]:
+        """Collate task rows into a Batch with ``labels`` in extras, using the export's processor."""
+        ...
+
+    def classifier(self, export_dir: Path, num_labels: int, init: str) -> Classifier:
+        """The export's backbone with a fresh classification head; ``init="random"`` re-initialises the backbone."""
+        ...
+
+    def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
+        """The exported encoder behind the protocol (frozen-feature probes); ``random_init`` keeps only its shape."""
+        ...

@@ -1,0 +1,130 @@
+"""Export the encoder of a run in its library's native format (transformers ``save_pretrained``).
+
+An export folder holds the backbone weights (safetensors) and config, the processor
+(tokenizer / feature extractor), a model card ``README.md`` and ``mmssl.json`` (domain,
+recipe and step, so ``mmssl finetune`` knows how to read it). It loads with the Auto
+classes and pipelines, without mmssl.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import ModelCardData
+from safetensors.torch import load_file
+
+from mmssl.config import read_yaml, to_dict
+from mmssl.metrics import last_training_record, read_metrics
+from mmssl.objectives.base import SSLModel
+from mmssl.recipe import Recipe, recipe_from_dict
+from mmssl.registry import DOMAINS, OBJECTIVES
+from mmssl.trainer import latest_checkpoint
+
+EXPORT_DIR = "export"
+META_FILE = "mmssl.json"
+CONFIG_FILE = "config.yaml"
+
+
+def load_run_recipe(run_dir: Path) -> Recipe:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not an mmssl run: {CONFIG_FILE} is missing")
+    return recipe_from_dict(read_yaml(path))
+
+
+def build_model(recipe: Recipe, processor: Any) -> SSLModel:
+    """Encoder + objective exactly as the run built them (weights freshly initialised)."""
+    domain = DOMAINS.get(recipe.domain)
+    encoder = domain.build_encoder(recipe.encoder, processor)
+    objective = OBJECTIVES.get(recipe.objective.name).cls(recipe.objective, encoder)
+    return SSLModel(encoder, objective)
+
+
+def _model_card(recipe: Recipe, run_dir: Path | None, step: int | None, summary: dict[str, Any], pipeline_tag: str | None) -> str:
+    meta = ModelCardData(library_name="transformers", tags=["mmssl", "self-supervised", recipe.name, recipe.domain],
+                         pipeline_tag=pipeline_tag)
+    last = last_training_record(run_dir) if run_dir else None
+    results = [r for r in read_metrics(run_dir)] if run_dir else []
+    results = [r for r in results if r.get("event") in ("finetune", "evaluate")]
+    lines = [f"---\n{meta.to_yaml()}\n---", f"# {recipe.name} encoder pretrained with mmssl", ""]
+    if recipe.description:
+        lines += [recipe.description.strip(), ""]
+    lines += ["## Pretraining", "", f"- recipe: `{recipe.name}` (domain `{recipe.domain}`, objective `{recipe.objective.name}`)",
+              f"- optimizer steps: {step}"]
+    lines += [f"- {k}: {v}" for k, v in summary.items()]
+    if last:
+        lines.append(f"- final training loss: {last['loss']:.4f} (step {last['step']})")
+    if results:
+        lines += ["", "## Downstream results", "", "| protocol | task | init | accuracy |", "|---|---|---|---|"]
+        for r in results:
+            lines.append(f"| {r.get('protocol', r['event'])} | {r.get('task')} | {r.get('init', 'pretrained')} | {r.get('accuracy', float('nan')):.4f} |")
+    lines += ["", "## Recipe (fully resolved)", "", "```yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False).strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def write_export(model: SSLModel, processor: Any, recipe: Recipe, out_dir: Path, run_dir: Path | None, step: int | None,
+                 summary: dict[str, Any] | None = None) -> Path:
+    """Write the encoder, processor, model card and ``mmssl.json`` to ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.encoder.export(out_dir)
+    if processor is not None:
+        processor.save_pretrained(str(out_dir))
+    summary = dict(summary or {})
+    pipeline_tag = getattr(model.encoder, "pipeline_tag", None)
+    (out_dir / "README.md").write_text(_model_card(recipe, run_dir, step, summary, pipeline_tag))
+    meta = {"domain": recipe.domain, "recipe": recipe.name, "objective": recipe.objective.name, "step": step, **summary}
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+def load_weights(model: SSLModel, path: Path) -> None:
+    """Load a checkpoint's weights strictly, allowing only keys of tied (aliased) tensors to be absent.
+
+    ``save_state`` stores one name per shared tensor (e.g. BERT's decoder weight is the word
+    embedding), and loading either alias fills both.
+    """
+    by_ptr: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict().items():
+        by_ptr.setdefault(tensor.data_ptr(), []).append(name)
+    aliased = {n for names in by_ptr.values() if len(names) > 1 for n in names}
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    if unexpected or set(missing) - aliased:
+        raise ValueError(f"checkpoint {path} does not match the recipe's model: "
+                         f"missing {sorted(set(missing) - aliased)[:5]}, unexpected {sorted(unexpected)[:5]}")
+
+
+def export_run(run_dir: Path, out_dir: Path | None = None) -> Path:
+    """Export the latest checkpoint of ``run_dir`` (default destination ``run_dir/export``)."""
+    run_dir = Path(run_dir)
+    recipe = load_run_recipe(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint to export (checkpoints/step-*/COMPLETE)")
+    processor = DOMAINS.get(recipe.domain).load_processor(run_dir)
+    model = build_model(recipe, processor)
+    load_weights(model, ckpt / "model.safetensors")
+    step = int((ckpt / "COMPLETE").read_text())
+    summary = json.loads((run_dir / "data_summary.json").read_text()) if (run_dir / "data_summary.json").exists() else {}
+    return write_export(model, processor, recipe, out_dir or run_dir / EXPORT_DIR, run_dir, step, summary)
+
+
+def resolve_export(path: Path) -> tuple[Path, Path | None]:
+    """``RUN_OR_EXPORT`` -> ``(export_dir, run_dir or None)``; a run without an export is exported first."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        export = path / EXPORT_DIR
+        if not (export / META_FILE).is_file():
+            export_run(path)
+        return export, path
+    if (path / "config.json").is_file():
+        return path, None
+    raise FileNotFoundError(f"{path} is neither an mmssl run ({CONFIG_FILE}) nor an exported model (config.json)")
+
+
+def export_meta(export_dir: Path) -> dict[str, Any]:
+    path = Path(export_dir) / META_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}

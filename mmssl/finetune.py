@@ -1,0 +1,135 @@
+"""Downstream evaluation shared by every domain: full fine-tuning and frozen-feature linear probes."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate.utils import set_seed
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch.utils.data import DataLoader
+
+from mmssl.export import export_meta, resolve_export
+from mmssl.metrics import append_metrics
+from mmssl.recipe import TrainConfig
+from mmssl.registry import DOMAINS
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Which labelled data to use. ``name`` is a registered task, or ``file`` / ``hub`` with ``path``."""
+
+    name: str = "rotten-tomatoes"
+    path: str | None = None  # task=file: a .csv/.json(l)/.parquet file; task=hub: a dataset name or folder
+    input_column: str = "text"
+    label_column: str = "label"
+    test_split: str | None = None  # use this split as the test set (task=hub); otherwise hold out test_fraction
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    max_length: int = 128  # truncate inputs (tokens, frames, ...)
+    max_train_samples: int | None = None
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Linear probe on frozen mean-pooled features (logistic regression on standardised features)."""
+
+    C: float = 1.0  # inverse L2 strength
+    max_iter: int = 2000
+    batch_size: int = 64
+
+
+def _finetune_train_defaults() -> TrainConfig:
+    return TrainConfig(max_steps=400, batch_size=32, lr=1e-4, warmup_steps=40, weight_decay=0.01,
+                       log_every=20, checkpoint_every=400, keep_checkpoints=1)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """``mmssl finetune`` / ``mmssl evaluate`` settings (override with ``--set task.path=...``)."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    init: Literal["pretrained", "random"] = "pretrained"  # random: same architecture, untrained (baseline)
+    train: TrainConfig = field(default_factory=_finetune_train_defaults)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+def _domain_of(export_dir: Path, domain: str | None) -> Any:
+    name = domain or export_meta(export_dir).get("domain")
+    if name is None:
+        raise ValueError(f"{export_dir} has no mmssl.json naming its domain; pass --domain (e.g. --domain text)")
+    return DOMAINS.get(name)
+
+
+@torch.no_grad()
+def predict(model: Any, rows: Any, collate: Any, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true labels of ``rows`` (model in eval mode)."""
+    model.eval()
+    preds, labels = [], []
+    for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
+        preds.append(model.logits(batch).argmax(-1).cpu().numpy())
+        labels.append(batch.extras["labels"].numpy())
+    return np.concatenate(preds), np.concatenate(labels)
+
+
+def finetune(path: Path, cfg: FinetuneConfig, output_dir: Path | None = None, domain: str | None = None) -> dict[str, Any]:
+    """Fine-tune the export of ``path`` (a run or an export) on ``cfg.task``; returns the result record."""
+    export_dir, run_dir = resolve_export(Path(path))
+    dom = _domain_of(export_dir, domain)
+    data = dom.task_data(cfg.task)
+    out = Path(output_dir) if output_dir else (run_dir or export_dir.parent) / "finetune" / f"{cfg.task.name}-{cfg.init}"
+    if out.exists():
+        shutil.rmtree(out)
+    set_seed(cfg.train.seed)
+    model = dom.classifier(export_dir, len(data.label_names), cfg.init)
+    collate = dom.task_collate(export_dir, cfg.task)
+    from mmssl.trainer import Trainer  # local: keeps `mmssl evaluate` start-up light
+
+    trainer = Trainer(model, data.train, collate, cfg.train, out)
+    last = trainer.fit()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    pred, true = predict(model, data.test, collate)
+    if trainer.accelerator.is_main_process:
+        model.export(out / "export")
+    record = {"event": "finetune", "task": cfg.task.name, "init": cfg.init, "accuracy": float((pred == true).mean()),
+              "n_train": len(data.train), "n_test": len(true), "steps": cfg.train.max_steps,
+              "final_train_loss": last.get("loss"), "output_dir": str(out)}
+    if trainer.accelerator.is_main_process:
+        append_metrics(run_dir or out, record)
+    return record
+
+
+@torch.no_grad()
+def _features(encoder: Any, rows: Any, collate: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    encoder.eval()
+    feats, labels = [], []
+    for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
+        feats.append(encoder.encode(batch).pooled().float().numpy())
+        labels.append(batch.extras["labels"].numpy())
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def linear_probe(path: Path, cfg: FinetuneConfig, domain: str | None = None) -> dict[str, Any]:
+    """Logistic regression on frozen, mean-pooled encoder features; accuracy on the held-out split."""
+    export_dir, run_dir = resolve_export(Path(path))
+    dom = _domain_of(export_dir, domain)
+    data = dom.task_data(cfg.task)
+    set_seed(cfg.train.seed)
+    encoder = dom.load_encoder(export_dir, random_init=cfg.init == "random")
+    collate = dom.task_collate(export_dir, cfg.task)
+    x_train, y_train = _features(encoder, data.train, collate, cfg.probe.batch_size)
+    x_test, y_test = _features(encoder, data.test, collate, cfg.probe.batch_size)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.probe.C, max_iter=cfg.probe.max_iter))
+    clf.fit(x_train, y_train)
+    record = {"event": "evaluate", "protocol": "linear", "task": cfg.task.name, "init": cfg.init,
+              "accuracy": float(clf.score(x_test, y_test)), "train_accuracy": float(clf.score(x_train, y_train)),
+              "n_train": len(y_train), "n_test": len(y_test), "feature_dim": int(x_train.shape[1])}
+    if run_dir is not None:
+        append_metrics(run_dir, record)
+    return record

@@ -1,0 +1,128 @@
+"""Classification over a discrete unit vocabulary: masked (BERT) and causal (GPT) prediction.
+
+Both objectives project onto the vocabulary only the positions that have a target
+(masked units for MLM, every real unit but the last for CLM), and normalise the loss by
+the global number of predicted units (:func:`mmssl.distributed.global_mean_normalizer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmssl.distributed import global_mean_normalizer
+from mmssl.encoder import Encoder
+from mmssl.masking import bert_mask
+from mmssl.objectives.base import Objective
+from mmssl.registry import OBJECTIVES, ObjectiveSpec
+from mmssl.types import Batch, ObjectiveOutput
+
+
+def unit_classification_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy summed over ``N`` predicted units, divided by the global unit count.
+
+    Args:
+        logits: ``[N, V]`` scores at the predicted positions only.
+        targets: ``[N]`` unit ids.
+
+    Returns:
+        ``(loss, accuracy)``: the normalised loss and the local top-1 accuracy (detached).
+    """
+    n = torch.tensor(float(targets.numel()), device=logits.device)
+    loss = F.cross_entropy(logits.float(), targets, reduction="sum") / global_mean_normalizer(n)
+    acc = (logits.argmax(-1) == targets).float().mean() if targets.numel() else torch.zeros((), device=logits.device)
+    return loss, acc.detach()
+
+
+def _vocab_head(encoder: Encoder) -> nn.Module | None:
+    if encoder.vocab_size is None:
+        raise ValueError(f"{type(encoder).__name__} has no unit vocabulary: language-model objectives need token units")
+    return None if encoder.prediction_head() is not None else nn.Linear(encoder.hidden_size, encoder.vocab_size)
+
+
+@dataclass(frozen=True)
+class MaskedLMConfig:
+    """Masked unit prediction (BERT, Devlin et al. 2019), optionally with ALBERT's sentence order."""
+
+    name: str = "mlm"
+    mask_prob: float = 0.15  # BERT: 15% of tokens are prediction targets
+    mask_token_frac: float = 0.8  # of those, 80% -> [MASK]
+    random_token_frac: float = 0.1  # 10% -> random token, 10% unchanged
+    sentence_order_weight: float = 0.0  # ALBERT SOP term (Lan et al. 2020); needs data.sentence_pairs=true
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.sentence_order_weight < 0:
+            raise ValueError("sentence_order_weight must be >= 0")
+
+
+class MaskedLM(Objective):
+    """Predict the original ids of masked units; the vocabulary projection runs on masked positions only."""
+
+    def __init__(self, config: MaskedLMConfig, encoder: Encoder) -> None:
+        super().__init__(config, encoder)
+        if encoder.mask_token_id is None:
+            raise ValueError(f"{type(encoder).__name__} has no mask token: the mlm objective needs one")
+        self.head = _vocab_head(encoder)
+        d = encoder.hidden_size
+        # ALBERT's SOP classifier on the first unit ([CLS]): pooler (dense + tanh) then 2 classes.
+        self.sop_head = (
+            nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 2)) if config.sentence_order_weight > 0 else None
+        )
+
+    def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
+        cfg = self.config
+        mask, corrupted = bert_mask(
+            batch.units, batch.maskable, mask_token_id=encoder.mask_token_id, vocab_size=encoder.vocab_size,
+            mask_prob=cfg.mask_prob, mask_token_frac=cfg.mask_token_frac, random_token_frac=cfg.random_token_frac,
+        )
+        out = encoder.encode(batch.replace(units=corrupted))
+        head = self.head if self.head is not None else encoder.prediction_head()
+        logits = head(out.hidden[mask])  # [N_masked, V]: never [B, T, V]
+        mlm, acc = unit_classification_loss(logits, batch.units[mask])
+        terms = {"mlm": mlm}
+        logs = {"mlm_accuracy": float(acc), "masked_fraction": float(mask.sum() / batch.maskable.sum().clamp(min=1))}
+        if self.sop_head is not None:
+            terms["sop"], logs["sop_accuracy"] = self.sentence_order_loss(out.hidden, batch)
+        loss = mlm + cfg.sentence_order_weight * terms.get("sop", 0.0)
+        return ObjectiveOutput(loss=loss, terms=terms, logs=logs)
+
+    def sentence_order_loss(self, hidden: Tensor, batch: Batch) -> tuple[Tensor, float]:
+        """Binary cross-entropy on whether the two segments were swapped; ``hidden`` is ``[B, T, D]``."""
+        labels = batch.extras.get("sop_labels")
+        if labels is None:
+            raise ValueError("objective.sentence_order_weight > 0 needs sentence pairs: set data.sentence_pairs=true")
+        logits = self.sop_head(hidden[:, 0])
+        return F.cross_entropy(logits.float(), labels), float((logits.argmax(-1) == labels).float().mean())
+
+
+@dataclass(frozen=True)
+class CausalLMConfig:
+    """Next-unit prediction (GPT, Radford et al. 2018)."""
+
+    name: str = "clm"
+
+
+class CausalLM(Objective):
+    """Predict unit ``t+1`` from units ``<= t`` (the encoder must be causal, e.g. GPT-2)."""
+
+    def __init__(self, config: CausalLMConfig, encoder: Encoder) -> None:
+        super().__init__(config, encoder)
+        self.head = _vocab_head(encoder)
+
+    def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
+        out = encoder.encode(batch)
+        # a target exists where both the position and its successor are real units
+        valid = ~batch.padding_mask[:, 1:] & ~batch.padding_mask[:, :-1]
+        head = self.head if self.head is not None else encoder.prediction_head()
+        logits = head(out.hidden[:, :-1][valid])  # [N, V]
+        loss, acc = unit_classification_loss(logits, batch.units[:, 1:][valid])
+        return ObjectiveOutput(loss=loss, terms={"clm": loss}, logs={"clm_accuracy": float(acc)})
+
+
+OBJECTIVES.add("mlm", ObjectiveSpec(MaskedLM, MaskedLMConfig, "masked unit prediction (BERT), optional SOP"))
+OBJECTIVES.add("clm", ObjectiveSpec(CausalLM, CausalLMConfig, "next unit prediction (GPT)"))

@@ -1,0 +1,137 @@
+"""Recipes: YAML files validated into a typed :class:`Recipe`.
+
+A recipe names a domain and an objective; the domain supplies the dataclasses that
+validate its ``data`` and ``encoder`` sections and the objective those of ``objective``,
+so every section is checked against a schema, including sections that third-party
+domains add.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mmssl.config import ConfigError, apply_overrides, from_dict, read_yaml
+from mmssl.registry import DOMAINS, OBJECTIVES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop shared by every recipe."""
+
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # per process and micro-batch; global = batch_size * processes * grad_accum_steps
+    grad_accum_steps: int = 1
+    lr: float = 5e-4  # peak learning rate after warmup
+    weight_decay: float = 0.01  # AdamW decoupled decay; never applied to biases and norm weights
+    betas: tuple[float, float] = (0.9, 0.98)  # RoBERTa (Liu et al. 2019) uses beta2=0.98 for stability
+    eps: float = 1e-6
+    warmup_steps: int = 100  # linear warmup (capped at max_steps), then cosine decay to 0 at max_steps
+    max_grad_norm: float = 1.0  # clip the global gradient norm; 0 disables clipping
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200  # save_state every N optimizer steps (and at the end)
+    keep_checkpoints: int = 2  # keep the last K checkpoints
+    max_consecutive_nonfinite: int = 5  # abort after K NaN/inf losses in a row
+    num_workers: int = 0  # DataLoader workers
+    max_minutes: float | None = None  # stop early (checkpoint + export) after this wall time
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("train.lr must be > 0")
+        if self.warmup_steps < 0:
+            raise ValueError("train.warmup_steps must be >= 0")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A fully validated recipe. ``data``/``encoder`` are the domain's dataclasses, ``objective`` the objective's."""
+
+    name: str
+    domain: str
+    data: Any
+    encoder: Any
+    objective: Any
+    train: TrainConfig = field(default_factory=TrainConfig)
+    description: str = ""
+
+
+def recipe_dirs() -> list[Path]:
+    """Where recipes are looked up: ``$MMSSL_RECIPE_PATH`` (colon-separated), the source tree, the install prefix."""
+    dirs = [Path(p) for p in os.environ.get("MMSSL_RECIPE_PATH", "").split(os.pathsep) if p]
+    dirs.append(Path(__file__).resolve().parents[1] / "recipes")
+    dirs.append(Path(sys.prefix) / "share" / "mmssl" / "recipes")
+    return [d for d in dirs if d.is_dir()]
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """Resolve a recipe name (``bert``) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist")
+        return path
+    for d in recipe_dirs():
+        candidate = d / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(sorted(n for n, _ in list_recipes())) or "none"
+    raise ConfigError(f"unknown recipe {str(name_or_path)!r}; known recipes: {known}")
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """``(name, description)`` of every recipe found on the search path, first one wins."""
+    seen: dict[str, str] = {}
+    for d in recipe_dirs():
+        for f in sorted(d.glob("*.yaml")):
+            if f.stem not in seen:
+                lines = str(read_yaml(f).get("description", "")).strip().splitlines()
+                seen[f.stem] = lines[0] if lines else ""
+    return sorted(seen.items())
+
+
+def recipe_from_dict(raw: dict) -> Recipe:
+    """Validate a raw recipe mapping (after overrides) into a :class:`Recipe`."""
+    for key in ("name", "domain", "objective"):
+        if key not in raw:
+            raise ConfigError(f"missing required key {key!r}")
+    try:
+        domain = DOMAINS.get(raw["domain"])
+    except KeyError as e:
+        raise ConfigError(f"domain: {e.args[0]}") from None
+    objective = raw.get("objective")
+    if not isinstance(objective, dict) or "name" not in objective:
+        raise ConfigError("missing required key 'objective.name'")
+    try:
+        spec = OBJECTIVES.get(objective["name"])
+    except KeyError as e:
+        raise ConfigError(f"objective.name: {e.args[0]}") from None
+    unknown = sorted(set(raw) - {"name", "domain", "description", "data", "encoder", "objective", "train"})
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r}; valid keys: data, description, domain, encoder, name, objective, train")
+    return Recipe(
+        name=str(raw["name"]),
+        domain=raw["domain"],
+        description=str(raw.get("description", "")),
+        data=from_dict(domain.data_config, raw.get("data"), "data"),
+        encoder=from_dict(domain.encoder_config, raw.get("encoder"), "encoder"),
+        objective=from_dict(spec.config_cls, objective, "objective"),
+        train=from_dict(TrainConfig, raw.get("train"), "train"),
+    )
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe. Errors name the file or the dotted key."""
+    path = find_recipe(name_or_path)
+    raw = apply_overrides(read_yaml(path), list(overrides))
+    try:
+        return recipe_from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

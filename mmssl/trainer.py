@@ -1,0 +1,356 @@
+"""One Accelerate training loop for every recipe (pretraining and fine-tuning alike).
+
+The loop, in order, for each optimizer step::
+
+    for each micro-batch:   seed RNG (step, micro, rank) -> transform(batch) -> forward
+                            -> all-ranks finite check -> backward (inside accelerator.accumulate)
+    on the sync micro-batch: clip -> optimizer.step (or skip if non-finite) -> scheduler.step
+                            -> model.after_optimizer_step (EMA teachers) -> log -> checkpoint
+
+Exact resume: the RNG is re-seeded from ``(seed, step, micro-batch, rank)`` before every
+micro-batch, the data order comes from Accelerate's seedable sampler, and a resumed run skips
+the micro-batches already consumed in the current epoch, so an interrupted and resumed run
+logs the same losses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+from tqdm.auto import tqdm
+
+from mmssl.metrics import append_metrics, truncate_after
+from mmssl.optim import build_optimizer
+from mmssl.recipe import TrainConfig
+from mmssl.types import Batch, ObjectiveOutput
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+COMPLETE_MARKER = "COMPLETE"
+StepHook = Callable[["Trainer", int], "dict[str, float] | None"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``train.max_consecutive_nonfinite`` NaN/inf losses in a row."""
+
+
+@dataclass
+class TrainState:
+    """Loop counters saved with every checkpoint (via ``register_for_checkpointing``)."""
+
+    step: int = 0  # completed optimizer steps
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches consumed in the current epoch
+    nonfinite_total: int = 0
+    nonfinite_streak: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.__dict__.update(state)
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    dirs = [d for d in root.glob("step-*") if (d / COMPLETE_MARKER).exists()] if root.is_dir() else []
+    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """A distinct, reproducible seed per (step, micro-batch, process)."""
+    return (seed * 1_000_003 + step * 1_009 + micro * 101 + rank) % (2**63 - 1)
+
+
+class Trainer:
+    """Runs ``model(batch) -> ObjectiveOutput`` under Accelerate.
+
+    Args:
+        model: returns an :class:`ObjectiveOutput`; may define ``after_optimizer_step(step, max_steps)``.
+        dataset: map-style or iterable dataset of samples for ``collate``.
+        collate: samples -> :class:`Batch`.
+        cfg: the recipe's ``train`` section.
+        run_dir: where checkpoints, ``metrics.jsonl`` and TensorBoard logs go.
+        transform: per-step random transform applied on the device before ``model``.
+        unit_name: what ``tokens_per_s`` counts (also logged as ``<unit_name>_per_s``).
+        hooks: called after every optimizer step; returned dicts are logged (online probes).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        collate: Callable[[list[Any]], Batch],
+        cfg: TrainConfig,
+        run_dir: Path,
+        transform: Callable[[Batch], Batch] | None = None,
+        unit_name: str = "tokens",
+        hooks: list[StepHook] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.transform = transform
+        self.unit_name = unit_name
+        self.hooks = list(hooks or [])
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum_steps,
+            step_scheduler_with_optimizer=False,  # the schedule is defined in optimizer steps
+            log_with="tensorboard",
+            project_dir=str(self.run_dir),
+            dataloader_config=DataLoaderConfiguration(
+                use_seedable_sampler=True, data_seed=cfg.seed, dispatch_batches=False
+            ),
+        )
+        self.iterable = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
+        loader = DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=not self.iterable,
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+            drop_last=True,
+        )
+        optimizer, scheduler = build_optimizer(model, cfg)
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+            model, optimizer, loader, scheduler
+        )
+        self.state = TrainState()
+        self.accelerator.register_for_checkpointing(self.state)
+        if not self.iterable and len(self.loader) == 0:
+            raise ValueError(
+                f"the dataset has {len(dataset)} samples, fewer than one batch of "
+                f"train.batch_size={cfg.batch_size} per process: use more data or a smaller batch"
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """``save_state`` into ``checkpoints/step-N``, then keep only the last ``keep_checkpoints``."""
+        acc = self.accelerator
+        out = self.run_dir / CHECKPOINT_DIR / f"step-{self.state.step:07d}"
+        acc.wait_for_everyone()
+        acc.save_state(str(out))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (out / COMPLETE_MARKER).write_text(f"{self.state.step}\n")
+            for old in checkpoint_dirs(self.run_dir)[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return out
+
+    def resume(self) -> Path | None:
+        """Load the latest complete checkpoint of ``run_dir``, if any; returns its path."""
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return None
+        self.accelerator.load_state(str(ckpt))
+        if self.accelerator.is_main_process:
+            truncate_after(self.run_dir, self.state.step)
+        log.info("resumed from %s (step %d)", ckpt, self.state.step)
+        return ckpt
+
+    # ------------------------------------------------------------------ data
+    def _batches(self):
+        """Yield micro-batches forever, epoch after epoch, resuming mid-epoch where needed."""
+        while True:
+            if hasattr(self.loader, "set_epoch"):
+                self.loader.set_epoch(self.state.epoch)
+            loader = self.loader
+            if self.state.batches_in_epoch:
+                loader = self.accelerator.skip_first_batches(self.loader, self.state.batches_in_epoch)
+            got_any = False
+            for batch in loader:
+                got_any = True
+                self.state.batches_in_epoch += 1
+                yield batch
+            if not got_any and self.state.batches_in_epoch == 0:
+                raise ValueError("the training data yielded no batch (empty dataset?)")
+            self.state.epoch += 1
+            self.state.batches_in_epoch = 0
+
+    # ------------------------------------------------------------------ step
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.gather(flag)
+        return bool(flag.min() > 0)
+
+    def _micro_step(self, batch: Batch, micro: int) -> tuple[ObjectiveOutput, bool]:
+        acc = self.accelerator
+        torch.manual_seed(step_seed(self.cfg.seed, self.state.step, micro, acc.process_index))
+        if self.transform is not None:
+            batch = self.transform(batch)
+        out: ObjectiveOutput = self.model(batch)
+        finite = self._all_finite(out.loss)
+        if finite:
+            acc.backward(out.loss)
+        return out, finite
+
+    def _optimizer_step(self, window_finite: bool) -> float:
+        """Clip and step (or skip a non-finite step). Returns the pre-clip gradient norm."""
+        acc = self.accelerator
+        grad_norm = float("nan")
+        if window_finite:
+            params = self.model.parameters()
+            if self.cfg.max_grad_norm > 0:
+                grad_norm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
+            else:
+                grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+                grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
+            window_finite = math.isfinite(grad_norm)
+        if window_finite:
+            self.optimizer.step()
+            self.state.nonfinite_streak = 0
+        else:
+            self.state.nonfinite_total += 1
+            self.state.nonfinite_streak += 1
+            acc.print(f"step {self.state.step + 1}: non-finite loss or gradient, step skipped "
+                      f"({self.state.nonfinite_streak} in a row, {self.state.nonfinite_total} in total)")
+            if self.state.nonfinite_streak >= self.cfg.max_consecutive_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.state.nonfinite_streak} non-finite losses in a row at step {self.state.step + 1} "
+                    f"(train.max_consecutive_nonfinite={self.cfg.max_consecutive_nonfinite}); "
+                    "lower train.lr, raise train.warmup_steps or use train.mixed_precision=bf16 instead of fp16"
+                )
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        """Train to ``cfg.max_steps`` (or ``cfg.max_minutes``); returns the last logged metrics."""
+        acc = self.accelerator
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        acc.init_trackers("tensorboard")
+        unwrapped = acc.unwrap_model(self.model)
+        window = _Window()
+        last: dict[str, float] = {}
+        start = time.perf_counter()
+        bar = tqdm(total=self.cfg.max_steps, initial=self.state.step, disable=not acc.is_local_main_process,
+                   desc="train", dynamic_ncols=True)
+        batches = self._batches()
+        self.model.train()
+        while self.state.step < self.cfg.max_steps:
+            micro, window_finite = 0, True
+            while True:
+                batch = next(batches)
+                with acc.accumulate(self.model):
+                    out, finite = self._micro_step(batch, micro)
+                    window_finite &= finite
+                    window.add(out, batch, finite)
+                    micro += 1
+                    if acc.sync_gradients:
+                        grad_norm = self._optimizer_step(window_finite)
+                        break
+            self.state.step += 1
+            if hasattr(unwrapped, "after_optimizer_step"):
+                unwrapped.after_optimizer_step(self.state.step, self.cfg.max_steps)
+            window.grad_norm(grad_norm)
+            extra = self._run_hooks()
+            if self.state.step % self.cfg.log_every == 0 or self.state.step == self.cfg.max_steps or extra:
+                last = self._log(window, extra)
+                window = _Window()
+                bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
+            bar.update(1)
+            out_of_time = self._out_of_time(start)
+            if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == self.cfg.max_steps or out_of_time:
+                self.save_checkpoint()
+            if out_of_time:
+                acc.print(f"train.max_minutes={self.cfg.max_minutes} reached at step {self.state.step}; stopping")
+                break
+        bar.close()
+        acc.end_training()
+        return last
+
+    def _out_of_time(self, start: float) -> bool:
+        if self.cfg.max_minutes is None:
+            return False
+        flag = torch.tensor([float(time.perf_counter() - start > 60 * self.cfg.max_minutes)])
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.gather(flag.to(self.accelerator.device))
+        return bool(flag.max() > 0)
+
+    def _run_hooks(self) -> dict[str, float]:
+        extra: dict[str, float] = {}
+        for hook in self.hooks:
+            extra.update(hook(self, self.state.step) or {})
+        return extra
+
+    def _log(self, window: "_Window", extra: dict[str, float]) -> dict[str, float]:
+        acc = self.accelerator
+        stats = window.reduce(acc)
+        record: dict[str, Any] = {"step": self.state.step, "epoch": self.state.epoch, **stats}
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        record["nonfinite_skipped"] = self.state.nonfinite_total
+        if self.unit_name != "tokens":
+            record[f"{self.unit_name}_per_s"] = record["tokens_per_s"]
+        record.update(extra)
+        if acc.is_main_process:
+            append_metrics(self.run_dir, record)
+        acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.state.step)
+        return record
+
+
+class _Window:
+    """Sums over the micro-batches between two log lines."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self.units = 0
+        self.norms: list[float] = []
+
+    def _add(self, key: str, value: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + value
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def add(self, out: ObjectiveOutput, batch: Batch, finite: bool) -> None:
+        self.samples += batch.batch_size
+        self.units += batch.num_units
+        if not finite:
+            return
+        self._add("loss", float(out.loss.detach()))
+        for k, v in out.terms.items():
+            self._add(f"loss_{k}", float(v.detach()))
+        for k, v in out.logs.items():
+            self._add(k, float(v))
+
+    def grad_norm(self, value: float) -> None:
+        if math.isfinite(value):
+            self.norms.append(value)
+
+    def reduce(self, acc: Accelerator) -> dict[str, float]:
+        """Means of the logged values and throughput, summed/averaged over processes."""
+        keys = sorted(self.sums)
+        means = [self.sums[k] / self.counts[k] for k in keys]
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        vec = torch.tensor(means + [self.samples / elapsed, self.units / elapsed], dtype=torch.float64)
+        if acc.num_processes > 1:
+            vec = acc.gather(vec.to(acc.device).reshape(1, -1)).reshape(acc.num_processes, -1).cpu()
+            vec = torch.cat([vec[:, :-2].mean(0), vec[:, -2:].sum(0)])
+        out = {k: float(v) for k, v in zip(keys, vec[:-2].tolist())}
+        out["grad_norm"] = sum(self.norms) / len(self.norms) if self.norms else float("nan")
+        out["samples_per_s"] = float(vec[-2])
+        out["tokens_per_s"] = float(vec[-1])
+        return out

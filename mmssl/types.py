@@ -1,0 +1,108 @@
+"""The three contracts between pipeline stages: ``Batch`` -> ``EncoderOutput`` -> ``ObjectiveOutput``.
+
+Every domain turns samples into *units* on a ``[B, T]`` grid (text tokens, image patches,
+spectrogram frames, graph nodes). Masking generators, encoders and objectives speak only
+in terms of that grid, which is what lets one objective layer serve every modality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+
+def _to(value: Any, device: torch.device | str) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A collated batch of units on a ``[B, T]`` grid.
+
+    Attributes:
+        units: ``[B, T]`` integer ids (tokens, codes) or ``[B, T, C]`` unit features
+            (patch pixels, frames, node features).
+        padding_mask: ``[B, T]`` bool, True at padding positions (never masked, never in a loss).
+        special_mask: ``[B, T]`` bool or None, True at units that may not be masked
+            (e.g. ``[CLS]``/``[SEP]``); padding is excluded separately.
+        extras: named tensors the encoder or objective needs besides the units
+            (``token_type_ids``, ``sop_labels``, ``edge_index``, ...). Keys are documented
+            by the domain that produces them.
+    """
+
+    units: Tensor
+    padding_mask: Tensor
+    special_mask: Tensor | None = None
+    extras: Mapping[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.padding_mask.shape != self.units.shape[:2]:
+            raise ValueError(
+                f"Batch.padding_mask has shape {tuple(self.padding_mask.shape)}, "
+                f"expected the unit grid {tuple(self.units.shape[:2])}"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.units.shape[0]
+
+    @property
+    def num_units(self) -> int:
+        """Real (non-padding) units in the batch: the throughput unit (tokens, patches, ...)."""
+        return int((~self.padding_mask).sum())
+
+    @property
+    def maskable(self) -> Tensor:
+        """``[B, T]`` bool: units a masking generator may choose."""
+        keep_out = self.padding_mask if self.special_mask is None else self.padding_mask | self.special_mask
+        return ~keep_out
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """Move every tensor to ``device`` (Accelerate calls this through ``send_to_device``)."""
+        return Batch(**{f.name: _to(getattr(self, f.name), device) for f in fields(self)})
+
+    def replace(self, **changes: Any) -> "Batch":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """What every encoder returns.
+
+    Attributes:
+        hidden: ``[B, T, D]`` last-layer unit representations.
+        layers: per-layer ``[B, T, D]`` outputs (embedding output first) when the encoder
+            was called with ``all_layers=True``; otherwise None. data2vec builds targets from these.
+        padding_mask: ``[B, T]`` bool, True at padding (same grid as ``hidden``).
+    """
+
+    hidden: Tensor
+    padding_mask: Tensor
+    layers: tuple[Tensor, ...] | None = None
+
+    def pooled(self) -> Tensor:
+        """``[B, D]`` mean over non-padding units."""
+        keep = (~self.padding_mask).unsqueeze(-1).to(self.hidden.dtype)
+        return (self.hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
+
+@dataclass(frozen=True)
+class ObjectiveOutput:
+    """What every objective returns; the trainer only ever reads these fields.
+
+    Attributes:
+        loss: scalar tensor to back-propagate (the weighted sum of ``terms``).
+        terms: named scalar loss terms (detached copies are logged), e.g. ``{"mlm": ..., "sop": ...}``.
+        logs: extra scalar diagnostics (accuracy, masked fraction, temperature, ...).
+    """
+
+    loss: Tensor
+    terms: Mapping[str, Tensor] = field(default_factory=dict)
+    logs: Mapping[str, float] = field(default_factory=dict)
