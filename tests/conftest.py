@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny model sizes, an offline Hub, and one tiny pretrained BERT run per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach the Hub from the tests
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A BERT/GPT-2 of a few thousand parameters on a few hundred paragraphs: seconds per run.
+TINY = [
+    "data.max_texts=400",
+    "data.block_size=32",
+    "data.tokenizer.vocab_size=300",
+    "encoder.hidden_size=32",
+    "encoder.num_layers=2",
+    "encoder.num_heads=2",
+    "encoder.intermediate_size=64",
+    "encoder.max_position_embeddings=64",
+    "train.batch_size=8",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMSSL_CACHE", str(tmp_path_factory.getbasetemp() / "mmssl-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 12-step tiny BERT run (with its export) shared by export, hub and fine-tune tests."""
+    from mmssl.pretrain import pretrain
+
+    run_dir = tmp_path_factory.mktemp("runs") / "bert"
+    return pretrain("bert", [*TINY, "train.max_steps=12", "train.checkpoint_every=6"], run_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mmssl.pretrain import pretrain
+
+    run_dir = tmp_path_factory.mktemp("runs") / "gpt"
+    return pretrain("gpt", [*TINY, "train.max_steps=12", "train.checkpoint_every=6"], run_dir)
