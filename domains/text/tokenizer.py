@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -29,6 +30,30 @@ class TokenizerConfig:
             raise ValueError("data.tokenizer.vocab_size must be >= 64")
 
 
+def canonical_ids(tok: Tokenizer) -> Tokenizer:
+    """Renumber a freshly trained vocabulary deterministically.
+
+    The ``tokenizers`` trainers number the initial alphabet in hash-map order, so two trainings
+    on the same text give different ids (and so different models and losses). Special tokens
+    keep their ids and single characters (and ``##c`` continuations) are sorted. WordPiece
+    tokenises by greedy longest match, so only its token *set* matters and learned pieces are
+    sorted too (tied merges otherwise swap ids); BPE merges keep their training order.
+    """
+    data = json.loads(tok.to_str())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    specials = {t["content"] for t in data["added_tokens"]}
+
+    def is_alphabet(token: str) -> bool:
+        return len(token[2:] if token.startswith("##") else token) == 1
+
+    fixed = sorted((t for t in vocab if t in specials), key=vocab.__getitem__)
+    alphabet = sorted(t for t in vocab if t not in specials and is_alphabet(t))
+    by_string = data["model"]["type"] == "WordPiece"
+    learned = sorted((t for t in vocab if t not in specials and not is_alphabet(t)), key=None if by_string else vocab.__getitem__)
+    data["model"]["vocab"] = {t: i for i, t in enumerate(fixed + alphabet + learned)}
+    return Tokenizer.from_str(json.dumps(data))
+
+
 def _bert_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) -> PreTrainedTokenizerFast:
     """WordPiece with BERT's normaliser and pre-tokeniser (Devlin et al. 2019)."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -37,6 +62,7 @@ def _bert_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int)
     specials = list(BERT_SPECIALS.values())
     trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials)
     tok.train_from_iterator(texts, trainer=trainer)
+    tok = canonical_ids(tok)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
@@ -56,7 +82,7 @@ def _gpt_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) 
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, model_max_length=max_length,
+        tokenizer_object=canonical_ids(tok), model_max_length=max_length,
         bos_token=GPT_EOS, eos_token=GPT_EOS, unk_token=GPT_EOS, pad_token=GPT_EOS,
     )
 
