@@ -1,0 +1,107 @@
+"""Text sources, packing, tokenizers, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import datasets
+import pytest
+
+from domains.text.corpus import TextDataConfig, load_texts, pack_blocks
+from domains.text.tokenizer import TokenizerConfig, train_tokenizer
+from mmssl.pretrain import pretrain
+from tests.conftest import TINY
+
+PARAGRAPHS = ["It is a truth universally acknowledged.", "That a single man in possession of a good fortune.",
+              "Must be in want of a wife."] * 40
+
+
+def _tokenizer(arch: str = "bert"):
+    return train_tokenizer(iter(PARAGRAPHS), TokenizerConfig(vocab_size=120, min_frequency=1), arch, 64)
+
+
+def test_packing_fills_blocks_with_separators() -> None:
+    tok = _tokenizer()
+    ds = datasets.Dataset.from_dict({"text": PARAGRAPHS})
+    blocks = pack_blocks(ds, tok, "text", 14)
+    assert len(blocks) > 0 and all(len(r) == 14 for r in blocks["input_ids"])
+    stream = [i for r in blocks["input_ids"] for i in r]
+    n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in PARAGRAPHS)
+    assert len(stream) == n_tokens // 14 * 14  # nothing lost but the final partial block
+    assert stream.count(tok.sep_token_id) >= len(stream) // n_tokens * len(PARAGRAPHS) - 1
+
+
+def test_streaming_packing_matches_in_memory() -> None:
+    tok = _tokenizer("gpt2")
+    ds = datasets.Dataset.from_dict({"text": PARAGRAPHS})
+    a = pack_blocks(ds, tok, "text", 10)["input_ids"]
+    b = [r["input_ids"] for r in pack_blocks(ds.to_iterable_dataset(), tok, "text", 10)]
+    assert a == b
+
+
+def test_local_text_files_are_read_by_paragraph(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("First paragraph\nwrapped line.\n\nSecond one.\n")
+    ds = load_texts(TextDataConfig(source="files", paths=[str(tmp_path / "*.txt")]))
+    assert [t.strip() for t in ds["text"]] == ["First paragraph\nwrapped line.", "Second one."]
+
+
+def test_csv_and_streaming_sources(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("body,other\nhello there,1\ngeneral kenobi,2\n")
+    ds = load_texts(TextDataConfig(source="files", paths=[str(tmp_path / "d.csv")], text_column="body", streaming=True))
+    assert isinstance(ds, datasets.IterableDataset) and [r["body"] for r in ds] == ["hello there", "general kenobi"]
+
+
+def test_empty_missing_and_columnless_files_are_named(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(ValueError, match="text file .*empty.txt is empty"):
+        load_texts(TextDataConfig(source="files", paths=[str(tmp_path / "empty.txt")]))
+    with pytest.raises(FileNotFoundError, match="no file matches .*missing"):
+        load_texts(TextDataConfig(source="files", paths=[str(tmp_path / "missing*.txt")]))
+    (tmp_path / "x.csv").write_text("body\nhi\n")
+    with pytest.raises(KeyError, match="data.text_column: column 'text' not in files dataset .*available: body"):
+        load_texts(TextDataConfig(source="files", paths=[str(tmp_path / "x.csv")]))
+
+
+def test_unreadable_file_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "dir.txt"
+    bad.mkdir()
+    with pytest.raises(FileNotFoundError, match="dir.txt does not exist"):
+        load_texts(TextDataConfig(source="files", paths=[str(bad)]))
+
+
+def test_pretrain_on_a_users_gzip_free_text_folder(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    with gzip.open(Path(__file__).parents[3] / "domains/text/data/austen.txt.gz", "rt") as f:
+        text = f.read(200_000)
+    (corpus / "book.txt").write_text(text)
+    run = pretrain("gpt", [*TINY, "data.source=files", f"data.paths=[{corpus}/*.txt]", "train.max_steps=3"], tmp_path / "run")
+    assert (run / "export" / "config.json").is_file()
+
+
+def test_corpus_smaller_than_a_block_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("tiny text\n\nanother\n" * 3)
+    with pytest.raises(ValueError, match="less than one block"):
+        pretrain("bert", [*TINY, "data.source=files", f"data.paths=[{tmp_path}/t.txt]", "data.block_size=60",
+                          "data.tokenizer.vocab_size=64"], tmp_path / "run")
+
+
+def test_unknown_embedded_corpus_and_missing_column() -> None:
+    with pytest.raises(ValueError, match="austen"):
+        load_texts(TextDataConfig(name="nope"))
+    with pytest.raises(KeyError, match="data.text_column: column 'body'"):
+        load_texts(TextDataConfig(text_column="body"))
+
+
+def test_tokenizer_training_is_deterministic() -> None:
+    """Ids do not depend on hash-map order (see canonical_ids) on real text."""
+    from domains.text.builders import load_embedded_corpus
+
+    texts = load_embedded_corpus()["text"][:1500]
+    for arch in ("bert", "gpt2"):
+        a, b = (train_tokenizer(iter(texts), TokenizerConfig(vocab_size=1500), arch, 64) for _ in range(2))
+        assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
+    assert a.convert_ids_to_tokens([0]) == ["<|endoftext|>"]
+    assert _tokenizer().convert_ids_to_tokens(list(range(5))) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

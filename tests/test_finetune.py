@@ -1,0 +1,70 @@
+"""Fine-tuning and linear probes on a user's own CSV, results in the run's metrics."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForSequenceClassification
+
+from mmssl.cli import main
+from mmssl.metrics import read_metrics
+
+
+@pytest.fixture(scope="module")
+def reviews_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A separable two-class task: sentiment words decide the label."""
+    rng = random.Random(0)
+    good, bad = ["delightful", "charming", "excellent", "lovely"], ["tedious", "dreadful", "awful", "dull"]
+    rows = ["review,sentiment"]
+    for i in range(240):
+        positive = i % 2 == 0
+        words = rng.sample(good if positive else bad, 2) + rng.sample(["the", "film", "was", "quite", "and"], 3)
+        rng.shuffle(words)
+        rows.append(f"{' '.join(words)},{'pos' if positive else 'neg'}")
+    path = tmp_path_factory.mktemp("task") / "reviews.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _task(csv: Path) -> list[str]:
+    return ["--task", "file", "--set", f"task.path={csv}", "--set", "task.input_column=review",
+            "--set", "task.label_column=sentiment"]
+
+
+def test_linear_probe_on_a_users_csv(tiny_bert_run: Path, reviews_csv: Path, capsys) -> None:
+    assert main(["evaluate", str(tiny_bert_run), "--protocol", "linear", *_task(reviews_csv)]) == 0
+    record = [r for r in read_metrics(tiny_bert_run) if r.get("event") == "evaluate"][-1]
+    assert record["protocol"] == "linear" and record["n_test"] == 48 and record["n_train"] == 192
+    assert record["accuracy"] > 0.8  # the sentiment words are in the tokenizer's vocabulary
+    assert '"accuracy"' in capsys.readouterr().out
+
+
+def test_finetune_with_baseline_writes_both_results(tiny_bert_run: Path, reviews_csv: Path, capsys) -> None:
+    args = ["finetune", str(tiny_bert_run), *_task(reviews_csv), "--set", "train.max_steps=30", "--set", "train.lr=3e-3",
+            "--set", "train.batch_size=16", "--baseline"]
+    assert main(args) == 0
+    records = [r for r in read_metrics(tiny_bert_run) if r.get("event") == "finetune"][-2:]
+    assert [r["init"] for r in records] == ["pretrained", "random"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["n_test"] == 48 for r in records)
+    assert records[0]["accuracy"] > 0.75
+    out = capsys.readouterr().out
+    assert "pretrained init" in out and "random init" in out and "gain" in out
+    export = Path(records[0]["output_dir"]) / "export"
+    model = AutoModelForSequenceClassification.from_pretrained(export)
+    assert model.config.num_labels == 2
+
+
+def test_missing_task_column_is_named(tiny_bert_run: Path, reviews_csv: Path, capsys) -> None:
+    code = main(["evaluate", str(tiny_bert_run), "--task", "file", "--set", f"task.path={reviews_csv}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "task.input_column: column 'text' not found; available: review, sentiment" in err
+
+
+def test_unknown_task_and_missing_path(tiny_bert_run: Path, capsys) -> None:
+    assert main(["evaluate", str(tiny_bert_run), "--task", "imdbb"]) == 2
+    assert "unknown task 'imdbb'; known: rotten-tomatoes" in capsys.readouterr().err
+    assert main(["evaluate", str(tiny_bert_run), "--task", "file"]) == 2
+    assert "task.path is required" in capsys.readouterr().err
