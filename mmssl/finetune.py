@@ -102,6 +102,8 @@ def finetune(path: Path, cfg: FinetuneConfig, output_dir: Path | None = None, do
               "final_train_loss": last.get("loss"), "output_dir": str(out)}
     if trainer.accelerator.is_main_process:
         append_metrics(run_dir or out, record)
+    trainer.accelerator.wait_for_everyone()
+    trainer.close()
     return record
 
 

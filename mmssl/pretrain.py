@@ -14,7 +14,7 @@ from mmssl.config import ConfigError, read_yaml, to_dict, write_yaml
 from mmssl.export import CONFIG_FILE, EXPORT_DIR, build_model, write_export
 from mmssl.recipe import Recipe, load_recipe
 from mmssl.registry import DOMAINS
-from mmssl.trainer import Trainer, latest_checkpoint
+from mmssl.trainer import Trainer, latest_checkpoint, use_cpu
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def pretrain(recipe_name: str, overrides: list[str] = (), output_dir: Path | Non
     exactly where it stopped.
     """
     recipe = load_recipe(recipe_name, list(overrides))
-    state = PartialState()
+    state = PartialState(cpu=use_cpu())
     run_dir = Path(output_dir) if output_dir else default_run_dir(recipe)
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
@@ -81,4 +81,5 @@ def pretrain(recipe_name: str, overrides: list[str] = (), output_dir: Path | Non
                      run_dir / EXPORT_DIR, run_dir, trainer.state.step, data.summary)
         log.info("exported %s", run_dir / EXPORT_DIR)
     trainer.accelerator.wait_for_everyone()
+    trainer.close()
     return run_dir

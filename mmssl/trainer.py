@@ -74,6 +74,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def use_cpu() -> bool:
+    """True when no accelerator exists: Accelerate then needs ``cpu=True`` to run multi-process on gloo."""
+    return not torch.accelerator.is_available()
+
+
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     """A distinct, reproducible seed per (step, micro-batch, process)."""
     return (seed * 1_000_003 + step * 1_009 + micro * 101 + rank) % (2**63 - 1)
@@ -110,6 +115,7 @@ class Trainer:
         self.unit_name = unit_name
         self.hooks = list(hooks or [])
         self.accelerator = Accelerator(
+            cpu=use_cpu(),
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.grad_accum_steps,
             step_scheduler_with_optimizer=False,  # the schedule is defined in optimizer steps
@@ -278,8 +284,13 @@ class Trainer:
                 acc.print(f"train.max_minutes={self.cfg.max_minutes} reached at step {self.state.step}; stopping")
                 break
         bar.close()
-        acc.end_training()
+        for tracker in acc.trackers:  # flush TensorBoard; the process group stays up for export/eval
+            tracker.finish()
         return last
+
+    def close(self) -> None:
+        """End the run: finish trackers and tear down the process group (call once, at the very end)."""
+        self.accelerator.end_training()
 
     def _out_of_time(self, start: float) -> bool:
         if self.cfg.max_minutes is None:
