@@ -192,35 +192,26 @@ class Trainer:
             self.state.batches_in_epoch = 0
 
     # ------------------------------------------------------------------ step
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-        if self.accelerator.num_processes > 1:
-            flag = self.accelerator.gather(flag)
-        return bool(flag.min() > 0)
-
-    def _micro_step(self, batch: Batch, micro: int) -> tuple[ObjectiveOutput, bool]:
+    def _micro_step(self, batch: Batch, micro: int) -> ObjectiveOutput:
         acc = self.accelerator
         torch.manual_seed(step_seed(self.cfg.seed, self.state.step, micro, acc.process_index))
         if self.transform is not None:
             batch = self.transform(batch)
         out: ObjectiveOutput = self.model(batch)
-        finite = self._all_finite(out.loss)
-        if finite:
-            acc.backward(out.loss)
-        return out, finite
+        # No host sync here: a NaN/inf loss makes the (all-reduced, so identical on every
+        # process) gradient norm non-finite, and _optimizer_step skips the step on all of them.
+        acc.backward(out.loss)
+        return out
 
-    def _optimizer_step(self, window_finite: bool) -> float:
-        """Clip and step (or skip a non-finite step). Returns the pre-clip gradient norm."""
+    def _optimizer_step(self) -> float:
+        """Clip and step, or skip a step whose gradient is non-finite. Returns the pre-clip gradient norm."""
         acc = self.accelerator
-        grad_norm = float("nan")
-        if window_finite:
-            params = self.model.parameters()
-            if self.cfg.max_grad_norm > 0:
-                grad_norm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
-            else:
-                grads = [p.grad.detach().norm() for p in params if p.grad is not None]
-                grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
-            window_finite = math.isfinite(grad_norm)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.max_grad_norm > 0:
+            grad_norm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))) if params else 0.0
+        window_finite = math.isfinite(grad_norm)
         if window_finite:
             self.optimizer.step()
             self.state.nonfinite_streak = 0
@@ -256,16 +247,14 @@ class Trainer:
         batches = self._batches()
         self.model.train()
         while self.state.step < self.cfg.max_steps:
-            micro, window_finite = 0, True
+            micro = 0
             while True:
                 batch = next(batches)
                 with acc.accumulate(self.model):
-                    out, finite = self._micro_step(batch, micro)
-                    window_finite &= finite
-                    window.add(out, batch, finite)
+                    window.add(self._micro_step(batch, micro), batch)
                     micro += 1
                     if acc.sync_gradients:
-                        grad_norm = self._optimizer_step(window_finite)
+                        grad_norm = self._optimizer_step()
                         break
             self.state.step += 1
             if hasattr(unwrapped, "after_optimizer_step"):
@@ -322,30 +311,30 @@ class Trainer:
 
 
 class _Window:
-    """Sums over the micro-batches between two log lines."""
+    """Sums over the micro-batches between two log lines, kept as tensors (no host sync per step)."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
         self.samples = 0
-        self.units = 0
+        self.units: torch.Tensor | int = 0
         self.norms: list[float] = []
 
-    def _add(self, key: str, value: float) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + value
-        self.counts[key] = self.counts.get(key, 0) + 1
+    def _add(self, key: str, value: torch.Tensor | float) -> None:
+        value = torch.as_tensor(value).detach().float()
+        finite = torch.isfinite(value)  # a skipped (non-finite) micro-batch does not enter the means
+        self.sums[key] = self.sums.get(key, 0.0) + torch.where(finite, value, 0.0)
+        self.counts[key] = self.counts.get(key, 0) + finite.float()
 
-    def add(self, out: ObjectiveOutput, batch: Batch, finite: bool) -> None:
+    def add(self, out: ObjectiveOutput, batch: Batch) -> None:
         self.samples += batch.batch_size
-        self.units += batch.num_units
-        if not finite:
-            return
-        self._add("loss", float(out.loss.detach()))
+        self.units = self.units + (~batch.padding_mask).sum()
+        self._add("loss", out.loss)
         for k, v in out.terms.items():
-            self._add(f"loss_{k}", float(v.detach()))
+            self._add(f"loss_{k}", v)
         for k, v in out.logs.items():
-            self._add(k, float(v))
+            self._add(k, v)
 
     def grad_norm(self, value: float) -> None:
         if math.isfinite(value):
@@ -354,9 +343,10 @@ class _Window:
     def reduce(self, acc: Accelerator) -> dict[str, float]:
         """Means of the logged values and throughput, summed/averaged over processes."""
         keys = sorted(self.sums)
-        means = [self.sums[k] / self.counts[k] for k in keys]
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        vec = torch.tensor(means + [self.samples / elapsed, self.units / elapsed], dtype=torch.float64)
+        means = [(self.sums[k] / self.counts[k]).cpu() if float(self.counts[k]) else torch.tensor(float("nan")) for k in keys]
+        rates = [torch.tensor(self.samples / elapsed), torch.as_tensor(self.units).cpu().double() / elapsed]
+        vec = torch.stack([v.double().reshape(()) for v in means + rates])
         if acc.num_processes > 1:
             vec = acc.gather(vec.to(acc.device).reshape(1, -1)).reshape(acc.num_processes, -1).cpu()
             vec = torch.cat([vec[:, :-2].mean(0), vec[:, -2:].sum(0)])

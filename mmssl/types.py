@@ -100,9 +100,11 @@ class ObjectiveOutput:
     Attributes:
         loss: scalar tensor to back-propagate (the weighted sum of ``terms``).
         terms: named scalar loss terms (detached copies are logged), e.g. ``{"mlm": ..., "sop": ...}``.
-        logs: extra scalar diagnostics (accuracy, masked fraction, temperature, ...).
+        logs: extra scalar diagnostics (accuracy, masked fraction, temperature, ...); return
+            detached tensors rather than floats, so the step needs no device-to-host sync (the
+            trainer converts them when it logs).
     """
 
     loss: Tensor
     terms: Mapping[str, Tensor] = field(default_factory=dict)
-    logs: Mapping[str, float] = field(default_factory=dict)
+    logs: Mapping[str, float | Tensor] = field(default_factory=dict)

@@ -101,7 +101,7 @@ class SequenceClassifier(nn.Module):
         logits = self.logits(batch)
         labels = batch.extras["labels"]
         loss = nn.functional.cross_entropy(logits.float(), labels)
-        return ObjectiveOutput(loss=loss, terms={"ce": loss}, logs={"accuracy": float((logits.argmax(-1) == labels).float().mean())})
+        return ObjectiveOutput(loss=loss, terms={"ce": loss}, logs={"accuracy": (logits.argmax(-1) == labels).float().mean().detach()})
 
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))

@@ -85,19 +85,19 @@ class MaskedLM(Objective):
         logits = head(out.hidden[mask])  # [N_masked, V]: never [B, T, V]
         mlm, acc = unit_classification_loss(logits, batch.units[mask])
         terms = {"mlm": mlm}
-        logs = {"mlm_accuracy": float(acc), "masked_fraction": float(mask.sum() / batch.maskable.sum().clamp(min=1))}
+        logs = {"mlm_accuracy": acc, "masked_fraction": (mask.sum() / batch.maskable.sum().clamp(min=1)).detach()}
         if self.sop_head is not None:
             terms["sop"], logs["sop_accuracy"] = self.sentence_order_loss(out.hidden, batch)
         loss = mlm + cfg.sentence_order_weight * terms.get("sop", 0.0)
         return ObjectiveOutput(loss=loss, terms=terms, logs=logs)
 
-    def sentence_order_loss(self, hidden: Tensor, batch: Batch) -> tuple[Tensor, float]:
+    def sentence_order_loss(self, hidden: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """Binary cross-entropy on whether the two segments were swapped; ``hidden`` is ``[B, T, D]``."""
         labels = batch.extras.get("sop_labels")
         if labels is None:
             raise ValueError("objective.sentence_order_weight > 0 needs sentence pairs: set data.sentence_pairs=true")
         logits = self.sop_head(hidden[:, 0])
-        return F.cross_entropy(logits.float(), labels), float((logits.argmax(-1) == labels).float().mean())
+        return F.cross_entropy(logits.float(), labels), (logits.argmax(-1) == labels).float().mean().detach()
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class CausalLM(Objective):
         head = self.head if self.head is not None else encoder.prediction_head()
         logits = head(out.hidden[:, :-1][valid])  # [N, V]
         loss, acc = unit_classification_loss(logits, batch.units[:, 1:][valid])
-        return ObjectiveOutput(loss=loss, terms={"clm": loss}, logs={"clm_accuracy": float(acc)})
+        return ObjectiveOutput(loss=loss, terms={"clm": loss}, logs={"clm_accuracy": acc})
 
 
 OBJECTIVES.add("mlm", ObjectiveSpec(MaskedLM, MaskedLMConfig, "masked unit prediction (BERT), optional SOP"))
