@@ -71,9 +71,10 @@ def _domain_of(export_dir: Path, domain: str | None) -> Any:
 def predict(model: Any, rows: Any, collate: Any, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and true labels of ``rows`` (model in eval mode)."""
     model.eval()
+    device = next(model.parameters()).device
     preds, labels = [], []
     for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
-        preds.append(model.logits(batch).argmax(-1).cpu().numpy())
+        preds.append(model.logits(batch.to(device)).argmax(-1).cpu().numpy())
         labels.append(batch.extras["labels"].numpy())
     return np.concatenate(preds), np.concatenate(labels)
 
@@ -110,9 +111,10 @@ def finetune(path: Path, cfg: FinetuneConfig, output_dir: Path | None = None, do
 @torch.no_grad()
 def _features(encoder: Any, rows: Any, collate: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     encoder.eval()
+    device = next(encoder.parameters()).device
     feats, labels = [], []
     for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
-        feats.append(encoder.encode(batch).pooled().float().numpy())
+        feats.append(encoder.encode(batch.to(device)).pooled().float().cpu().numpy())
         labels.append(batch.extras["labels"].numpy())
     return np.concatenate(feats), np.concatenate(labels)
 
@@ -124,6 +126,7 @@ def linear_probe(path: Path, cfg: FinetuneConfig, domain: str | None = None) -> 
     data = dom.task_data(cfg.task)
     set_seed(cfg.train.seed)
     encoder = dom.load_encoder(export_dir, random_init=cfg.init == "random")
+    encoder.to("cuda" if torch.cuda.is_available() else "cpu")
     collate = dom.task_collate(export_dir, cfg.task)
     x_train, y_train = _features(encoder, data.train, collate, cfg.probe.batch_size)
     x_test, y_test = _features(encoder, data.test, collate, cfg.probe.batch_size)

@@ -14,11 +14,11 @@ import torch
 from torch import Tensor
 
 
-def _to(value: Any, device: torch.device | str) -> Any:
+def _to(value: Any, device: torch.device | str, non_blocking: bool) -> Any:
     if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
+        return value.to(device, non_blocking=non_blocking)
     if isinstance(value, Mapping):
-        return {k: _to(v, device) for k, v in value.items()}
+        return {k: _to(v, device, non_blocking) for k, v in value.items()}
     return value
 
 
@@ -64,9 +64,9 @@ class Batch:
         keep_out = self.padding_mask if self.special_mask is None else self.padding_mask | self.special_mask
         return ~keep_out
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """Move every tensor to ``device`` (Accelerate calls this through ``send_to_device``)."""
-        return Batch(**{f.name: _to(getattr(self, f.name), device) for f in fields(self)})
+        return Batch(**{f.name: _to(getattr(self, f.name), device, non_blocking) for f in fields(self)})
 
     def replace(self, **changes: Any) -> "Batch":
         return replace(self, **changes)
