@@ -211,8 +211,10 @@ class Trainer:
             grad_norm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
         else:
             grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))) if params else 0.0
-        window_finite = math.isfinite(grad_norm)
-        if window_finite:
+        if acc.scaler is not None:
+            # fp16: overflowing steps are the GradScaler's business: it skips them and lowers its scale
+            self.optimizer.step()
+        elif math.isfinite(grad_norm):
             self.optimizer.step()
             self.state.nonfinite_streak = 0
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,10 @@ def test_resume_refuses_a_changed_recipe(tmp_path: Path) -> None:
         pretrain("bert", [*overrides, "train.lr=0.1"], tmp_path, resume=True)
     pretrain("bert", [*TINY, "train.max_steps=3"], tmp_path, resume=True)  # a longer run is fine
     assert max(_losses(tmp_path)) == 3
+
+
+def test_bf16_mixed_precision_trains(tmp_path: Path) -> None:
+    run = pretrain("bert", [*TINY, "train.max_steps=8", "train.mixed_precision=bf16", "train.lr=3e-3"], tmp_path)
+    losses = _losses(run)
+    assert len(losses) == 8 and all(map(math.isfinite, losses.values()))
+    assert losses[8] < losses[1]
