@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.state import AcceleratorState
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
@@ -114,6 +115,10 @@ class Trainer:
         self.transform = transform
         self.unit_name = unit_name
         self.hooks = list(hooks or [])
+        # One process may run trainers of different precision (pretrain in bf16, then fine-tune):
+        # Accelerate keeps its state process-wide, so reset it (the process group stays) when it differs.
+        if AcceleratorState._shared_state and AcceleratorState().mixed_precision != cfg.mixed_precision:
+            AcceleratorState._reset_state()
         self.accelerator = Accelerator(
             cpu=use_cpu(),
             mixed_precision=cfg.mixed_precision,
