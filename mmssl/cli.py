@@ -86,7 +86,7 @@ def cmd_push(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from mmssl.datasets import dataset_dir, is_prepared, prepare
+    from mmssl.datasets import is_prepared, prepare
     from mmssl.registry import DATASETS
 
     if args.action == "list":
@@ -97,7 +97,7 @@ def cmd_data(args: argparse.Namespace) -> None:
         return
     if not args.name:
         raise ConfigError("mmssl data prepare NAME: NAME is missing (see mmssl data list)")
-    print(prepare(args.name, force=args.force) if not is_prepared(args.name) or args.force else dataset_dir(args.name))
+    print(prepare(args.name, force=args.force))  # builds only when missing, or with --force
 
 
 def build_parser() -> argparse.ArgumentParser:

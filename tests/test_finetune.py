@@ -68,3 +68,31 @@ def test_unknown_task_and_missing_path(tiny_bert_run: Path, capsys) -> None:
     assert "unknown task 'imdbb'; known: rotten-tomatoes" in capsys.readouterr().err
     assert main(["evaluate", str(tiny_bert_run), "--task", "file"]) == 2
     assert "task.path is required" in capsys.readouterr().err
+
+
+def test_classlabel_task_and_named_test_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    from domains.text.tasks import text_task_data
+    from mmssl.finetune import TaskConfig
+    from mmssl.registry import TASKS
+
+    rows = {"text": [f"t{i}" for i in range(20)], "label": [i % 2 for i in range(20)]}
+    ds = datasets.Dataset.from_dict(rows, features=datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}))
+    monkeypatch.setitem(TASKS._items, "toy", lambda: ds)
+    data = text_task_data(TaskConfig(name="toy", test_fraction=0.25))
+    assert data.label_names == ["neg", "pos"] and len(data.test) == 5
+    assert sorted(set(data.train["label"])) == [0, 1]
+
+    folder = tmp_path / "hubset"
+    folder.mkdir()
+    (folder / "train.csv").write_text("review,stars\n" + "".join(f"r{i},{'hi' if i % 2 else 'lo'}\n" for i in range(10)))
+    (folder / "test.csv").write_text("review,stars\nx,hi\ny,lo\n")
+    data = text_task_data(TaskConfig(name="hub", path=str(folder), input_column="review", label_column="stars",
+                                     test_split="test"))
+    assert data.label_names == ["hi", "lo"] and data.test["label"] == [0, 1] and len(data.train) == 10
+    (folder / "test.csv").write_text("review,stars\nz,mid\n")
+    with pytest.raises(ValueError, match="label 'mid' of a test row is absent"):
+        text_task_data(TaskConfig(name="hub", path=str(folder), input_column="review", label_column="stars",
+                                  test_split="test"))

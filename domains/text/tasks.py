@@ -47,15 +47,14 @@ def _normalise(ds: datasets.Dataset, task: Any, labels: list[Any] | None) -> tup
     for key, col in (("task.input_column", task.input_column), ("task.label_column", task.label_column)):
         if col not in ds.column_names:
             raise KeyError(f"{key}: column {col!r} not found; available: {', '.join(ds.column_names)}")
-    if labels is None:
-        feature = ds.features[task.label_column]
-        labels = list(feature.names) if isinstance(feature, datasets.ClassLabel) else sorted(set(ds[task.label_column]), key=str)
-    index = {v: i for i, v in enumerate(labels)}
     feature = ds.features[task.label_column]
-    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    names = feature.names if isinstance(feature, datasets.ClassLabel) else None  # ClassLabel rows hold ints
+    if labels is None:
+        labels = list(names) if names else sorted(set(ds[task.label_column]), key=str)
+    index = {v: i for i, v in enumerate(labels)}
 
     def convert(row: dict[str, Any]) -> dict[str, Any]:
-        value = names[row[task.label_column]] if names and names == labels else row[task.label_column]
+        value = names[row[task.label_column]] if names else row[task.label_column]
         if value not in index:
             raise ValueError(f"task.label_column: label {value!r} of a test row is absent from the training labels")
         return {"text": str(row[task.input_column]), "label": index[value]}

