@@ -37,6 +37,32 @@ class Encoder(nn.Module, abc.ABC):
             all_layers: also return every layer's output (for data2vec-style targets).
         """
 
+    def encode_at(self, batch: Batch, positions: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Last-layer outputs at ``positions`` only, for objectives that read a few units.
+
+        Masked prediction reads the encoder at the masked units alone; an encoder may then
+        run its last layer for those queries only (keys and values still come from every
+        unit), which gives the same outputs for less compute. This default encodes every
+        unit and selects.
+
+        Args:
+            batch: as for :meth:`encode`.
+            positions: ``[B, T]`` bool, the units whose output is needed.
+            mask: as for :meth:`encode`.
+
+        Returns:
+            ``[N, D]`` with ``N = positions.sum()``, rows in row-major order of ``positions``
+            (the order of ``hidden[positions]``).
+        """
+        return self.encode(batch, mask).hidden[positions]
+
+    def encode_visible(self, batch: Batch, visible: Tensor) -> EncoderOutput:
+        """Encode only the units at ``visible`` (``[B, K]`` indices, the same ``K`` per row), as MAE's encoder does.
+
+        Only encoders that can drop units (transformers) implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot encode a subset of units (MAE needs a ViT-style encoder)")
+
     def prediction_head(self) -> nn.Module | None:
         """The backbone's own pretraining head (e.g. BERT's tied vocabulary projection), if any.
 

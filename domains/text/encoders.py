@@ -6,9 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config,
                           GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase)
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.bert.modeling_bert import BertLayer
 
 from mmssl.encoder import Encoder
 from mmssl.types import Batch, EncoderOutput
@@ -60,6 +64,46 @@ def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sour
         )
 
 
+def bert_layer_at(layer: BertLayer, hidden: Tensor, positions: Tensor, padding_mask: Tensor) -> Tensor:
+    """One BERT layer (post-LN, self-attention + FFN) evaluated only for the queries at ``positions``.
+
+    Keys and values come from every unit of ``hidden``, so each selected output equals the
+    full layer's output at that position. The layer's own modules do all the work; only
+    the attention core is called here, as ``scaled_dot_product_attention`` on a ``[B, M]``
+    grid of queries (``M`` = most selected units in a row, short rows padded and dropped).
+
+    Args:
+        layer: a ``transformers`` ``BertLayer`` (no cross-attention).
+        hidden: ``[B, T, D]`` input of the layer.
+        positions: ``[B, T]`` bool, the queries to evaluate.
+        padding_mask: ``[B, T]`` bool, True at padding (never attended to).
+
+    Returns:
+        ``[N, D]`` outputs, rows in row-major order of ``positions``.
+    """
+    attn = layer.attention.self
+    b, t, d = hidden.shape
+    heads, head_dim = attn.num_attention_heads, attn.attention_head_size
+    counts = positions.sum(1)
+    m = int(counts.max()) if counts.numel() else 0
+    # indices of each row's selected positions, in increasing order, first m columns
+    index = torch.argsort((~positions).to(torch.uint8), dim=1, stable=True)[:, :m]
+    valid = torch.arange(m, device=hidden.device) < counts[:, None]  # [B, M]
+    queries_in = hidden.gather(1, index[..., None].expand(b, m, d))  # [B, M, D]
+
+    def split(x: Tensor) -> Tensor:
+        return x.view(b, -1, heads, head_dim).transpose(1, 2)
+
+    keep = None if not padding_mask.any() else (~padding_mask)[:, None, None, :]
+    context = F.scaled_dot_product_attention(
+        split(attn.query(queries_in)), split(attn.key(hidden)), split(attn.value(hidden)), attn_mask=keep,
+        dropout_p=attn.dropout.p if attn.training else 0.0, scale=attn.scaling,
+    )
+    context = context.transpose(1, 2).reshape(b, m, d)[valid]  # [N, D]
+    attention_output = layer.attention.output(context, queries_in[valid])
+    return layer.feed_forward_chunk(attention_output)
+
+
 class HFTextEncoder(Encoder):
     """Wraps ``BertForMaskedLM`` or ``GPT2LMHeadModel``; encodes with the base model, exposes the LM head."""
 
@@ -79,20 +123,42 @@ class HFTextEncoder(Encoder):
     def backbone(self) -> nn.Module:
         return self.model.base_model  # BertModel / GPT2Model
 
-    def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
+    def _inputs(self, batch: Batch, mask: Tensor | None) -> dict[str, Tensor]:
         ids = batch.units
         if mask is not None:
             if self.mask_token_id is None:
                 raise ValueError(f"{self.model.config.model_type} has no mask token to encode a masked batch")
             ids = ids.masked_fill(mask, self.mask_token_id)
-        kwargs = {"input_ids": ids, "output_hidden_states": all_layers}
+        kwargs = {"input_ids": ids}
         if batch.padding_mask.any():
             kwargs["attention_mask"] = (~batch.padding_mask).long()
         if "token_type_ids" in batch.extras and self.model.config.model_type == "bert":
             kwargs["token_type_ids"] = batch.extras["token_type_ids"]
-        out = self.backbone(**kwargs)
+        return kwargs
+
+    def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
+        out = self.backbone(**self._inputs(batch, mask), output_hidden_states=all_layers)
         layers = tuple(out.hidden_states) if all_layers else None
         return EncoderOutput(hidden=out.last_hidden_state, padding_mask=batch.padding_mask, layers=layers)
+
+    def encode_at(self, batch: Batch, positions: Tensor, mask: Tensor | None = None) -> Tensor:
+        """BERT runs its last layer for the queries at ``positions`` only (see :func:`bert_layer_at`).
+
+        With 15% of units read, the last layer costs about 30% of a full one. GPT-2 (whose
+        objective reads every position) and non-SDPA/eager attention fall back to the full pass.
+        """
+        config = self.model.config
+        if config.model_type != "bert" or config._attn_implementation not in ("sdpa", "eager"):
+            return super().encode_at(batch, positions, mask)
+        bert = self.backbone
+        inputs = self._inputs(batch, mask)
+        hidden = bert.embeddings(input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"))
+        attention_mask = create_bidirectional_mask(
+            config=config, inputs_embeds=hidden, attention_mask=inputs.get("attention_mask")
+        )
+        for layer in bert.encoder.layer[:-1]:
+            hidden = layer(hidden, attention_mask)
+        return bert_layer_at(bert.encoder.layer[-1], hidden, positions, batch.padding_mask)
 
     def prediction_head(self) -> nn.Module:
         return self.model.get_output_embeddings() if self.model.config.model_type != "bert" else self.model.cls

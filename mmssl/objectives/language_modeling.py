@@ -80,23 +80,30 @@ class MaskedLM(Objective):
             batch.units, batch.maskable, mask_token_id=encoder.mask_token_id, vocab_size=encoder.vocab_size,
             mask_prob=cfg.mask_prob, mask_token_frac=cfg.mask_token_frac, random_token_frac=cfg.random_token_frac,
         )
-        out = encoder.encode(batch.replace(units=corrupted))
+        # the encoder is read at the masked units (and [CLS] for SOP) only: its last layer
+        # and the vocabulary projection run there, never over all [B, T] positions
+        read = mask.clone()
+        if self.sop_head is not None:
+            read[:, 0] = True
+        hidden = encoder.encode_at(batch.replace(units=corrupted), read)  # [N_read, D]
         head = self.head if self.head is not None else encoder.prediction_head()
-        logits = head(out.hidden[mask])  # [N_masked, V]: never [B, T, V]
+        logits = head(hidden[mask[read]])  # [N_masked, V]
         mlm, acc = unit_classification_loss(logits, batch.units[mask])
         terms = {"mlm": mlm}
         logs = {"mlm_accuracy": acc, "masked_fraction": (mask.sum() / batch.maskable.sum().clamp(min=1)).detach()}
         if self.sop_head is not None:
-            terms["sop"], logs["sop_accuracy"] = self.sentence_order_loss(out.hidden, batch)
+            first = torch.zeros_like(read)
+            first[:, 0] = True
+            terms["sop"], logs["sop_accuracy"] = self.sentence_order_loss(hidden[first[read]], batch)
         loss = mlm + cfg.sentence_order_weight * terms.get("sop", 0.0)
         return ObjectiveOutput(loss=loss, terms=terms, logs=logs)
 
-    def sentence_order_loss(self, hidden: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Binary cross-entropy on whether the two segments were swapped; ``hidden`` is ``[B, T, D]``."""
+    def sentence_order_loss(self, first: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Cross-entropy on whether the two segments were swapped; ``first`` is the ``[B, D]`` output at [CLS]."""
         labels = batch.extras.get("sop_labels")
         if labels is None:
             raise ValueError("objective.sentence_order_weight > 0 needs sentence pairs: set data.sentence_pairs=true")
-        logits = self.sop_head(hidden[:, 0])
+        logits = self.sop_head(first)
         return F.cross_entropy(logits.float(), labels), (logits.argmax(-1) == labels).float().mean().detach()
 
 
