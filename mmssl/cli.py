@@ -54,15 +54,13 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from mmssl.finetune import finetune, linear_probe
+    from mmssl.finetune import finetune, knn_probe, linear_probe
 
     cfg = _finetune_config(args.set, args.task)
-    if args.protocol == "linear":
-        _print_result(linear_probe(args.run, cfg, args.domain))
-    elif args.protocol == "finetune":
+    if args.protocol == "finetune":
         _print_result(finetune(args.run, cfg, None, args.domain))
     else:
-        raise ConfigError(f"--protocol {args.protocol}: this domain supports linear and finetune")
+        _print_result({"linear": linear_probe, "knn": knn_probe}[args.protocol](args.run, cfg, args.domain))
 
 
 def cmd_export(args: argparse.Namespace) -> None:

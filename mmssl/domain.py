@@ -44,8 +44,8 @@ class Domain(Protocol):
         """Load, preprocess and wrap the recipe's pretraining data; saves the processor in ``run_dir``."""
         ...
 
-    def load_processor(self, run_dir: Path) -> Any:
-        """Load the processor a run saved (for export/fine-tuning without re-reading data)."""
+    def load_processor(self, path: Path) -> Any:
+        """Load the processor a run directory or an export folder holds (no data is re-read)."""
         ...
 
     def build_encoder(self, encoder_config: Any, processor: Any) -> Encoder:
@@ -77,8 +77,8 @@ class DownstreamDomain(Domain, Protocol):
         """Load a task (a registered name, or the user's file / Hub dataset given by ``task.path``)."""
         ...
 
-    def task_collate(self, export_dir: Path, task: Any) -> Callable[[list[Any]], Batch]:
-        """Collate task rows into a Batch with ``labels`` in extras, using the export's processor."""
+    def task_collate(self, processor: Any, task: Any) -> Callable[[list[Any]], Batch]:
+        """Collate task rows into a Batch with ``labels`` in extras, with a run's or an export's processor."""
         ...
 
     def classifier(self, export_dir: Path, num_labels: int, init: str) -> Classifier:

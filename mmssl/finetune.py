@@ -15,6 +15,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
+from mmssl.evaluation import extract_features, knn_accuracy
+from mmssl.domain import TaskData
 from mmssl.export import export_meta, resolve_export
 from mmssl.metrics import append_metrics
 from mmssl.recipe import TrainConfig
@@ -38,11 +40,14 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Linear probe on frozen mean-pooled features (logistic regression on standardised features)."""
+    """Frozen-feature probes of the encoder's pooled output: logistic regression on standardised
+    features (``linear``) or the weighted kNN classifier (``knn``)."""
 
     C: float = 1.0  # inverse L2 strength
     max_iter: int = 2000
     batch_size: int = 64
+    k: int = 200  # --protocol knn: neighbours and vote temperature (Wu et al. 2018)
+    temperature: float = 0.07
 
 
 def _finetune_train_defaults() -> TrainConfig:
@@ -89,7 +94,7 @@ def finetune(path: Path, cfg: FinetuneConfig, output_dir: Path | None = None, do
         shutil.rmtree(out)
     set_seed(cfg.train.seed)
     model = dom.classifier(export_dir, len(data.label_names), cfg.init)
-    collate = dom.task_collate(export_dir, cfg.task)
+    collate = dom.task_collate(dom.load_processor(export_dir), cfg.task)
     from mmssl.trainer import Trainer  # local: keeps `mmssl evaluate` start-up light
 
     trainer = Trainer(model, data.train, collate, cfg.train, out)
@@ -108,33 +113,40 @@ def finetune(path: Path, cfg: FinetuneConfig, output_dir: Path | None = None, do
     return record
 
 
-@torch.no_grad()
-def _features(encoder: Any, rows: Any, collate: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    feats, labels = [], []
-    for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
-        feats.append(encoder.encode(batch.to(device)).pooled().float().cpu().numpy())
-        labels.append(batch.extras["labels"].numpy())
-    return np.concatenate(feats), np.concatenate(labels)
-
-
-def linear_probe(path: Path, cfg: FinetuneConfig, domain: str | None = None) -> dict[str, Any]:
-    """Logistic regression on frozen, mean-pooled encoder features; accuracy on the held-out split."""
+def _frozen_features(path: Path, cfg: FinetuneConfig, domain: str | None) -> tuple[Any, Any, TaskData, Path | None]:
+    """Pooled features of the export's frozen encoder on the task's train and test rows."""
     export_dir, run_dir = resolve_export(Path(path))
     dom = _domain_of(export_dir, domain)
     data = dom.task_data(cfg.task)
     set_seed(cfg.train.seed)
     encoder = dom.load_encoder(export_dir, random_init=cfg.init == "random")
     encoder.to("cuda" if torch.cuda.is_available() else "cpu")
-    collate = dom.task_collate(export_dir, cfg.task)
-    x_train, y_train = _features(encoder, data.train, collate, cfg.probe.batch_size)
-    x_test, y_test = _features(encoder, data.test, collate, cfg.probe.batch_size)
+    collate = dom.task_collate(dom.load_processor(export_dir), cfg.task)
+    train = extract_features(encoder, data.train, collate, cfg.probe.batch_size)
+    test = extract_features(encoder, data.test, collate, cfg.probe.batch_size)
+    return train, test, data, run_dir
+
+
+def linear_probe(path: Path, cfg: FinetuneConfig, domain: str | None = None) -> dict[str, Any]:
+    """Logistic regression on frozen pooled encoder features; accuracy on the held-out split."""
+    (x_train, y_train), (x_test, y_test), _, run_dir = _frozen_features(path, cfg, domain)
+    x_train, y_train, x_test, y_test = (t.numpy() for t in (x_train, y_train, x_test, y_test))
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.probe.C, max_iter=cfg.probe.max_iter))
     clf.fit(x_train, y_train)
     record = {"event": "evaluate", "protocol": "linear", "task": cfg.task.name, "init": cfg.init,
               "accuracy": float(clf.score(x_test, y_test)), "train_accuracy": float(clf.score(x_train, y_train)),
               "n_train": len(y_train), "n_test": len(y_test), "feature_dim": int(x_train.shape[1])}
+    if run_dir is not None:
+        append_metrics(run_dir, record)
+    return record
+
+
+def knn_probe(path: Path, cfg: FinetuneConfig, domain: str | None = None) -> dict[str, Any]:
+    """Weighted kNN (k=``probe.k``, temperature ``probe.temperature``) on frozen pooled features."""
+    train, test, data, run_dir = _frozen_features(path, cfg, domain)
+    accuracy = knn_accuracy(train, test, len(data.label_names), cfg.probe.k, cfg.probe.temperature)
+    record = {"event": "evaluate", "protocol": "knn", "task": cfg.task.name, "init": cfg.init, "accuracy": accuracy,
+              "k": cfg.probe.k, "temperature": cfg.probe.temperature, "n_train": len(train[1]), "n_test": len(test[1])}
     if run_dir is not None:
         append_metrics(run_dir, record)
     return record

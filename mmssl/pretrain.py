@@ -6,11 +6,13 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from mmssl.config import ConfigError, read_yaml, to_dict, write_yaml
+from mmssl.evaluation import KNNMonitor
 from mmssl.export import CONFIG_FILE, EXPORT_DIR, build_model, write_export
 from mmssl.recipe import Recipe, load_recipe
 from mmssl.registry import DOMAINS
@@ -35,10 +37,24 @@ def check_resumable(run_dir: Path, recipe: Recipe) -> None:
     """A run resumes only with the configuration it was started with (bar :data:`RESUMABLE_CHANGES`)."""
     saved = _flatten(read_yaml(run_dir / CONFIG_FILE))
     now = _flatten(to_dict(recipe))
-    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
+                     and k not in RESUMABLE_CHANGES and not k.startswith("monitor."))  # probes never change training
     if changed:
         raise ConfigError(f"cannot resume {run_dir}: {changed[0]!r} differs from the saved {CONFIG_FILE} "
                           f"({saved.get(changed[0])!r} -> {now.get(changed[0])!r}); start a new --output-dir instead")
+
+
+def knn_monitor(recipe: Recipe, domain: Any, processor: Any) -> KNNMonitor:
+    """The online kNN probe of ``recipe.monitor`` on the domain's task, with the run's processor."""
+    from mmssl.finetune import TaskConfig  # local: finetune imports sklearn
+
+    task = TaskConfig(name=recipe.monitor.task)
+    try:
+        rows = domain.task_data(task)
+    except KeyError as e:
+        raise ConfigError(f"monitor.task: {e.args[0]}") from None
+    return KNNMonitor(recipe.monitor, rows.train, rows.test, domain.task_collate(processor, task),
+                      len(rows.label_names), encoder_of=lambda model: model.encoder)
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -73,8 +89,9 @@ def pretrain(recipe_name: str, overrides: list[str] = (), output_dir: Path | Non
         (run_dir / "data_summary.json").write_text(json.dumps(data.summary, indent=2) + "\n")
     set_seed(recipe.train.seed)  # model init does not depend on how much RNG data loading used
     model = build_model(recipe, data.processor)
+    hooks = [knn_monitor(recipe, domain, data.processor)] if recipe.monitor.every else []
     trainer = Trainer(model, data.dataset, data.collate, recipe.train, run_dir, transform=data.transform,
-                      unit_name=domain.unit_name)
+                      unit_name=domain.unit_name, hooks=hooks)
     trainer.fit(resume=resume)
     if trainer.accelerator.is_main_process:
         write_export(trainer.accelerator.unwrap_model(trainer.model), data.processor, recipe,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mmssl.config import ConfigError, apply_overrides, from_dict, read_yaml
+from mmssl.evaluation import MonitorConfig
 from mmssl.registry import DOMAINS, OBJECTIVES
 
 
@@ -60,6 +61,7 @@ class Recipe:
     encoder: Any
     objective: Any
     train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     description: str = ""
 
 
@@ -113,9 +115,10 @@ def recipe_from_dict(raw: dict) -> Recipe:
         spec = OBJECTIVES.get(objective["name"])
     except KeyError as e:
         raise ConfigError(f"objective.name: {e.args[0]}") from None
-    unknown = sorted(set(raw) - {"name", "domain", "description", "data", "encoder", "objective", "train"})
+    sections = {"name", "domain", "description", "data", "encoder", "objective", "train", "monitor"}
+    unknown = sorted(set(raw) - sections)
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r}; valid keys: data, description, domain, encoder, name, objective, train")
+        raise ConfigError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(sections))}")
     return Recipe(
         name=str(raw["name"]),
         domain=raw["domain"],
@@ -124,6 +127,7 @@ def recipe_from_dict(raw: dict) -> Recipe:
         encoder=from_dict(domain.encoder_config, raw.get("encoder"), "encoder"),
         objective=from_dict(spec.config_cls, objective, "objective"),
         train=from_dict(TrainConfig, raw.get("train"), "train"),
+        monitor=from_dict(MonitorConfig, raw.get("monitor"), "monitor"),
     )
 
 

@@ -81,14 +81,19 @@ class EncoderOutput:
         layers: per-layer ``[B, T, D]`` outputs (embedding output first) when the encoder
             was called with ``all_layers=True``; otherwise None. data2vec builds targets from these.
         padding_mask: ``[B, T]`` bool, True at padding (same grid as ``hidden``).
+        summary: ``[B, D]`` the backbone's own whole-input representation when it has one
+            (ViT's ``[CLS]`` token, a ResNet's global average pool), else None.
     """
 
     hidden: Tensor
     padding_mask: Tensor
     layers: tuple[Tensor, ...] | None = None
+    summary: Tensor | None = None
 
     def pooled(self) -> Tensor:
-        """``[B, D]`` mean over non-padding units."""
+        """``[B, D]``: :attr:`summary` if the encoder gives one, else the mean over non-padding units."""
+        if self.summary is not None:
+            return self.summary
         keep = (~self.padding_mask).unsqueeze(-1).to(self.hidden.dtype)
         return (self.hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 

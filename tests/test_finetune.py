@@ -41,6 +41,13 @@ def test_linear_probe_on_a_users_csv(tiny_bert_run: Path, reviews_csv: Path, cap
     assert '"accuracy"' in capsys.readouterr().out
 
 
+def test_knn_probe_on_a_users_csv(tiny_bert_run: Path, reviews_csv: Path) -> None:
+    assert main(["evaluate", str(tiny_bert_run), "--protocol", "knn", "--set", "probe.k=10", *_task(reviews_csv)]) == 0
+    record = [r for r in read_metrics(tiny_bert_run) if r.get("event") == "evaluate"][-1]
+    assert record["protocol"] == "knn" and record["k"] == 10 and record["n_test"] == 48
+    assert record["accuracy"] > 0.7
+
+
 def test_finetune_with_baseline_writes_both_results(tiny_bert_run: Path, reviews_csv: Path, capsys) -> None:
     args = ["finetune", str(tiny_bert_run), *_task(reviews_csv), "--set", "train.max_steps=30", "--set", "train.lr=3e-3",
             "--set", "train.batch_size=16", "--baseline"]

@@ -93,7 +93,12 @@ class SentenceOrderTransform:
 
 
 def classification_collate(tokenizer: PreTrainedTokenizerBase, max_length: int):
-    """Collate ``{"text", "label"}`` rows into a padded Batch with ``labels`` in extras."""
+    """Collate ``{"text", "label"}`` rows into a padded Batch with ``labels`` in extras.
+
+    Texts are truncated to ``max_length`` tokens, and never beyond what the model takes
+    (the tokenizer's ``model_max_length``, set from the encoder's position embeddings).
+    """
+    max_length = min(max_length, tokenizer.model_max_length)
 
     def collate(rows: list[dict[str, Any]]) -> Batch:
         enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=max_length,

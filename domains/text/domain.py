@@ -54,6 +54,8 @@ class TextDomain:
         blocks = pack_blocks(texts, tokenizer, data.text_column, data.block_size - n_special)
         summary: dict[str, Any] = {"data_source": data.source, "data_name": data.name if data.source != "files" else ",".join(data.paths),
                                    "block_size": data.block_size, "vocab_size": len(tokenizer)}
+        if data.task_texts:
+            summary["task_texts"] = f"{data.task_texts} (training split texts, no labels)"
         if isinstance(blocks, datasets.Dataset):
             if len(blocks) == 0:
                 raise ValueError(f"data: the {data.source} corpus {data.name!r} holds less than one block of "
@@ -62,8 +64,9 @@ class TextDomain:
         transform = SentenceOrderTransform(tokenizer.cls_token_id, tokenizer.sep_token_id) if data.sentence_pairs else None
         return PretrainData(blocks, BlockCollator(tokenizer, enc.arch, data.sentence_pairs), tokenizer, transform, summary)
 
-    def load_processor(self, run_dir: Path) -> PreTrainedTokenizerBase:
-        return load_tokenizer(Path(run_dir) / TOKENIZER_DIR)
+    def load_processor(self, path: Path) -> PreTrainedTokenizerBase:
+        path = Path(path)  # a run keeps its tokenizer in a subfolder, an export at its root
+        return load_tokenizer(path / TOKENIZER_DIR if (path / TOKENIZER_DIR).is_dir() else path)
 
     def build_encoder(self, encoder_config: TextEncoderConfig, processor: PreTrainedTokenizerBase) -> HFTextEncoder:
         return build_text_encoder(encoder_config, processor)
@@ -72,8 +75,8 @@ class TextDomain:
     def task_data(self, task: Any) -> TaskData:
         return text_task_data(task)
 
-    def task_collate(self, export_dir: Path, task: Any):
-        return classification_collate(load_tokenizer(export_dir), task.max_length)
+    def task_collate(self, processor: PreTrainedTokenizerBase, task: Any):
+        return classification_collate(processor, task.max_length)
 
     def classifier(self, export_dir: Path, num_labels: int, init: str):
         return sequence_classifier(export_dir, num_labels, init)

@@ -1,0 +1,127 @@
+"""Frozen-feature evaluation shared by every domain: features, the weighted kNN classifier, and
+the online kNN monitor that logs to ``metrics.jsonl`` during pretraining.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from mmssl.encoder import Encoder
+from mmssl.types import Batch
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def extract_features(encoder: Encoder, rows: Any, collate: Callable[[list[Any]], Batch],
+                     batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """``(features [N, D] float32 on CPU, labels [N])``: the encoder's pooled output in eval mode.
+
+    The encoder's train/eval mode is restored afterwards, so the monitor can call it mid-training.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    feats, labels = [], []
+    try:
+        for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
+            feats.append(encoder.encode(batch.to(device)).pooled().float().cpu())
+            labels.append(batch.extras["labels"].cpu())
+    finally:
+        encoder.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def knn_predict(train_features: Tensor, train_labels: Tensor, test_features: Tensor, num_classes: int,
+                k: int = 200, temperature: float = 0.07, chunk_size: int = 1024) -> Tensor:
+    """Weighted kNN (Wu et al. 2018, InstDisc): each of the ``k`` most cosine-similar training
+    samples votes for its class with weight ``exp(similarity / temperature)``.
+
+    Args:
+        train_features: ``[N, D]``; train_labels: ``[N]`` in ``0..num_classes-1``.
+        test_features: ``[M, D]``.
+        k: neighbours (capped at ``N``); temperature: vote sharpness (0.07 in InstDisc).
+        chunk_size: test rows per similarity block (bounds memory to ``chunk_size x N``).
+
+    Returns:
+        ``[M]`` predicted labels.
+    """
+    if k < 1 or temperature <= 0:
+        raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+    train = F.normalize(train_features.float(), dim=1)
+    k = min(k, train.shape[0])
+    preds = []
+    for start in range(0, test_features.shape[0], chunk_size):
+        test = F.normalize(test_features[start:start + chunk_size].float(), dim=1)
+        sims, idx = (test @ train.T).topk(k, dim=1)
+        votes = torch.zeros(test.shape[0], num_classes, device=test.device)
+        votes.scatter_add_(1, train_labels[idx], (sims / temperature).exp())
+        preds.append(votes.argmax(1))
+    return torch.cat(preds)
+
+
+def knn_accuracy(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], num_classes: int,
+                 k: int = 200, temperature: float = 0.07) -> float:
+    """Accuracy of :func:`knn_predict` on ``test = (features, labels)``."""
+    preds = knn_predict(train[0], train[1], test[0], num_classes, k, temperature)
+    return float((preds == test[1]).float().mean())
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """A recipe's ``monitor:`` section: an online kNN probe of the encoder during pretraining."""
+
+    task: str | None = None  # a registered task of the recipe's domain (e.g. fashion-mnist); None: no monitor
+    every: int = 0  # optimizer steps between probes (0: off); also run at the last step
+    k: int = 200
+    temperature: float = 0.07
+    max_train: int = 10000  # training rows used as the kNN memory (the first N of the task's split)
+    max_test: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.k < 1 or self.temperature <= 0 or self.max_train < 1 or self.max_test < 1:
+            raise ValueError("monitor: every >= 0, k >= 1, temperature > 0, max_train >= 1, max_test >= 1 are required")
+        if self.every and not self.task:
+            raise ValueError("monitor.task is required when monitor.every > 0")
+
+
+class KNNMonitor:
+    """A trainer step hook: every ``cfg.every`` steps, kNN accuracy of the encoder's frozen features.
+
+    Every process computes it (identical weights give identical results), so that all of them
+    take the same logging path, whose reductions are collective. Returns ``{"knn_accuracy": ...}``,
+    which the trainer logs with the step.
+    """
+
+    def __init__(self, cfg: MonitorConfig, train_rows: Any, test_rows: Any, collate: Callable[[list[Any]], Batch],
+                 num_classes: int, encoder_of: Callable[[Any], Encoder]) -> None:
+        self.cfg = cfg
+        self.train_rows = _head(train_rows, cfg.max_train)
+        self.test_rows = _head(test_rows, cfg.max_test)
+        self.collate = collate
+        self.num_classes = num_classes
+        self.encoder_of = encoder_of
+
+    def __call__(self, trainer: Any, step: int) -> dict[str, float]:
+        if step % self.cfg.every and step != trainer.cfg.max_steps:
+            return {}
+        encoder = self.encoder_of(trainer.accelerator.unwrap_model(trainer.model))
+        train = extract_features(encoder, self.train_rows, self.collate)
+        test = extract_features(encoder, self.test_rows, self.collate)
+        acc = knn_accuracy(train, test, self.num_classes, self.cfg.k, self.cfg.temperature)
+        log.info("step %d: kNN accuracy %.4f (%s, k=%d)", step, acc, self.cfg.task, self.cfg.k)
+        return {"knn_accuracy": acc}
+
+
+def _head(rows: Any, n: int) -> Any:
+    if hasattr(rows, "select"):
+        return rows.select(range(min(n, len(rows))))
+    return torch.utils.data.Subset(rows, range(min(n, len(rows))))

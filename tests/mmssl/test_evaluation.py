@@ -1,0 +1,58 @@
+"""The weighted kNN classifier against a naive implementation, and the online monitor's logging."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmssl.evaluation import MonitorConfig, knn_predict
+from mmssl.metrics import read_metrics
+from mmssl.pretrain import pretrain
+from tests.conftest import TINY
+
+
+def _naive_knn(train_x, train_y, test_x, num_classes, k, t):
+    preds = []
+    for q in test_x:
+        sims = [(float(torch.nn.functional.cosine_similarity(q, x, dim=0)), int(y)) for x, y in zip(train_x, train_y)]
+        votes = [0.0] * num_classes
+        for sim, y in sorted(sims, reverse=True)[:k]:
+            votes[y] += math.exp(sim / t)
+        preds.append(max(range(num_classes), key=votes.__getitem__))
+    return torch.tensor(preds)
+
+
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_knn_matches_naive_weighted_votes(k: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    train_x, test_x = torch.randn(40, 8, generator=g), torch.randn(15, 8, generator=g)
+    train_y = torch.randint(0, 3, (40,), generator=g)
+    ours = knn_predict(train_x, train_y, test_x, 3, k=k, temperature=0.1, chunk_size=4)
+    assert torch.equal(ours, _naive_knn(train_x, train_y, test_x, 3, min(k, 40), 0.1))
+
+
+def test_knn_separates_clusters_and_validates() -> None:
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(4, 16, generator=g) * 5
+    y = torch.arange(400) % 4
+    x = centers[y] + torch.randn(400, 16, generator=g)
+    pred = knn_predict(x[:300], y[:300], x[300:], 4, k=20)
+    assert (pred == y[300:]).float().mean() > 0.95
+    with pytest.raises(ValueError, match="k >= 1"):
+        knn_predict(x, y, x, 4, k=0)
+
+
+def test_monitor_config_needs_a_task() -> None:
+    with pytest.raises(ValueError, match="monitor.task is required"):
+        MonitorConfig(every=10)
+
+
+def test_online_knn_monitor_logs_during_pretraining(tmp_path: Path) -> None:
+    run = pretrain("bert", [*TINY, "train.max_steps=4", "monitor.task=rotten-tomatoes", "monitor.every=2",
+                            "monitor.max_train=64", "monitor.max_test=32", "monitor.k=5"], tmp_path / "run")
+    steps = [r["step"] for r in read_metrics(run) if "knn_accuracy" in r]
+    assert steps == [2, 4]
+    assert all(0.0 <= r["knn_accuracy"] <= 1.0 for r in read_metrics(run) if "knn_accuracy" in r)
