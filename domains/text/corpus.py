@@ -29,6 +29,9 @@ class TextDataConfig:
     block_size: int = 128  # tokens per packed block, special tokens included
     sentence_pairs: bool = False  # blocks become [CLS] A [SEP] B [SEP] with A/B randomly swapped (ALBERT SOP)
     max_texts: int | None = None  # use only the first N texts (quick experiments)
+    # task-adaptive pretraining (Gururangan et al. 2020): add the texts, not the labels, of this task's
+    # training split (a registered task, split with the default test_fraction/split_seed; test texts are never read)
+    task_texts: str | None = None
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     def __post_init__(self) -> None:
@@ -89,7 +92,31 @@ def load_texts(cfg: TextDataConfig) -> datasets.Dataset | datasets.IterableDatas
                        f"{cfg.name if cfg.source != 'files' else cfg.paths}; available: {', '.join(columns)}")
     if cfg.max_texts is not None:
         ds = ds.take(cfg.max_texts) if isinstance(ds, datasets.IterableDataset) else ds.select(range(min(cfg.max_texts, len(ds))))
+    if cfg.task_texts is not None:
+        ds = _with_task_texts(ds, cfg)
     return ds
+
+
+def task_training_texts(task_name: str) -> datasets.Dataset:
+    """The ``text`` column of a registered task's training split, as ``mmssl finetune`` splits it by default."""
+    from domains.text.tasks import text_task_data
+    from mmssl.finetune import TaskConfig
+    from mmssl.registry import TASKS
+
+    if task_name not in TASKS:
+        raise KeyError(f"data.task_texts: unknown task {task_name!r}; known: {', '.join(TASKS.names())}")
+    return text_task_data(TaskConfig(name=task_name)).train.select_columns(["text"])
+
+
+def _with_task_texts(ds: Any, cfg: TextDataConfig) -> Any:
+    if isinstance(ds, datasets.IterableDataset):
+        raise ValueError("data.task_texts cannot be combined with data.streaming=true")
+    corpus = ds.select_columns([cfg.text_column])
+    texts = task_training_texts(cfg.task_texts)
+    if cfg.text_column != "text":
+        texts = texts.rename_column("text", cfg.text_column)
+    texts = texts.cast(corpus.features)
+    return datasets.concatenate_datasets([corpus, texts])
 
 
 def iter_texts(ds: Any, column: str):

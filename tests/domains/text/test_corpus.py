@@ -105,3 +105,23 @@ def test_tokenizer_training_is_deterministic() -> None:
         assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
     assert a.convert_ids_to_tokens([0]) == ["<|endoftext|>"]
     assert _tokenizer().convert_ids_to_tokens(list(range(5))) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def test_task_texts_add_the_training_split_only(tmp_path: Path) -> None:
+    from domains.text.tasks import text_task_data
+    from mmssl.finetune import TaskConfig
+
+    corpus = load_texts(TextDataConfig(max_texts=50))
+    mixed = load_texts(TextDataConfig(max_texts=50, task_texts="rotten-tomatoes"))
+    split = text_task_data(TaskConfig(name="rotten-tomatoes"))
+    assert mixed["text"][:50] == corpus["text"]
+    assert mixed["text"][50:] == split.train["text"]  # the texts of the training split, in order
+    assert not set(mixed["text"]) & set(split.test["text"])  # held-out texts never reach pretraining
+    assert mixed.column_names == ["text"]  # no labels
+
+
+def test_task_texts_errors() -> None:
+    with pytest.raises(KeyError, match="data.task_texts: unknown task 'nope'"):
+        load_texts(TextDataConfig(max_texts=5, task_texts="nope"))
+    with pytest.raises(ValueError, match="data.task_texts cannot be combined with data.streaming"):
+        load_texts(TextDataConfig(max_texts=5, task_texts="rotten-tomatoes", streaming=True))
