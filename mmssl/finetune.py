@@ -29,7 +29,7 @@ class TaskConfig:
 
     name: str = "rotten-tomatoes"
     path: str | None = None  # task=file: a .csv/.json(l)/.parquet file; task=hub: a dataset name or folder
-    input_column: str = "text"
+    input_column: str | None = None  # None: the domain's own column name ("text", "image", ...)
     label_column: str = "label"
     test_split: str | None = None  # use this split as the test set (task=hub); otherwise hold out test_fraction
     test_fraction: float = 0.2

@@ -89,7 +89,8 @@ class Trainer:
     """Runs ``model(batch) -> ObjectiveOutput`` under Accelerate.
 
     Args:
-        model: returns an :class:`ObjectiveOutput`; may define ``after_optimizer_step(step, max_steps)``.
+        model: returns an :class:`ObjectiveOutput`; may define ``after_optimizer_step(step, max_steps)`` (SSLModel
+            forwards it to its objective with the student encoder: EMA teachers update there).
         dataset: map-style or iterable dataset of samples for ``collate``.
         collate: samples -> :class:`Batch`.
         cfg: the recipe's ``train`` section.

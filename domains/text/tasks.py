@@ -44,7 +44,8 @@ def _load_raw(task: Any) -> datasets.Dataset | datasets.DatasetDict:
 
 def _normalise(ds: datasets.Dataset, task: Any, labels: list[Any] | None) -> tuple[datasets.Dataset, list[Any]]:
     """Rename the task's columns to ``text``/``label`` and map labels to ``0..K-1``."""
-    for key, col in (("task.input_column", task.input_column), ("task.label_column", task.label_column)):
+    input_column = task.input_column or "text"
+    for key, col in (("task.input_column", input_column), ("task.label_column", task.label_column)):
         if col not in ds.column_names:
             raise KeyError(f"{key}: column {col!r} not found; available: {', '.join(ds.column_names)}")
     feature = ds.features[task.label_column]
@@ -57,7 +58,7 @@ def _normalise(ds: datasets.Dataset, task: Any, labels: list[Any] | None) -> tup
         value = names[row[task.label_column]] if names else row[task.label_column]
         if value not in index:
             raise ValueError(f"task.label_column: label {value!r} of a test row is absent from the training labels")
-        return {"text": str(row[task.input_column]), "label": index[value]}
+        return {"text": str(row[input_column]), "label": index[value]}
 
     return ds.map(convert, remove_columns=ds.column_names), labels
 

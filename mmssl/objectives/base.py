@@ -24,8 +24,9 @@ class Objective(nn.Module):
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def after_optimizer_step(self, step: int, max_steps: int) -> None:
-        """Hook for momentum/EMA updates and schedules; ``step`` counts completed optimizer steps."""
+    def after_optimizer_step(self, encoder: Encoder, step: int, max_steps: int) -> None:
+        """Hook for momentum/EMA updates and schedules, given the (unwrapped) student ``encoder``;
+        ``step`` counts completed optimizer steps."""
 
 
 class SSLModel(nn.Module):
@@ -40,4 +41,4 @@ class SSLModel(nn.Module):
         return self.objective(self.encoder, batch)
 
     def after_optimizer_step(self, step: int, max_steps: int) -> None:
-        self.objective.after_optimizer_step(step, max_steps)
+        self.objective.after_optimizer_step(self.encoder, step, max_steps)

@@ -1,0 +1,321 @@
+"""The image domain: images -> patch units, augmented views made on the device, ViT / ResNet encoders.
+
+Data flow: ``ImageArrays`` (uint8 ``[N, C, H, W]``) -> :class:`ImageRows` -> ``collate``
+(a :class:`Batch` of normalised patch units, plus the ``[0, 1]`` pixels in
+``extras["pixels"]``) -> the per-step ``transform`` on the training device
+(:func:`domains.image.augment.make_views` with per-sample random parameters, then each view
+patchified into ``extras["views"]``; or RotNet rotations with ``extras["pretext_labels"]``)
+-> the objective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForImageClassification, ViTImageProcessor, ViTModel
+
+from domains.image import augment
+from domains.image.builders import load_fashion_mnist
+from domains.image.data import ImageArrays, load_arrays, load_hf_image_dataset, load_imagefolder, load_numpy
+from domains.image.encoders import ImageEncoderConfig, ResNetEncoder, ViTEncoder, build_image_encoder
+from domains.image.resnet import SmallResNet
+from domains.image.units import grid_of, image_batch, unpatchify
+from mmssl.domain import PretrainData, TaskData
+from mmssl.encoder import Encoder
+from mmssl.registry import DOMAINS, TASKS
+from mmssl.types import Batch, ObjectiveOutput
+
+VIEW_PRESETS = ("none", "crop", "fashion-mnist", "simclr", "mocov2", "byol", "rotation")
+
+
+@dataclass(frozen=True)
+class ImageDataConfig:
+    """A recipe's ``data:`` section for images.
+
+    ``views`` picks the per-step transform: ``none`` (the images as they are), ``crop``
+    (random resized crop 20-100% + flip: MAE, SimMIM), ``fashion-mnist`` / ``simclr`` /
+    ``mocov2`` / ``byol`` (two augmented views, :mod:`domains.image.augment` presets) or
+    ``rotation`` (RotNet: each image rotated by 0/90/180/270 degrees, labels in
+    ``extras["pretext_labels"]``).
+    """
+
+    source: Literal["prepared", "numpy", "imagefolder", "hub"] = "prepared"
+    name: str = "fashion-mnist"  # source=prepared: a `mmssl data prepare` name; source=hub: dataset name or folder
+    path: str | None = None  # source=numpy: .npy/.npz file; source=imagefolder: root with one folder per class
+    split: str = "train"
+    image_column: str = "image"
+    image_size: int | None = None  # resize on load (imagefolder, hub); None keeps the stored size
+    channels: int | None = None  # 1 or 3; None keeps the stored channels
+    max_images: int | None = None  # use only the first N images (quick experiments)
+    views: str = "fashion-mnist"
+    num_views: int = 2  # views per image for the two-view presets (more: extra copies of the second view's config)
+    local_crops: int = 0  # multi-crop: extra small views (Caron et al. 2020)
+    local_size: int = 12  # side of the local crops in pixels (a multiple of encoder.patch_size)
+    crop_scale: tuple[float, float] | None = None  # override the preset's crop area range
+
+    def __post_init__(self) -> None:
+        if self.views not in VIEW_PRESETS:
+            raise ValueError(f"data.views must be one of {', '.join(VIEW_PRESETS)}, got {self.views!r}")
+        if self.source in ("numpy", "imagefolder") and not self.path:
+            raise ValueError(f"data.path is required when data.source={self.source}")
+        if self.num_views < 1 or self.local_crops < 0:
+            raise ValueError("data.num_views must be >= 1 and data.local_crops >= 0")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
+
+
+class ImageRows(torch.utils.data.Dataset):
+    """Map-style rows ``{"image": uint8 [C, H, W], "label": int}`` over :class:`ImageArrays`."""
+
+    def __init__(self, arrays: ImageArrays) -> None:
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        labels = self.arrays.labels
+        return {"image": self.arrays.images[i], "label": -1 if labels is None else int(labels[i])}
+
+
+def load_images(cfg: ImageDataConfig) -> ImageArrays:
+    """The configured pretraining images."""
+    if cfg.source == "prepared":
+        from mmssl.datasets import prepare
+
+        if cfg.name == "fashion-mnist":
+            arrays = load_fashion_mnist("train" if cfg.split == "train" else "test")
+        else:
+            arrays = load_arrays(prepare(cfg.name) / cfg.split)
+    elif cfg.source == "numpy":
+        arrays = load_numpy(cfg.path)
+    elif cfg.source == "imagefolder":
+        arrays, _ = load_imagefolder(cfg.path, size=cfg.image_size, channels=cfg.channels)  # skips are logged there
+    else:
+        arrays = load_hf_image_dataset(cfg.name, cfg.split, image_column=cfg.image_column, label_column=None,
+                                       size=cfg.image_size, channels=cfg.channels, limit=cfg.max_images)
+    if cfg.max_images is not None and len(arrays) > cfg.max_images:
+        arrays = dataclasses.replace(arrays, images=arrays.images[: cfg.max_images],
+                                     labels=None if arrays.labels is None else arrays.labels[: cfg.max_images])
+    return arrays
+
+
+def channel_stats(images: Tensor, sample: int = 10000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images in ``[0, 1]`` units (from the first ``sample`` images)."""
+    x = images[:sample].float().div_(255)
+    return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
+
+
+def make_processor(arrays: ImageArrays, patch_size: int) -> ViTImageProcessor:
+    """transformers' ``ViTImageProcessor`` with the data's size and channel statistics (and mmssl's patch size).
+
+    It is what the export ships: ``AutoImageProcessor.from_pretrained(export)`` prepares
+    ``pixel_values`` exactly as the training batches were normalised.
+    """
+    _, c, h, w = arrays.images.shape
+    mean, std = channel_stats(arrays.images)
+    return ViTImageProcessor(size={"height": h, "width": w}, image_mean=mean, image_std=std, patch_size=patch_size)
+
+
+def _normalise(pixels: Tensor, processor: ViTImageProcessor) -> Tensor:
+    mean = torch.tensor(processor.image_mean, device=pixels.device, dtype=pixels.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(processor.image_std, device=pixels.device, dtype=pixels.dtype).view(1, -1, 1, 1)
+    return (pixels - mean) / std
+
+
+def image_collate(processor: ViTImageProcessor, with_labels: bool) -> Callable[[list[dict[str, Any]]], Batch]:
+    """Rows -> a Batch of normalised patch units; ``[0, 1]`` pixels in ``extras["pixels"]`` for the transform."""
+    patch = int(processor.patch_size)
+
+    def collate(rows: list[dict[str, Any]]) -> Batch:
+        pixels = torch.stack([r["image"] for r in rows]).float().div_(255)
+        extras: dict[str, Any] = {"pixels": pixels}
+        if with_labels:
+            extras["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
+        return image_batch(_normalise(pixels, processor), patch, **extras)
+
+    return collate
+
+
+class ViewTransform:
+    """The per-step transform: augmented views of ``extras["pixels"]``, each a Batch of patch units.
+
+    Runs on the batch's device with torch's global RNG (seeded per step by the trainer).
+    """
+
+    def __init__(self, cfg: ImageDataConfig, processor: ViTImageProcessor) -> None:
+        self.processor = processor
+        self.patch = int(processor.patch_size)
+        self.rotation = cfg.views == "rotation"
+        self.configs = () if self.rotation else _view_configs(cfg, processor)
+
+    def __call__(self, batch: Batch) -> Batch:
+        pixels = batch.extras["pixels"]
+        if self.rotation:
+            return self._rotations(batch, pixels)
+        views = tuple(image_batch(v, self.patch) for v in augment.make_views(pixels, self.configs))
+        first = views[0]
+        return first.replace(extras={**first.extras, "views": views})
+
+    def _rotations(self, batch: Batch, pixels: Tensor) -> Batch:
+        """RotNet (Gidaris et al. 2018): rotate each image by k * 90 degrees, k uniform in 0..3."""
+        k = torch.randint(0, 4, (pixels.shape[0],), device=pixels.device)
+        rotated = torch.stack([torch.rot90(pixels, r, dims=(2, 3)) for r in range(4)])  # [4, B, C, H, W]
+        chosen = rotated[k, torch.arange(pixels.shape[0], device=pixels.device)]
+        return image_batch(_normalise(chosen, self.processor), self.patch, pretext_labels=k)
+
+
+def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[augment.ViewConfig, ...]:
+    size = int(processor.size["height"])
+    norm = {"mean": tuple(processor.image_mean), "std": tuple(processor.image_std)}
+    if cfg.views == "none":
+        base: tuple[augment.ViewConfig, ...] = (augment.ViewConfig(size=size, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                                                   flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0),)
+    elif cfg.views == "crop":  # MAE (He et al. 2022): random resized crop 20-100% and flip, nothing else
+        base = (augment.ViewConfig(size=size, scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0),)
+    else:
+        preset = {"fashion-mnist": augment.fashion_mnist_views, "simclr": augment.simclr_views,
+                  "mocov2": augment.mocov2_views, "byol": augment.byol_views}[cfg.views]
+        pair = preset(size=size)
+        base = tuple(pair[min(i, 1)] for i in range(cfg.num_views))
+    if cfg.crop_scale is not None:
+        base = tuple(dataclasses.replace(v, scale=tuple(cfg.crop_scale)) for v in base)
+    views = [dataclasses.replace(v, **norm) for v in base]
+    if cfg.local_crops:
+        if cfg.local_size % int(processor.patch_size):
+            raise ValueError(f"data.local_size={cfg.local_size} is not a multiple of encoder.patch_size")
+        local = dataclasses.replace(base[-1], size=cfg.local_size, scale=(0.05, 0.4), **norm)
+        views += [local] * cfg.local_crops
+    return tuple(views)
+
+
+# ---------------------------------------------------------------------------- downstream
+class ImageClassifier(nn.Module):
+    """A classifier on patch-unit batches: ``AutoModelForImageClassification`` (ViT) or SmallResNet + linear head."""
+
+    def __init__(self, model: nn.Module, patch_size: int, head: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.patch_size = patch_size
+
+    def logits(self, batch: Batch) -> Tensor:
+        pixels = unpatchify(batch.units, grid_of(batch), self.patch_size)
+        if self.head is None:
+            return self.model(pixel_values=pixels).logits
+        return self.head(self.model(pixels).mean((2, 3)))
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        logits = self.logits(batch)
+        labels = batch.extras["labels"]
+        loss = nn.functional.cross_entropy(logits.float(), labels)
+        return ObjectiveOutput(loss=loss, terms={"ce": loss},
+                               logs={"accuracy": (logits.argmax(-1) == labels).float().mean().detach()})
+
+    def export(self, out_dir: Path) -> None:
+        self.model.save_pretrained(str(out_dir))
+        if self.head is not None:
+            torch.save(self.head.state_dict(), Path(out_dir) / "classifier_head.pt")
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _is_vit(export_dir: Path) -> bool:
+    """A transformers export (``model_type`` in its config) rather than a SmallResNet Hub-mixin one."""
+    return "model_type" in _json(Path(export_dir) / "config.json")
+
+
+def _fashion_mnist_task() -> tuple[ImageArrays, ImageArrays]:
+    return load_fashion_mnist("train"), load_fashion_mnist("test")
+
+
+TASKS.add("fashion-mnist", _fashion_mnist_task)  # Xiao et al. (2017): 60k train / 10k test, 10 classes
+
+
+class ImageDomain:
+    """Images as patch units (registered as ``image``)."""
+
+    name = "image"
+    unit_name = "patches"
+    data_config = ImageDataConfig
+    encoder_config = ImageEncoderConfig
+
+    def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
+        data, enc = recipe.data, recipe.encoder
+        arrays = load_images(data)
+        _, c, h, w = arrays.images.shape
+        if h % enc.patch_size or w % enc.patch_size:
+            raise ValueError(f"encoder.patch_size={enc.patch_size} does not divide the {h}x{w} images of {arrays.source}")
+        processor = make_processor(arrays, enc.patch_size)
+        if rank == 0:
+            processor.save_pretrained(str(Path(run_dir) / "processor"))
+        summary = {"data_source": data.source, "data_name": data.path or data.name, "images": len(arrays),
+                   "image_shape": [c, h, w], "patch_size": enc.patch_size, "views": data.views}
+        transform = None if data.views == "none" and data.num_views == 1 else ViewTransform(data, processor)
+        return PretrainData(ImageRows(arrays), image_collate(processor, with_labels=False), processor, transform, summary)
+
+    def load_processor(self, path: Path) -> ViTImageProcessor:
+        path = Path(path)
+        return ViTImageProcessor.from_pretrained(str(path / "processor" if (path / "processor").is_dir() else path))
+
+    def build_encoder(self, encoder_config: ImageEncoderConfig, processor: ViTImageProcessor) -> Encoder:
+        size = (int(processor.size["height"]), int(processor.size["width"]))
+        return build_image_encoder(encoder_config, size, channels=len(processor.image_mean))
+
+    # ------------------------------------------------------------------ downstream
+    def task_data(self, task: Any) -> TaskData:
+        if task.name == "hub":
+            if not task.path:
+                raise ValueError("task.path is required with --task hub")
+            column = task.input_column or "image"
+            train = load_hf_image_dataset(task.path, "train", image_column=column, label_column=task.label_column)
+            test = load_hf_image_dataset(task.path, task.test_split or "test", image_column=column,
+                                         label_column=task.label_column)
+        else:
+            train, test = TASKS.get(task.name)()
+        if train.labels is None or test.labels is None:
+            raise ValueError(f"task {task.name}: the images have no labels")
+        if task.max_train_samples:
+            n = min(task.max_train_samples, len(train))
+            train = dataclasses.replace(train, images=train.images[:n], labels=train.labels[:n])
+        names = train.label_names or [str(i) for i in range(int(train.labels.max()) + 1)]
+        return TaskData(ImageRows(train), ImageRows(test), list(names))
+
+    def task_collate(self, processor: ViTImageProcessor, task: Any) -> Callable[[list[Any]], Batch]:
+        return image_collate(processor, with_labels=True)
+
+    def classifier(self, export_dir: Path, num_labels: int, init: str) -> ImageClassifier:
+        processor = self.load_processor(export_dir)
+        if _is_vit(export_dir):
+            config = AutoConfig.from_pretrained(str(export_dir), num_labels=num_labels)
+            model = (AutoModelForImageClassification.from_config(config) if init == "random"
+                     else AutoModelForImageClassification.from_pretrained(str(export_dir), config=config))
+            return ImageClassifier(model, int(processor.patch_size))
+        backbone = _fresh_resnet(export_dir) if init == "random" else SmallResNet.from_pretrained(str(export_dir))
+        return ImageClassifier(backbone, int(processor.patch_size), nn.Linear(backbone.out_dim, num_labels))
+
+    def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
+        processor = self.load_processor(export_dir)
+        if _is_vit(export_dir):
+            if random_init:
+                model = ViTModel(AutoConfig.from_pretrained(str(export_dir)), add_pooling_layer=False, use_mask_token=True)
+            else:
+                model = ViTModel.from_pretrained(str(export_dir), add_pooling_layer=False, use_mask_token=True)
+            return ViTEncoder(model)
+        model = _fresh_resnet(export_dir) if random_init else SmallResNet.from_pretrained(str(export_dir))
+        return ResNetEncoder(model, int(processor.patch_size))
+
+
+def _fresh_resnet(export_dir: Path) -> SmallResNet:
+    return SmallResNet(**_json(Path(export_dir) / "config.json"))
+
+
+DOMAINS.add("image", ImageDomain())
