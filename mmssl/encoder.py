@@ -20,11 +20,14 @@ class Encoder(nn.Module, abc.ABC):
         hidden_size: ``D`` of :attr:`EncoderOutput.hidden`.
         vocab_size: number of discrete unit ids for token encoders, else None.
         mask_token_id: id of the mask token for token encoders, else None.
+        unit_dim: ``C`` of ``[B, T, C]`` feature units (e.g. ``channels * patch_size**2`` for
+            image patches), for objectives that reconstruct units; None for id units.
     """
 
     hidden_size: int
     vocab_size: int | None = None
     mask_token_id: int | None = None
+    unit_dim: int | None = None
 
     @abc.abstractmethod
     def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:

@@ -26,6 +26,32 @@ TINY = [
 ]
 
 
+# A tiny ViT / ResNet on 32 random 28x28 grayscale images (data.path is added by tiny_images).
+TINY_IMAGE = [
+    "data.source=numpy",
+    "encoder.hidden_size=32",
+    "encoder.num_layers=2",
+    "encoder.num_heads=2",
+    "encoder.intermediate_size=64",
+    "encoder.resnet_width=4",
+    "train.batch_size=8",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "train.max_minutes=null",
+    "monitor.every=0",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 random 28x28 uint8 images saved as .npy (the recipes' Fashion-MNIST shape)."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("images") / "images.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (32, 28, 28), dtype=np.uint8))
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MMSSL_CACHE", str(tmp_path_factory.getbasetemp() / "mmssl-cache"))

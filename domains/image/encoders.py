@@ -65,6 +65,7 @@ class ViTEncoder(Encoder):
         self.model = model
         self.hidden_size = model.config.hidden_size
         self.patch_size = model.config.patch_size
+        self.unit_dim = model.config.num_channels * self.patch_size**2
 
     pipeline_tag = "image-feature-extraction"
 
@@ -128,6 +129,7 @@ class ResNetEncoder(Encoder):
         self.model = model
         self.patch_size = patch_size
         self.hidden_size = model.out_dim
+        self.unit_dim = model.in_channels * patch_size**2
 
     def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
         if mask is not None or all_layers:

@@ -54,6 +54,7 @@ class SmallResNet(nn.Module, PyTorchModelHubMixin, library_name="mmssl", tags=["
         super().__init__()
         if depth not in STAGES:
             raise ValueError(f"resnet depth must be one of {sorted(STAGES)}, got {depth}")
+        self.in_channels = in_channels
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []

@@ -12,25 +12,32 @@ from mmssl.export import export_meta
 from mmssl.metrics import read_metrics
 from mmssl.pretrain import pretrain
 from mmssl.recipe import list_recipes, load_recipe
-from tests.conftest import TINY
+from domains.image.resnet import SmallResNet
+from tests.conftest import TINY, TINY_IMAGE
 
 RECIPES = [name for name, _ in list_recipes()]
 
 
 def test_every_recipe_file_validates() -> None:
-    assert {"bert", "gpt"} <= set(RECIPES)
+    assert {"bert", "gpt", "simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "mae", "rotation"} <= set(RECIPES)
     for name in RECIPES:
         recipe = load_recipe(name)
         assert recipe.name == name and recipe.description
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_smoke_run(name: str, tmp_path: Path) -> None:
-    run = pretrain(name, [*TINY, "train.max_steps=4"], tmp_path / name)
+def test_recipe_smoke_run(name: str, tmp_path: Path, tiny_images: Path) -> None:
+    recipe = load_recipe(name)
+    tiny = TINY if recipe.domain == "text" else [*TINY_IMAGE, f"data.path={tiny_images}"]
+    run = pretrain(name, [*tiny, "train.max_steps=4"], tmp_path / name)
     losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     export = run / "export"
     assert export_meta(export)["recipe"] == name
+    if recipe.domain == "image" and recipe.encoder.arch == "resnet":
+        model = SmallResNet.from_pretrained(export)  # huggingface_hub's mixin, no mmssl training code
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 32, 4, 4)
+        return
     config = AutoConfig.from_pretrained(export)
     base = AutoModel.from_pretrained(export)  # the backbone alone, as a fine-tuning user loads it
     assert base.config.hidden_size == config.hidden_size == 32
