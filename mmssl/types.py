@@ -19,7 +19,11 @@ def _to(value: Any, device: torch.device | str, non_blocking: bool) -> Any:
         return value.to(device, non_blocking=non_blocking)
     if isinstance(value, Mapping):
         return {k: _to(v, device, non_blocking) for k, v in value.items()}
-    return value
+    if isinstance(value, Batch):  # multi-view batches hold their views in extras["views"]
+        return value.to(device, non_blocking)
+    if isinstance(value, (tuple, list)) and any(isinstance(v, (Tensor, Batch)) for v in value):
+        return type(value)(_to(v, device, non_blocking) for v in value)
+    return value  # plain metadata, e.g. an image batch's (rows, cols) grid
 
 
 @dataclass(frozen=True)

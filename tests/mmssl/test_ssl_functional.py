@@ -317,3 +317,18 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path: Path) -> 
     # fork, not spawn: the children reuse this process's imports (torch, lightly, transformers),
     # which takes the test from ~15 s to well under one; gloo rendezvous through a file, no port
     mp.start_processes(_worker, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=True, start_method="fork")
+
+
+@pytest.mark.parametrize("loss", ["nt_xent", "barlow_twins_loss", "vicreg_loss"])
+def test_losses_stay_float32_under_bf16_autocast(loss: str) -> None:
+    import mmssl.objectives.functional as functional
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    fn = getattr(functional, loss)
+    ref = fn(z1, z2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fn(z1, z2)
+    ref, out = (ref[0], out[0]) if isinstance(ref, tuple) else (ref, out)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
