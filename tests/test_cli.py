@@ -14,7 +14,7 @@ from mmssl.cli import main
 def test_recipes_and_data_list(capsys) -> None:
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("bert ") and "\ngpt " in out
+    assert "\nbert " in out and "\ngpt " in out and "\nsimclr " in out
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     for name in ("austen", "rotten-tomatoes", "gcide", "kjv", "python-docs", "fortunes"):
