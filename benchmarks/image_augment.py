@@ -2,7 +2,7 @@
 
 What is compared (milliseconds per call of one batch's views, lower is better):
 
-* **mmssl**: ``domains.image.augment.make_views(images, configs)``: every op vectorised over
+* **mmssl**: ``domains.image.views.make_views(images, configs)``: every op vectorised over
   the batch, each sample with its own random parameters.
 * **torchvision loop**: the naive correct alternative. One ``torchvision.transforms.v2.Compose``
   per view config, called on each image separately, then stacked. A ``Compose`` called on the
@@ -46,8 +46,10 @@ from torch import Tensor
 
 from domains.image.augment import (
     SOLARIZE_THRESHOLD,
-    ViewConfig,
     blur_kernel_size,
+)
+from domains.image.views import (
+    ViewConfig,
     byol_views,
     fashion_mnist_views,
     make_views,

@@ -3,7 +3,7 @@
 Data flow: ``ImageArrays`` (uint8 ``[N, C, H, W]``) -> :class:`ImageRows` -> ``collate``
 (a :class:`Batch` of normalised patch units, plus the ``[0, 1]`` pixels in
 ``extras["pixels"]``) -> the per-step ``transform`` on the training device
-(:func:`domains.image.augment.make_views` with per-sample random parameters, then each view
+(:func:`domains.image.augment_views.make_views` with per-sample random parameters, then each view
 patchified into ``extras["views"]``; or RotNet rotations with ``extras["pretext_labels"]``)
 -> the objective.
 """
@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForImageClassification, ViTImageProcessor, ViTModel
 
-from domains.image import augment
+from domains.image import views as augment_views
 from domains.image.builders import load_fashion_mnist
 from domains.image.data import ImageArrays, load_arrays, load_hf_image_dataset, load_imagefolder, load_numpy
 from domains.image.encoders import ImageEncoderConfig, ResNetEncoder, ViTEncoder, build_image_encoder
@@ -38,7 +39,7 @@ VIEW_PRESETS = ("none", "crop", "fashion-mnist", "simclr", "mocov2", "byol", "ro
 class ImageDataConfig:
     """A recipe's ``data:`` section for images.
 
-    ``views`` picks the per-step transform: ``none`` (the images as they are), ``crop``
+    ``views`` picks the per-step transform: ``none`` (no transform: the collated images as they are), ``crop``
     (random resized crop 20-100% + flip: MAE, SimMIM), ``fashion-mnist`` / ``simclr`` /
     ``mocov2`` / ``byol`` (two augmented views, :mod:`domains.image.augment` presets) or
     ``rotation`` (RotNet: each image rotated by 0/90/180/270 degrees, labels in
@@ -86,13 +87,13 @@ class ImageRows(torch.utils.data.Dataset):
 
 def load_images(cfg: ImageDataConfig) -> ImageArrays:
     """The configured pretraining images."""
-    if cfg.source == "prepared":
+    if cfg.source == "prepared":  # builders write one folder per split (fashion-mnist: train/, test/)
         from mmssl.datasets import prepare
 
-        if cfg.name == "fashion-mnist":
-            arrays = load_fashion_mnist("train" if cfg.split == "train" else "test")
-        else:
-            arrays = load_arrays(prepare(cfg.name) / cfg.split)
+        split_dir = prepare(cfg.name) / cfg.split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(f"data.split: prepared dataset {cfg.name!r} has no split {cfg.split!r} ({split_dir})")
+        arrays = load_arrays(split_dir)
     elif cfg.source == "numpy":
         arrays = load_numpy(cfg.path)
     elif cfg.source == "imagefolder":
@@ -159,7 +160,7 @@ class ViewTransform:
         pixels = batch.extras["pixels"]
         if self.rotation:
             return self._rotations(batch, pixels)
-        views = tuple(image_batch(v, self.patch) for v in augment.make_views(pixels, self.configs))
+        views = tuple(image_batch(v, self.patch) for v in augment_views.make_views(pixels, self.configs))
         first = views[0]
         return first.replace(extras={**first.extras, "views": views})
 
@@ -171,18 +172,14 @@ class ViewTransform:
         return image_batch(_normalise(chosen, self.processor), self.patch, pretext_labels=k)
 
 
-def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[augment.ViewConfig, ...]:
+def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[augment_views.ViewConfig, ...]:
     size = int(processor.size["height"])
     norm = {"mean": tuple(processor.image_mean), "std": tuple(processor.image_std)}
-    if cfg.views == "none":
-        base: tuple[augment.ViewConfig, ...] = (augment.ViewConfig(size=size, scale=(1.0, 1.0), ratio=(1.0, 1.0),
-                                                                   flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0),)
-    elif cfg.views == "crop":  # MAE (He et al. 2022): random resized crop 20-100% and flip, nothing else
-        base = (augment.ViewConfig(size=size, scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0),)
+    if cfg.views == "crop":  # MAE (He et al. 2022): random resized crop 20-100% and flip, nothing else
+        base: tuple[augment_views.ViewConfig, ...] = (
+            augment_views.ViewConfig(size=size, scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0),)
     else:
-        preset = {"fashion-mnist": augment.fashion_mnist_views, "simclr": augment.simclr_views,
-                  "mocov2": augment.mocov2_views, "byol": augment.byol_views}[cfg.views]
-        pair = preset(size=size)
+        pair = augment_views.VIEW_PRESETS[cfg.views](size=size)
         base = tuple(pair[min(i, 1)] for i in range(cfg.num_views))
     if cfg.crop_scale is not None:
         base = tuple(dataclasses.replace(v, scale=tuple(cfg.crop_scale)) for v in base)
@@ -221,7 +218,7 @@ class ImageClassifier(nn.Module):
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))
         if self.head is not None:
-            torch.save(self.head.state_dict(), Path(out_dir) / "classifier_head.pt")
+            save_file(self.head.state_dict(), str(Path(out_dir) / "classifier_head.safetensors"))
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -259,7 +256,7 @@ class ImageDomain:
             processor.save_pretrained(str(Path(run_dir) / "processor"))
         summary = {"data_source": data.source, "data_name": data.path or data.name, "images": len(arrays),
                    "image_shape": [c, h, w], "patch_size": enc.patch_size, "views": data.views}
-        transform = None if data.views == "none" and data.num_views == 1 else ViewTransform(data, processor)
+        transform = None if data.views == "none" else ViewTransform(data, processor)
         return PretrainData(ImageRows(arrays), image_collate(processor, with_labels=False), processor, transform, summary)
 
     def load_processor(self, path: Path) -> ViTImageProcessor:

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import ViTConfig, ViTModel
 
 from domains.image.resnet import SmallResNet

@@ -1,4 +1,4 @@
-"""Batched per-sample SSL augmentations (domains/image/augment.py).
+"""Batched per-sample SSL augmentations (domains/image/augment.py ops, domains/image/views.py views).
 
 Each op is compared with ``torchvision.transforms.v2.functional`` applied image by image with
 the same parameters. The samplers are checked for per-sample independence, for determinism under
@@ -18,22 +18,15 @@ from torch import Tensor
 
 from domains.image.augment import (
     HUE,
-    VIEW_PRESETS,
     JitterParams,
-    ViewConfig,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
-    augment,
     blur_kernel_size,
-    byol_views,
     color_jitter,
-    dino_views,
-    fashion_mnist_views,
     gaussian_blur,
     hflip,
-    make_views,
     normalize,
     random_grayscale,
     resized_crop,
@@ -41,8 +34,17 @@ from domains.image.augment import (
     sample_blur_sigma,
     sample_crop_boxes,
     sample_jitter,
-    simclr_views,
     solarize,
+)
+from domains.image.views import (
+    VIEW_PRESETS,
+    ViewConfig,
+    augment,
+    byol_views,
+    dino_views,
+    fashion_mnist_views,
+    make_views,
+    simclr_views,
 )
 
 CPU = torch.device("cpu")
