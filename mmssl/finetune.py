@@ -127,15 +127,22 @@ def _frozen_features(path: Path, cfg: FinetuneConfig, domain: str | None) -> tup
     return train, test, data, run_dir
 
 
+def fit_linear_probe(train: tuple[Any, Any], test: tuple[Any, Any], probe: ProbeConfig) -> dict[str, Any]:
+    """Logistic regression on standardised features ``(x [N, D], y [N])``: test and train accuracy.
+
+    Shared by ``--protocol linear`` and the raw-input baselines (e.g. pixels) so both use one probe."""
+    (x_train, y_train), (x_test, y_test) = ((np.asarray(x), np.asarray(y)) for x, y in (train, test))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=probe.C, max_iter=probe.max_iter))
+    clf.fit(x_train, y_train)
+    return {"accuracy": float(clf.score(x_test, y_test)), "train_accuracy": float(clf.score(x_train, y_train)),
+            "n_train": len(y_train), "n_test": len(y_test), "feature_dim": int(x_train.shape[1])}
+
+
 def linear_probe(path: Path, cfg: FinetuneConfig, domain: str | None = None) -> dict[str, Any]:
     """Logistic regression on frozen pooled encoder features; accuracy on the held-out split."""
-    (x_train, y_train), (x_test, y_test), _, run_dir = _frozen_features(path, cfg, domain)
-    x_train, y_train, x_test, y_test = (t.numpy() for t in (x_train, y_train, x_test, y_test))
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.probe.C, max_iter=cfg.probe.max_iter))
-    clf.fit(x_train, y_train)
+    train, test, _, run_dir = _frozen_features(path, cfg, domain)
     record = {"event": "evaluate", "protocol": "linear", "task": cfg.task.name, "init": cfg.init,
-              "accuracy": float(clf.score(x_test, y_test)), "train_accuracy": float(clf.score(x_train, y_train)),
-              "n_train": len(y_train), "n_test": len(y_test), "feature_dim": int(x_train.shape[1])}
+              **fit_linear_probe(train, test, cfg.probe)}
     if run_dir is not None:
         append_metrics(run_dir, record)
     return record

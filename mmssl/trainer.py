@@ -249,7 +249,7 @@ class Trainer:
         unwrapped = acc.unwrap_model(self.model)
         window = _Window()
         last: dict[str, float] = {}
-        start = time.perf_counter()
+        start = self._fit_start = time.perf_counter()
         bar = tqdm(total=self.cfg.max_steps, initial=self.state.step, disable=not acc.is_local_main_process,
                    desc="train", dynamic_ncols=True)
         batches = self._batches()
@@ -309,6 +309,7 @@ class Trainer:
         record: dict[str, Any] = {"step": self.state.step, "epoch": self.state.epoch, **stats}
         record["lr"] = self.scheduler.get_last_lr()[0]
         record["nonfinite_skipped"] = self.state.nonfinite_total
+        record["elapsed_s"] = round(time.perf_counter() - self._fit_start, 2)  # wall time of this fit() call
         if self.unit_name != "tokens":
             record[f"{self.unit_name}_per_s"] = record["tokens_per_s"]
         record.update(extra)

@@ -4,7 +4,7 @@ Data flow: ``ImageArrays`` (uint8 ``[N, C, H, W]``) -> :class:`ImageRows` -> ``c
 (a :class:`Batch` of normalised patch units, plus the ``[0, 1]`` pixels in
 ``extras["pixels"]``) -> the per-step ``transform`` on the training device
 (:func:`domains.image.augment_views.make_views` with per-sample random parameters, then each view
-patchified into ``extras["views"]``; or RotNet rotations with ``extras["pretext_labels"]``)
+patchified into ``extras["views"]``; or a pretext transform, rotation or jigsaw, with ``extras["pretext_labels"]``)
 -> the objective.
 """
 
@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForImageClassification, ViTImageProcessor, ViTModel
 
+from domains.image import pretext
 from domains.image import views as augment_views
 from domains.image.builders import load_fashion_mnist
 from domains.image.data import ImageArrays, load_arrays, load_hf_image_dataset, load_imagefolder, load_numpy
@@ -32,7 +33,8 @@ from mmssl.encoder import Encoder
 from mmssl.registry import DOMAINS, TASKS
 from mmssl.types import Batch, ObjectiveOutput
 
-VIEW_PRESETS = ("none", "crop", "fashion-mnist", "simclr", "mocov2", "byol", "rotation")
+VIEW_PRESETS = ("none", "crop", "fashion-mnist", "simclr", "mocov2", "byol", "rotation", "jigsaw")
+PRETEXT_VIEWS = ("rotation", "jigsaw")
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,10 @@ class ImageDataConfig:
     ``views`` picks the per-step transform: ``none`` (no transform: the collated images as they are), ``crop``
     (random resized crop 20-100% + flip: MAE, SimMIM), ``fashion-mnist`` / ``simclr`` /
     ``mocov2`` / ``byol`` (two augmented views, :mod:`domains.image.augment` presets) or
-    ``rotation`` (RotNet: each image rotated by 0/90/180/270 degrees, labels in
-    ``extras["pretext_labels"]``).
+    ``rotation`` (RotNet: each image rotated by 0/90/180/270 degrees) or ``jigsaw`` (a
+    ``jigsaw_grid`` x ``jigsaw_grid`` puzzle shuffled by one of ``jigsaw_permutations``
+    maximal-Hamming permutations); the pretext views put their labels in
+    ``extras["pretext_labels"]`` (:mod:`domains.image.pretext`).
     """
 
     source: Literal["prepared", "numpy", "imagefolder", "hub"] = "prepared"
@@ -59,6 +63,9 @@ class ImageDataConfig:
     local_crops: int = 0  # multi-crop: extra small views (Caron et al. 2020)
     local_size: int = 12  # side of the local crops in pixels (a multiple of encoder.patch_size)
     crop_scale: tuple[float, float] | None = None  # override the preset's crop area range
+    jigsaw_grid: int = 2  # views=jigsaw: tiles per side
+    jigsaw_permutations: int = 24  # size of the permutation set (= objective.num_classes); 2x2 has 24
+    jigsaw_gap: int = 2  # pixels trimmed from each tile at a random offset (no edge shortcuts)
 
     def __post_init__(self) -> None:
         if self.views not in VIEW_PRESETS:
@@ -69,6 +76,8 @@ class ImageDataConfig:
             raise ValueError("data.num_views must be >= 1 and data.local_crops >= 0")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
+        if self.jigsaw_grid < 2:
+            raise ValueError(f"data.jigsaw_grid must be >= 2, got {self.jigsaw_grid}")
 
 
 class ImageRows(torch.utils.data.Dataset):
@@ -153,23 +162,26 @@ class ViewTransform:
     def __init__(self, cfg: ImageDataConfig, processor: ViTImageProcessor) -> None:
         self.processor = processor
         self.patch = int(processor.patch_size)
-        self.rotation = cfg.views == "rotation"
-        self.configs = () if self.rotation else _view_configs(cfg, processor)
+        self.cfg = cfg
+        self.configs = () if cfg.views in PRETEXT_VIEWS else _view_configs(cfg, processor)
+        if cfg.views == "jigsaw":
+            try:
+                self.permutations = pretext.hamming_permutations(cfg.jigsaw_grid ** 2, cfg.jigsaw_permutations)
+            except ValueError as e:
+                raise ValueError(f"data.jigsaw_permutations: {e}") from None
 
     def __call__(self, batch: Batch) -> Batch:
         pixels = batch.extras["pixels"]
-        if self.rotation:
-            return self._rotations(batch, pixels)
+        if self.cfg.views == "rotation":
+            rotated, k = pretext.rotate(pixels)
+            return image_batch(_normalise(rotated, self.processor), self.patch, pretext_labels=k)
+        if self.cfg.views == "jigsaw":  # on normalised pixels: the gaps are the mean
+            puzzles, k = pretext.jigsaw(_normalise(pixels, self.processor), self.permutations,
+                                        self.cfg.jigsaw_grid, self.cfg.jigsaw_gap)
+            return image_batch(puzzles, self.patch, pretext_labels=k)
         views = tuple(image_batch(v, self.patch) for v in augment_views.make_views(pixels, self.configs))
         first = views[0]
         return first.replace(extras={**first.extras, "views": views})
-
-    def _rotations(self, batch: Batch, pixels: Tensor) -> Batch:
-        """RotNet (Gidaris et al. 2018): rotate each image by k * 90 degrees, k uniform in 0..3."""
-        k = torch.randint(0, 4, (pixels.shape[0],), device=pixels.device)
-        rotated = torch.stack([torch.rot90(pixels, r, dims=(2, 3)) for r in range(4)])  # [4, B, C, H, W]
-        chosen = rotated[k, torch.arange(pixels.shape[0], device=pixels.device)]
-        return image_batch(_normalise(chosen, self.processor), self.patch, pretext_labels=k)
 
 
 def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[augment_views.ViewConfig, ...]:

@@ -19,7 +19,7 @@ RECIPES = [name for name, _ in list_recipes()]
 
 
 def test_every_recipe_file_validates() -> None:
-    assert {"bert", "gpt", "simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "mae", "rotation"} <= set(RECIPES)
+    assert {"bert", "gpt", "simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "mae", "rotation", "jigsaw"} <= set(RECIPES)
     for name in RECIPES:
         recipe = load_recipe(name)
         assert recipe.name == name and recipe.description
