@@ -1,0 +1,224 @@
+"""Audio encoders behind mmssl's encoder protocol, built from transformers' own classes.
+
+* ``arch=wav2vec2``: ``Wav2Vec2ForPreTraining`` (conv feature encoder on raw waveform
+  samples, transformer context network, Gumbel product quantizer and the two projections).
+  ``hidden`` is on the conv-frame grid (20 ms per frame with the paper's strides), so a
+  mask passed to :meth:`Wav2Vec2Encoder.encode` is on that grid (see
+  :meth:`output_padding_mask`). The export loads with ``Wav2Vec2Model``,
+  ``Wav2Vec2ForPreTraining`` and ``AutoModelForAudioClassification``.
+* ``arch=conformer``: ``Wav2Vec2BertModel`` (w2v-BERT 2.0's conformer) on stacked fbank
+  units ``[B, T, n_mels * stride]``; ``causal=true`` restricts self-attention to the past
+  (its depthwise convolutions are causal already), as APC needs. The export loads with
+  ``AutoModel`` and ``SeamlessM4TFeatureExtractor``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel, Wav2Vec2Config, Wav2Vec2ForPreTraining
+from transformers.masking_utils import causal_mask_function, create_bidirectional_mask
+
+from mmssl.encoder import Encoder
+from mmssl.types import Batch, EncoderOutput
+
+CAUSAL_KEY = "mmssl_causal"  # extra key of an exported conformer's config.json
+
+
+@dataclass(frozen=True)
+class AudioEncoderConfig:
+    """A recipe's ``encoder:`` section for audio.
+
+    Defaults are a small model for 2 CPU cores. wav2vec 2.0 BASE is hidden_size=768,
+    num_layers=12, num_heads=12, intermediate_size=3072, conv_dim 512 x 7, kernels
+    (10,3,3,3,3,2,2), strides (5,2,2,2,2,2,2) (320 samples = 20 ms per frame at 16 kHz),
+    G=2 codebooks of V=320 entries, codevector_dim 256, proj_codevector_dim 256.
+    """
+
+    arch: Literal["wav2vec2", "conformer"] = "wav2vec2"
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    # wav2vec2: conv feature encoder
+    conv_dim: tuple[int, ...] = (128, 128, 128, 128, 128, 128, 128)
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    feat_extract_norm: Literal["group", "layer"] = "layer"  # layer: exact under padding (wav2vec 2.0 LARGE)
+    do_stable_layer_norm: bool = True  # pre-LN transformer (LARGE); BASE: false
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    # wav2vec2: quantizer
+    num_codevector_groups: int = 2
+    num_codevectors_per_group: int = 320
+    codevector_dim: int = 256
+    proj_codevector_dim: int = 256
+    # conformer
+    input_dim: int = 160  # fbank units: num_mel_bins * frame_stride
+    conv_depthwise_kernel_size: int = 31
+    causal: bool = False  # conformer only: attend to the past only (APC)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"encoder.hidden_size={self.hidden_size} is not divisible by encoder.num_heads={self.num_heads}")
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise ValueError("encoder.conv_dim, conv_kernel and conv_stride must have the same length")
+        if self.codevector_dim % self.num_codevector_groups:
+            raise ValueError("encoder.codevector_dim must be divisible by encoder.num_codevector_groups")
+        if self.causal and self.arch != "conformer":
+            raise ValueError("encoder.causal=true needs encoder.arch=conformer")
+
+
+def wav2vec2_config(cfg: AudioEncoderConfig) -> Wav2Vec2Config:
+    return Wav2Vec2Config(
+        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size, hidden_dropout=cfg.dropout, activation_dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout, feat_proj_dropout=cfg.dropout, feat_quantizer_dropout=cfg.dropout,
+        final_dropout=cfg.dropout, layerdrop=0.0, conv_dim=list(cfg.conv_dim), conv_kernel=list(cfg.conv_kernel),
+        conv_stride=list(cfg.conv_stride), feat_extract_norm=cfg.feat_extract_norm,
+        do_stable_layer_norm=cfg.do_stable_layer_norm, num_conv_pos_embeddings=cfg.num_conv_pos_embeddings,
+        num_conv_pos_embedding_groups=cfg.num_conv_pos_embedding_groups,
+        num_codevector_groups=cfg.num_codevector_groups, num_codevectors_per_group=cfg.num_codevectors_per_group,
+        codevector_dim=cfg.codevector_dim, proj_codevector_dim=cfg.proj_codevector_dim,
+        mask_time_prob=0.05, mask_time_length=10,  # SpecAugment during fine-tuning (transformers' defaults)
+    )
+
+
+class Wav2Vec2Encoder(Encoder):
+    """``Wav2Vec2ForPreTraining`` on waveform units ``[B, S]``; ``hidden`` is ``[B, T_frames, D]``.
+
+    The quantizer and projections stay inside the transformers model (so the export holds
+    them and ``Wav2Vec2ForPreTraining.from_pretrained`` restores them);
+    :meth:`prediction_head` hands that model to the wav2vec 2.0 objective.
+    """
+
+    pipeline_tag = "feature-extraction"
+
+    def __init__(self, model: Wav2Vec2ForPreTraining) -> None:
+        super().__init__()
+        self.model = model
+        self.hidden_size = model.config.hidden_size
+
+    def output_padding_mask(self, batch: Batch) -> Tensor:
+        """``[B, T_frames]`` bool, True at conv frames that only cover padding."""
+        frames = int(self.model._get_feat_extract_output_lengths(batch.units.shape[1]))
+        if not batch.padding_mask.any():
+            return torch.zeros(batch.batch_size, frames, dtype=torch.bool, device=batch.units.device)
+        keep = self.model._get_feature_vector_attention_mask(frames, (~batch.padding_mask).long())
+        return ~keep
+
+    def encode_with_features(self, batch: Batch, mask: Tensor | None = None,
+                             all_layers: bool = False) -> tuple[EncoderOutput, Tensor]:
+        """Encode, and also return the layer-normed conv features ``[B, T, C]`` (the quantizer's input)."""
+        padding = self.output_padding_mask(batch)
+        if mask is None:  # an all-False mask also stops transformers' own SpecAugment in training mode
+            mask = torch.zeros_like(padding)
+        attention = (~batch.padding_mask).long() if batch.padding_mask.any() else None
+        out = self.model.wav2vec2(batch.units, attention_mask=attention, mask_time_indices=mask,
+                                  output_hidden_states=all_layers)
+        layers = tuple(out.hidden_states) if all_layers else None
+        return EncoderOutput(hidden=out.last_hidden_state, padding_mask=padding, layers=layers), out.extract_features
+
+    def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
+        """Encode waveforms; ``mask`` (``[B, T_frames]``) replaces frames by the learned mask embedding."""
+        return self.encode_with_features(batch, mask, all_layers)[0]
+
+    def prediction_head(self) -> nn.Module:
+        return self.model
+
+    def export(self, out_dir: Path) -> None:
+        self.model.save_pretrained(str(out_dir))
+
+
+def conformer_config(cfg: AudioEncoderConfig) -> Wav2Vec2BertConfig:
+    return Wav2Vec2BertConfig(
+        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size, feature_projection_input_dim=cfg.input_dim,
+        hidden_dropout=cfg.dropout, activation_dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
+        feat_proj_dropout=cfg.dropout, final_dropout=cfg.dropout, conformer_conv_dropout=cfg.dropout, layerdrop=0.0,
+        conv_depthwise_kernel_size=cfg.conv_depthwise_kernel_size, mask_time_prob=0.05, add_adapter=False,
+        **{CAUSAL_KEY: cfg.causal},
+    )
+
+
+class ConformerEncoder(Encoder):
+    """``Wav2Vec2BertModel`` on fbank units ``[B, T, C]``; ``hidden`` is on the same ``[B, T]`` grid.
+
+    Masked units are replaced by the model's learned ``masked_spec_embed`` after the input
+    projection (as in w2v-BERT). With ``causal`` every unit attends to itself and the past only.
+    """
+
+    pipeline_tag = "feature-extraction"
+
+    def __init__(self, model: Wav2Vec2BertModel, causal: bool | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.causal = bool(getattr(model.config, CAUSAL_KEY, False) if causal is None else causal)
+        self.hidden_size = model.config.hidden_size
+        self.unit_dim = model.config.feature_projection_input_dim
+
+    def output_padding_mask(self, batch: Batch) -> Tensor:
+        return batch.padding_mask
+
+    def encode_with_features(self, batch: Batch, mask: Tensor | None = None,
+                             all_layers: bool = False) -> tuple[EncoderOutput, Tensor]:
+        """Encode, and also return the layer-normed input units ``[B, T, C]``."""
+        if batch.units.ndim != 3 or batch.units.shape[-1] != self.unit_dim:
+            raise ValueError(f"the conformer encoder reads fbank units [B, T, {self.unit_dim}], got "
+                             f"{tuple(batch.units.shape)} (data.stream=fbank; encoder.input_dim = n_mels * stride)")
+        hidden, features = self.model.feature_projection(batch.units)
+        if mask is not None:
+            hidden = torch.where(mask.unsqueeze(-1), self.model.masked_spec_embed.to(hidden.dtype), hidden)
+        hidden, layers = self._layers(hidden, batch.padding_mask, all_layers)
+        return EncoderOutput(hidden=hidden, padding_mask=batch.padding_mask, layers=layers), features
+
+    def _layers(self, hidden: Tensor, padding: Tensor, all_layers: bool) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        """``Wav2Vec2BertEncoder.forward`` with an optional causal attention mask."""
+        encoder = self.model.encoder
+        keep = ~padding if padding.any() else None
+        if keep is not None:
+            hidden = hidden.masked_fill(padding.unsqueeze(-1), 0.0)
+        attention = create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=keep,
+                                              and_mask_function=causal_mask_function if self.causal else None)
+        hidden = encoder.dropout(hidden)
+        positions = encoder.embed_positions(hidden) if encoder.embed_positions is not None else None
+        layers = [hidden]
+        for layer in encoder.layers:
+            hidden = layer(hidden, attention_mask=attention, relative_position_embeddings=positions,
+                           conv_attention_mask=keep)
+            layers.append(hidden)
+        return hidden, tuple(layers) if all_layers else None
+
+    def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
+        return self.encode_with_features(batch, mask, all_layers)[0]
+
+    def export(self, out_dir: Path) -> None:
+        self.model.save_pretrained(str(out_dir))
+
+
+def build_audio_encoder(cfg: AudioEncoderConfig) -> Encoder:
+    """A freshly initialised encoder sized by the recipe."""
+    if cfg.arch == "wav2vec2":
+        return Wav2Vec2Encoder(Wav2Vec2ForPreTraining(wav2vec2_config(cfg)))
+    return ConformerEncoder(Wav2Vec2BertModel(conformer_config(cfg)), causal=cfg.causal)
+
+
+def load_audio_encoder(export_dir: Path, random_init: bool = False) -> Encoder:
+    """The exported encoder (``random_init``: same config, fresh weights)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(export_dir))
+    if config.model_type == "wav2vec2":
+        model = Wav2Vec2ForPreTraining(config) if random_init else Wav2Vec2ForPreTraining.from_pretrained(str(export_dir))
+        return Wav2Vec2Encoder(model)
+    if config.model_type == "wav2vec2-bert":
+        model = Wav2Vec2BertModel(config) if random_init else Wav2Vec2BertModel.from_pretrained(str(export_dir))
+        return ConformerEncoder(model)
+    raise ValueError(f"{export_dir}: model_type {config.model_type!r} is not an mmssl audio encoder "
+                     "(wav2vec2 or wav2vec2-bert)")

@@ -1,0 +1,193 @@
+"""wav2vec 2.0: contrast masked context vectors with quantized targets among sampled distractors.
+
+Baevski et al. 2020 ("wav2vec 2.0: A Framework for Self-Supervised Learning of Speech
+Representations", sec. 3): spans of the encoder's local features are masked (p=0.065,
+L=10, :func:`mmssl.masking.span_mask`), the context network sees the masked sequence, and
+at every masked unit its output ``c_t`` must pick the quantized local feature ``q_t`` out of
+``K`` distractors quantized at other masked units of the same utterance (eq. 3), plus a
+codebook diversity term (eq. 4). The Gumbel-softmax temperature anneals from 2 to 0.5 by
+0.999995 per update.
+
+Modality-agnostic: the objective needs an encoder that
+
+* maps a batch to an output grid: ``output_padding_mask(batch) -> [B, T]`` (conv frames
+  of a waveform, or the units themselves);
+* returns its local features beside the output: ``encode_with_features(batch, mask) ->
+  (EncoderOutput, features [B, T, C])`` with ``mask`` on the output grid;
+* holds the quantizer and projections in :meth:`Encoder.prediction_head` (so they export
+  with the backbone): ``quantizer(features, mask_time_indices) -> (codes [B, T, Dq],
+  perplexity)`` with ``.temperature``, ``.num_groups``, ``.num_vars``; ``project_hid``,
+  ``project_q`` and ``dropout_features`` modules. transformers' ``Wav2Vec2ForPreTraining`` is
+  one such head, so the loss can be checked against it on the same weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmssl.distributed import global_mean_normalizer
+from mmssl.encoder import Encoder
+from mmssl.masking import span_mask
+from mmssl.objectives.base import Objective
+from mmssl.registry import OBJECTIVES, ObjectiveSpec
+from mmssl.types import Batch, ObjectiveOutput
+
+
+def sample_distractors(mask: Tensor, num_negatives: int, generator: torch.Generator | None = None) -> Tensor:
+    """Distractor indices for every masked unit: other masked units of the same row, uniformly.
+
+    The sampling of wav2vec 2.0 (and transformers' ``_sample_negative_indices``): for a row
+    with ``m`` masked units, each masked unit draws ``num_negatives`` of the other ``m - 1``
+    with replacement. A row with a single masked unit gets itself (its logits are then
+    dropped as identical to the positive).
+
+    Args:
+        mask: ``[B, T]`` bool.
+
+    Returns:
+        ``[B, T, K]`` int64 indices into the flattened ``[B * T]`` grid (0 at unmasked units).
+    """
+    b, t = mask.shape
+    dev = mask.device
+    counts = mask.sum(1)  # [B]
+    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)  # masked positions first, ascending
+    rank = torch.cumsum(mask.long(), 1) - 1  # rank of each masked unit within its row
+    others = (counts - 1).clamp(min=1)[:, None, None].float()
+    draw = (torch.rand(b, t, num_negatives, device=dev, generator=generator) * others).long()
+    draw = draw + (draw >= rank[..., None]).long()  # skip the unit itself, keeping the draw uniform
+    draw = torch.minimum(draw, (counts - 1).clamp(min=0)[:, None, None])
+    positions = order.gather(1, draw.reshape(b, -1)).reshape(b, t, num_negatives)
+    flat = positions + torch.arange(b, device=dev)[:, None, None] * t
+    return flat.masked_fill(~mask[..., None], 0)
+
+
+def quantized_contrastive_loss(context: Tensor, quantized: Tensor, mask: Tensor, distractors: Tensor,
+                               temperature: float = 0.1) -> tuple[Tensor, Tensor]:
+    """wav2vec 2.0's contrastive loss ``L_m`` (eq. 3), summed over the masked units.
+
+    ``-log( exp(sim(c_t, q_t)/k) / sum_{q in Q_t} exp(sim(c_t, q)/k) )`` with cosine ``sim``
+    and ``Q_t = {q_t} + K distractors``; a distractor equal to ``q_t`` (a collapsed codebook)
+    is left out of the denominator, as in fairseq and transformers.
+
+    Args:
+        context: ``[B, T, D]`` projected context vectors ``c``.
+        quantized: ``[B, T, D]`` projected quantized targets ``q`` (gradient flows to both).
+        mask: ``[B, T]`` bool, the masked units (the only ones with a loss).
+        distractors: ``[B, T, K]`` indices into ``[B * T]`` (:func:`sample_distractors`).
+        temperature: ``kappa`` (0.1 in the paper).
+
+    Returns:
+        ``(loss_sum, accuracy)``: the summed loss (divide by the masked count) and the
+        fraction of masked units whose positive scores highest (detached).
+    """
+    if context.shape != quantized.shape or mask.shape != context.shape[:2]:
+        raise ValueError(f"context {tuple(context.shape)}, quantized {tuple(quantized.shape)} and mask "
+                         f"{tuple(mask.shape)} must share the [B, T] grid and D")
+    d = quantized.shape[-1]
+    positive = quantized[mask]  # [N, D]
+    negative = quantized.reshape(-1, d)[distractors[mask]]  # [N, K, D]
+    candidates = torch.cat([positive[:, None], negative], dim=1)  # [N, 1 + K, D]
+    logits = F.cosine_similarity(context[mask][:, None].float(), candidates.float(), dim=-1) / temperature
+    same = (negative == positive[:, None]).all(-1)  # [N, K]
+    logits[:, 1:] = logits[:, 1:].masked_fill(same, float("-inf"))
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    loss = F.cross_entropy(logits, target, reduction="sum")
+    accuracy = (logits.argmax(-1) == 0).float().mean() if len(target) else torch.zeros((), device=logits.device)
+    return loss, accuracy.detach()
+
+
+def codebook_diversity(perplexity: Tensor, num_codevectors: int) -> Tensor:
+    """wav2vec 2.0's diversity loss ``L_d`` (eq. 4): ``(G V - sum_g exp(H(p_g))) / (G V)``, where
+    ``perplexity`` is the summed per-group perplexity of the batch-averaged soft assignments."""
+    return (num_codevectors - perplexity) / num_codevectors
+
+
+def gumbel_temperature(step: int, start: float, end: float, decay: float) -> float:
+    """``max(start * decay^step, end)``: the paper's 2 -> 0.5 annealing with decay 0.999995."""
+    return max(start * decay**step, end)
+
+
+@dataclass(frozen=True)
+class Wav2Vec2Config:
+    """wav2vec 2.0 (Baevski et al. 2020); defaults are the paper's BASE settings."""
+
+    name: str = "wav2vec2"
+    mask_prob: float = 0.065  # span starts per unit (transformers' mask_time_prob = 0.065 * 10 = 0.65)
+    mask_length: int = 10
+    min_masks: int = 2  # spans per row at least (transformers' run_wav2vec2_pretraining_no_trainer)
+    num_negatives: int = 100  # K distractors
+    logit_temperature: float = 0.1  # kappa
+    diversity_weight: float = 0.1  # alpha
+    gumbel_start: float = 2.0
+    gumbel_end: float = 0.5
+    gumbel_decay: float = 0.999995
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_prob < 1.0 or self.mask_length < 1:
+            raise ValueError("objective.mask_prob must be in (0, 1) and objective.mask_length >= 1")
+        if self.num_negatives < 1 or self.logit_temperature <= 0 or self.diversity_weight < 0:
+            raise ValueError("objective.num_negatives >= 1, logit_temperature > 0, diversity_weight >= 0 are required")
+        if not 0 < self.gumbel_end <= self.gumbel_start or not 0 < self.gumbel_decay <= 1:
+            raise ValueError("objective: 0 < gumbel_end <= gumbel_start and 0 < gumbel_decay <= 1 are required")
+
+
+def _head(encoder: Encoder, objective: str):
+    head = encoder.prediction_head()
+    needed = ("quantizer", "project_hid", "project_q")
+    if head is None or not all(hasattr(head, n) for n in needed) or not hasattr(encoder, "encode_with_features"):
+        raise ValueError(f"{objective} needs an encoder with a quantizer head and local features "
+                         f"(e.g. the audio domain's encoder.arch=wav2vec2), got {type(encoder).__name__}")
+    return head
+
+
+class Wav2Vec2Objective(Objective):
+    """Masked contrastive prediction of quantized local features (the wav2vec 2.0 loss ``L_m + a L_d``).
+
+    The loss is normalised by the global number of masked units; transformers'
+    ``Wav2Vec2ForPreTraining.loss`` is the same quantity before that division.
+    """
+
+    def __init__(self, config: Wav2Vec2Config, encoder: Encoder) -> None:
+        super().__init__(config, encoder)
+        _head(encoder, config.name)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # for the temperature, saved with the state
+
+    def make_mask(self, padding: Tensor) -> Tensor:
+        cfg = self.config
+        return span_mask(~padding, start_prob=cfg.mask_prob, span_length=cfg.mask_length, min_spans=cfg.min_masks)
+
+    def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
+        mask = self.make_mask(encoder.output_padding_mask(batch))
+        return self.loss(encoder, batch, mask, sample_distractors(mask, self.config.num_negatives))
+
+    def loss(self, encoder: Encoder, batch: Batch, mask: Tensor, distractors: Tensor) -> ObjectiveOutput:
+        """The loss for a given mask ``[B, T]`` and distractors ``[B, T, K]`` (also used by the parity test)."""
+        cfg, head = self.config, _head(encoder, self.config.name)
+        quantizer = head.quantizer
+        quantizer.temperature = gumbel_temperature(int(self.step), cfg.gumbel_start, cfg.gumbel_end, cfg.gumbel_decay)
+        out, features = encoder.encode_with_features(batch, mask)
+        context = head.project_hid(out.hidden)  # [B, T, P]
+        codes, perplexity = quantizer(head.dropout_features(features), mask_time_indices=mask)
+        quantized = head.project_q(codes.to(head.project_q.weight.dtype))  # [B, T, P]
+        contrastive_sum, accuracy = quantized_contrastive_loss(context, quantized, mask, distractors,
+                                                               cfg.logit_temperature)
+        n = global_mean_normalizer(mask.sum())
+        diversity = codebook_diversity(perplexity, quantizer.num_groups * quantizer.num_vars)
+        contrastive = contrastive_sum / n
+        # transformers weighs the diversity term by the local masked count: sum-loss / count = the same mean
+        loss = contrastive + cfg.diversity_weight * diversity * (mask.sum() / n)
+        logs = {"contrastive_accuracy": accuracy, "codebook_perplexity": perplexity.detach(),
+                "gumbel_temperature": torch.tensor(quantizer.temperature),
+                "masked_fraction": (mask.sum() / (~out.padding_mask).sum().clamp(min=1)).detach()}
+        return ObjectiveOutput(loss=loss, terms={"contrastive": contrastive, "diversity": diversity}, logs=logs)
+
+    def after_optimizer_step(self, encoder: Encoder, step: int, max_steps: int) -> None:
+        self.step.fill_(step)
+
+
+OBJECTIVES.add("wav2vec2", ObjectiveSpec(Wav2Vec2Objective, Wav2Vec2Config,
+                                         "masked contrastive prediction of quantized features (wav2vec 2.0)"))
