@@ -1,0 +1,212 @@
+"""The audio domain: clips -> waveform samples or fbank units -> wav2vec 2.0 / conformer encoders, and KWS.
+
+Data flow: a source (``mmssl data prepare speech|kws``, a folder of audio files, a Hub
+dataset) -> :class:`domains.audio.io.AudioClips` -> :class:`domains.audio.data.BucketedClips`
+-> :class:`domains.audio.data.AudioCollator` (``Batch``) -> optional SpecAugment -> objective.
+The processor saved beside runs and exports is transformers' own feature extractor for the
+stream (``Wav2Vec2FeatureExtractor`` or ``SeamlessM4TFeatureExtractor``), so an export is
+used without mmssl exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from transformers import (AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, FeatureExtractionMixin,
+                          SeamlessM4TFeatureExtractor, Wav2Vec2FeatureExtractor)
+
+from domains.audio.builders import load_split
+from domains.audio.data import (AudioCollator, AudioDataConfig, BucketedClips, ClipRows, MFCCKMeans,
+                                SpecAugmentTransform, max_samples)
+from domains.audio.encoders import AudioEncoderConfig, ConformerEncoder, build_audio_encoder, load_audio_encoder
+from domains.audio.features import spec_augment
+from domains.audio.io import AudioClips, load_folder, load_hf_audio
+from mmssl.domain import PretrainData, TaskData
+from mmssl.encoder import Encoder
+from mmssl.registry import DOMAINS, TASKS
+from mmssl.types import Batch, ObjectiveOutput
+
+PROCESSOR_DIR = "processor"
+KMEANS_FILE = "kmeans_centroids.npy"
+TASK_MAX_SECONDS = 30.0  # task clips are cut to their first 30 s
+
+
+def load_clips(cfg: AudioDataConfig) -> AudioClips:
+    """The configured pretraining clips (corrupt and too-short files are logged, skipped and counted)."""
+    min_samples = int(cfg.min_seconds * cfg.sampling_rate)
+    if cfg.source == "prepared":
+        from mmssl.datasets import prepare
+
+        split_dir = prepare(cfg.name) / cfg.split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(f"data.split: prepared dataset {cfg.name!r} has no split {cfg.split!r} ({split_dir})")
+        clips = load_split(split_dir, cfg.sampling_rate)
+        keep = [i for i, w in enumerate(clips.waves) if len(w) >= min_samples]
+        clips = clips.subset(keep[: cfg.max_clips] if cfg.max_clips else keep)
+    elif cfg.source == "folder":
+        clips = load_folder(cfg.path, cfg.sampling_rate, min_samples, limit=cfg.max_clips)
+    else:
+        clips = load_hf_audio(cfg.name, cfg.split, cfg.sampling_rate, cfg.audio_column, None, min_samples, cfg.max_clips)
+    if not len(clips):
+        raise ValueError(f"data: no clip of at least data.min_seconds={cfg.min_seconds} s in {cfg.source} {cfg.name!r}")
+    return clips
+
+
+def make_processor(cfg: AudioDataConfig) -> FeatureExtractionMixin:
+    """transformers' feature extractor computing the recipe's stream from raw audio."""
+    if cfg.stream == "waveform":
+        return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=cfg.sampling_rate, padding_value=0.0,
+                                        do_normalize=True, return_attention_mask=True)
+    return SeamlessM4TFeatureExtractor(feature_size=cfg.num_mel_bins, num_mel_bins=cfg.num_mel_bins,
+                                       sampling_rate=cfg.sampling_rate, stride=cfg.frame_stride)
+
+
+def collator(processor: FeatureExtractionMixin, with_labels: bool, kmeans: MFCCKMeans | None = None) -> AudioCollator:
+    """The collator that computes what ``processor`` computes."""
+    if isinstance(processor, SeamlessM4TFeatureExtractor):
+        return AudioCollator("fbank", processor.sampling_rate, processor.num_mel_bins, processor.stride, with_labels, kmeans)
+    return AudioCollator("waveform", processor.sampling_rate, with_labels=with_labels)
+
+
+def _kmeans(cfg: AudioDataConfig, clips: AudioClips, run_dir: Path, seed: int) -> MFCCKMeans | None:
+    if cfg.targets == "none":
+        return None
+    path = Path(run_dir) / KMEANS_FILE
+    if path.is_file():  # resumed run, or a non-main process after the main one fitted it
+        return MFCCKMeans(np.load(path), cfg.sampling_rate)
+    kmeans = MFCCKMeans.fit(clips, cfg.num_clusters, cfg.kmeans_clips, seed)
+    np.save(path, kmeans.centroids.numpy())
+    return kmeans
+
+
+# ---------------------------------------------------------------------------- downstream
+class AudioClassifier(nn.Module):
+    """``AutoModelForAudioClassification`` on waveforms (wav2vec2 exports), or a conformer encoder with a
+    mean-pooled linear head on fbank units (SpecAugment while training)."""
+
+    def __init__(self, model: nn.Module, head: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def logits(self, batch: Batch) -> Tensor:
+        if self.head is None:
+            attention = (~batch.padding_mask).long() if batch.padding_mask.any() else None
+            return self.model(input_values=batch.units, attention_mask=attention).logits
+        if self.training:
+            batch = batch.replace(units=spec_augment(batch.units, batch.padding_mask, time_width=5, freq_width=8,
+                                                     features_per_frame=self.model.unit_dim // 2))
+        return self.head(self.model.encode(batch).pooled())
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        logits = self.logits(batch)
+        labels = batch.extras["labels"]
+        loss = nn.functional.cross_entropy(logits.float(), labels)
+        return ObjectiveOutput(loss=loss, terms={"ce": loss},
+                               logs={"accuracy": (logits.argmax(-1) == labels).float().mean().detach()})
+
+    def export(self, out_dir: Path) -> None:
+        self.model.export(out_dir) if self.head is not None else self.model.save_pretrained(str(out_dir))
+        if self.head is not None:
+            save_file(self.head.state_dict(), str(Path(out_dir) / "classifier_head.safetensors"))
+
+
+def _kws_task() -> tuple[AudioClips, AudioClips]:
+    from mmssl.datasets import prepare
+
+    root = prepare("kws")
+    return load_split(root / "train"), load_split(root / "test")
+
+
+TASKS.add("kws", _kws_task)  # 10 keywords, test voices never seen in training
+
+
+class AudioDomain:
+    """Audio as waveform samples or fbank units (registered as ``audio``).
+
+    ``unit_name`` is ``units``: samples for the waveform stream, fbank units for the other.
+    """
+
+    name = "audio"
+    unit_name = "units"
+    data_config = AudioDataConfig
+    encoder_config = AudioEncoderConfig
+
+    def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
+        data, enc = recipe.data, recipe.encoder
+        wants = "waveform" if enc.arch == "wav2vec2" else "fbank"
+        if data.stream != wants:
+            raise ValueError(f"encoder.arch={enc.arch} reads data.stream={wants}, got data.stream={data.stream}")
+        if enc.arch == "conformer" and enc.input_dim != data.num_mel_bins * data.frame_stride:
+            raise ValueError(f"encoder.input_dim={enc.input_dim} must be data.num_mel_bins * data.frame_stride = "
+                             f"{data.num_mel_bins * data.frame_stride}")
+        clips = load_clips(data)
+        processor = make_processor(data)
+        if rank == 0:
+            processor.save_pretrained(str(Path(run_dir) / PROCESSOR_DIR))
+        kmeans = _kmeans(data, clips, run_dir, recipe.train.seed)
+        global_batch = recipe.train.batch_size * world_size
+        if data.bucket_batches:
+            dataset: Any = BucketedClips(clips, global_batch, max_samples(data), recipe.train.seed, data.bucket_batches)
+        else:
+            dataset = ClipRows(clips, max_samples(data))
+        summary = {"data_source": data.source, "data_name": data.path or data.name, "clips": len(clips),
+                   "hours": round(clips.seconds / 3600, 3), "skipped_clips": len(clips.skipped), "stream": data.stream,
+                   "sampling_rate": data.sampling_rate}
+        transform = SpecAugmentTransform(data) if data.spec_augment else None
+        return PretrainData(dataset, collator(processor, False, kmeans), processor, transform, summary)
+
+    def load_processor(self, path: Path) -> FeatureExtractionMixin:
+        path = Path(path)
+        return AutoFeatureExtractor.from_pretrained(str(path / PROCESSOR_DIR if (path / PROCESSOR_DIR).is_dir() else path))
+
+    def build_encoder(self, encoder_config: AudioEncoderConfig, processor: FeatureExtractionMixin) -> Encoder:
+        return build_audio_encoder(encoder_config)
+
+    # ------------------------------------------------------------------ downstream
+    def task_data(self, task: Any) -> TaskData:
+        if task.name in ("hub", "folder"):
+            if not task.path:
+                raise ValueError(f"task.path is required with --task {task.name}")
+            if task.name == "hub":
+                load = lambda split: load_hf_audio(task.path, split, 16000, task.input_column or "audio",  # noqa: E731
+                                                   task.label_column)
+            else:  # task.path/train/<label>/*.wav and task.path/test/<label>/*.wav
+                load = lambda split: load_folder(Path(task.path) / split, 16000, labelled=True)  # noqa: E731
+            train, test = load("train"), load(task.test_split or "test")
+        else:
+            train, test = TASKS.get(task.name)()
+        if train.labels is None or test.labels is None:
+            raise ValueError(f"task {task.name}: the clips have no labels")
+        if task.max_train_samples:
+            train = train.subset(range(min(task.max_train_samples, len(train))))
+        names = train.label_names or [str(i) for i in range(max(train.labels) + 1)]
+        limit = int(TASK_MAX_SECONDS * train.sampling_rate)
+        return TaskData(ClipRows(train, limit), ClipRows(test, limit), list(names))
+
+    def task_collate(self, processor: FeatureExtractionMixin, task: Any) -> Callable[[list[Any]], Batch]:
+        return collator(processor, with_labels=True)
+
+    def classifier(self, export_dir: Path, num_labels: int, init: str) -> AudioClassifier:
+        config = AutoConfig.from_pretrained(str(export_dir))
+        if config.model_type == "wav2vec2":
+            config = AutoConfig.from_pretrained(str(export_dir), num_labels=num_labels)
+            model = (AutoModelForAudioClassification.from_config(config) if init == "random"
+                     else AutoModelForAudioClassification.from_pretrained(str(export_dir), config=config))
+            model.freeze_feature_encoder()  # standard wav2vec 2.0 fine-tuning: the conv encoder stays fixed
+            return AudioClassifier(model)
+        encoder = load_audio_encoder(export_dir, random_init=init == "random")
+        if not isinstance(encoder, ConformerEncoder):
+            raise ValueError(f"{export_dir} holds no audio classifier backbone")
+        return AudioClassifier(encoder, nn.Linear(encoder.hidden_size, num_labels))
+
+    def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
+        return load_audio_encoder(export_dir, random_init)
+
+
+DOMAINS.add("audio", AudioDomain())

@@ -1,0 +1,38 @@
+"""Audio downstream: `mmssl finetune` / `mmssl evaluate` on a folder task, for a wav2vec2 export
+(AutoModelForAudioClassification) and a conformer export (pooled linear head)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmssl.cli import main
+from mmssl.pretrain import pretrain
+from tests.domains.audio.audio_fixtures import TINY_AUDIO, TINY_BY_RECIPE, audio_folder, tone_task  # noqa: F401
+
+
+@pytest.fixture(scope="module", params=["wav2vec2", "tera"])
+def audio_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, audio_folder: Path) -> Path:
+    name = request.param
+    return pretrain(name, [*TINY_AUDIO, f"data.path={audio_folder}", *TINY_BY_RECIPE[name], "train.max_steps=2"],
+                    tmp_path_factory.mktemp(name) / "run")
+
+
+def _last_json(out: str) -> dict:
+    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+
+
+def test_finetune_and_linear_probe_on_a_folder_task(audio_run: Path, tone_task: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    task = ["--task", "folder", "--set", f"task.path={tone_task}"]
+    main(["finetune", str(audio_run), *task, "--set", "train.max_steps=40", "--set", "train.lr=3e-3",
+          "--set", "train.batch_size=8", "--set", "train.warmup_steps=4"])
+    record = _last_json(capsys.readouterr().out)
+    assert record["n_test"] == 24 and record["accuracy"] >= 0.75  # rising low tones vs falling high tones
+    export = Path(record["output_dir"] if "output_dir" in record else audio_run / "finetune" / "folder-pretrained") / "export"
+    assert (audio_run / "finetune" / "folder-pretrained" / "export" / "config.json").is_file() or export.exists()
+    main(["evaluate", str(audio_run), "--protocol", "linear", *task])
+    probe = _last_json(capsys.readouterr().out)
+    assert probe["protocol"] == "linear" and probe["n_train"] == 48 and 0.0 <= probe["accuracy"] <= 1.0
