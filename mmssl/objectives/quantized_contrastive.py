@@ -65,6 +65,22 @@ def sample_distractors(mask: Tensor, num_negatives: int, generator: torch.Genera
     return flat.masked_fill(~mask[..., None], 0)
 
 
+def _masked_rows(x: Tensor, order: Tensor) -> Tensor:
+    """``[B, T, D]`` -> ``[B, M, D]``: each row's units at ``order`` (``[B, M]`` positions)."""
+    return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+@torch.no_grad()
+def _identical(q: Tensor, valid: Tensor) -> Tensor:
+    """``[B, M, M]`` bool: the masked units' quantized vectors are bitwise equal (rows compared exactly)."""
+    out = torch.zeros(q.shape[0], q.shape[1], q.shape[1], dtype=torch.bool, device=q.device)
+    for b in range(q.shape[0]):
+        m = int(valid[b].sum())
+        ids = torch.unique(q[b, :m], dim=0, return_inverse=True)[1]
+        out[b, :m, :m] = ids[:, None] == ids[None, :]
+    return out
+
+
 def quantized_contrastive_loss(context: Tensor, quantized: Tensor, mask: Tensor, distractors: Tensor,
                                temperature: float = 0.1) -> tuple[Tensor, Tensor]:
     """wav2vec 2.0's contrastive loss ``L_m`` (eq. 3), summed over the masked units.
@@ -73,27 +89,47 @@ def quantized_contrastive_loss(context: Tensor, quantized: Tensor, mask: Tensor,
     and ``Q_t = {q_t} + K distractors``; a distractor equal to ``q_t`` (a collapsed codebook)
     is left out of the denominator, as in fairseq and transformers.
 
+    Distractors come from the masked units of the same row, so all the similarities a row
+    needs are one ``[M, M]`` matrix of its ``M`` masked units: it is computed with a batched
+    matmul and the ``K`` distractor logits are gathered from it, instead of gathering ``K``
+    copies of the ``D``-dim targets for every unit (``[N, K, D]``, as fairseq and transformers do).
+
     Args:
         context: ``[B, T, D]`` projected context vectors ``c``.
         quantized: ``[B, T, D]`` projected quantized targets ``q`` (gradient flows to both).
         mask: ``[B, T]`` bool, the masked units (the only ones with a loss).
-        distractors: ``[B, T, K]`` indices into ``[B * T]`` (:func:`sample_distractors`).
+        distractors: ``[B, T, K]`` indices into ``[B * T]`` of masked units of the same row
+            (:func:`sample_distractors`, transformers' ``_sample_negative_indices``).
         temperature: ``kappa`` (0.1 in the paper).
 
     Returns:
         ``(loss_sum, accuracy)``: the summed loss (divide by the masked count) and the
         fraction of masked units whose positive scores highest (detached).
+
+    Raises:
+        ValueError: On mismatched shapes, or distractors outside their unit's row.
     """
-    if context.shape != quantized.shape or mask.shape != context.shape[:2]:
-        raise ValueError(f"context {tuple(context.shape)}, quantized {tuple(quantized.shape)} and mask "
-                         f"{tuple(mask.shape)} must share the [B, T] grid and D")
-    d = quantized.shape[-1]
-    positive = quantized[mask]  # [N, D]
-    negative = quantized.reshape(-1, d)[distractors[mask]]  # [N, K, D]
-    candidates = torch.cat([positive[:, None], negative], dim=1)  # [N, 1 + K, D]
-    logits = F.cosine_similarity(context[mask][:, None].float(), candidates.float(), dim=-1) / temperature
-    same = (negative == positive[:, None]).all(-1)  # [N, K]
-    logits[:, 1:] = logits[:, 1:].masked_fill(same, float("-inf"))
+    if context.shape != quantized.shape or mask.shape != context.shape[:2] or distractors.shape[:2] != mask.shape:
+        raise ValueError(f"context {tuple(context.shape)}, quantized {tuple(quantized.shape)}, mask "
+                         f"{tuple(mask.shape)} and distractors {tuple(distractors.shape)} must share the [B, T] grid")
+    b, t, _ = quantized.shape
+    rows = torch.arange(b, device=mask.device)[:, None, None]
+    if bool(((distractors // t != rows) & mask[..., None]).any()):
+        raise ValueError("distractors must be masked units of the same row (indices into the flattened [B * T] grid)")
+    counts = mask.sum(1)
+    m = int(counts.max()) if mask.numel() else 0
+    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :m]  # [B, M] masked positions
+    valid = torch.arange(m, device=mask.device) < counts[:, None]  # [B, M]
+    rank = torch.cumsum(mask.long(), 1) - 1  # [B, T]: rank of a masked unit among its row's masked units
+    neg = rank.gather(1, (distractors % t).reshape(b, -1)).reshape(distractors.shape)  # [B, T, K] ranks
+    neg = _masked_rows(neg, order).clamp(min=0)  # [B, M, K]
+    q_rows = _masked_rows(quantized, order)
+    c = F.normalize(_masked_rows(context, order).float(), dim=-1, eps=1e-8)
+    q = F.normalize(q_rows.float(), dim=-1, eps=1e-8)
+    sim = torch.bmm(c, q.transpose(1, 2)) / temperature  # [B, M, M]
+    positive = sim.diagonal(dim1=1, dim2=2).unsqueeze(-1)  # [B, M, 1]
+    negative = sim.gather(2, neg).masked_fill(_identical(q_rows.detach(), valid).gather(2, neg), float("-inf"))
+    logits = torch.cat([positive, negative], dim=-1)[valid]  # [N, 1 + K], rows in the order of context[mask]
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     loss = F.cross_entropy(logits, target, reduction="sum")
     accuracy = (logits.argmax(-1) == 0).float().mean() if len(target) else torch.zeros((), device=logits.device)

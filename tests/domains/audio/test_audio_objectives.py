@@ -41,7 +41,7 @@ def _train(objective, encoder, steps: int = 30, lr: float = 3e-3) -> list[float]
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
     return losses
 
 

@@ -1,0 +1,139 @@
+"""The wav2vec2 recipe's training step, mmssl vs transformers' own pretraining path, side by side.
+
+Both train the same model (the recipe's sizes; the transformers model starts from a copy
+of mmssl's weights) on the same batches (``batch_size`` clips of ``max_seconds`` of audio):
+
+* mmssl: :class:`mmssl.objectives.quantized_contrastive.Wav2Vec2Objective` on the audio
+  domain's ``Wav2Vec2ForPreTraining`` encoder (span masks and distractors drawn on the
+  device; the contrastive logits of a row come from one ``[M, M]`` similarity matrix).
+* transformers: the loop of ``examples/pytorch/speech-pretraining/run_wav2vec2_pretraining_no_trainer.py``:
+  ``_compute_mask_indices`` and ``_sample_negative_indices`` (numpy, as its data collator
+  does), ``Wav2Vec2ForPreTraining(...).loss / num_masked``, Gumbel temperature update.
+
+Each step is forward + backward + AdamW update. Rounds interleave the two (alternating which
+goes first); the figure per path is the median over rounds of seconds of audio per second.
+The last line printed is one JSON object with both figures and ``ratio`` (mmssl / transformers).
+
+    flock /tmp/mmssl-cpu.lock nice -n 19 python benchmarks/audio_wav2vec2.py --rounds 5 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+from transformers import Wav2Vec2ForPreTraining
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+
+from domains.audio.domain import make_processor
+from domains.audio.encoders import wav2vec2_config
+from mmssl.export import build_model
+from mmssl.objectives.quantized_contrastive import gumbel_temperature
+from mmssl.recipe import load_recipe
+
+
+def speech_like(batch_size: int, samples: int, seed: int) -> torch.Tensor:
+    """Normalised waveforms: random harmonic sweeps with noise (the step cost does not depend on content)."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(samples) / 16000
+    f0 = 100 + 200 * torch.rand(batch_size, 1, generator=g)
+    x = torch.sin(2 * torch.pi * f0 * t * (1 + 0.3 * torch.sin(t))) + 0.1 * torch.randn(batch_size, samples, generator=g)
+    return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)
+
+
+class MmsslPath:
+    def __init__(self, recipe) -> None:
+        torch.manual_seed(0)
+        self.model = build_model(recipe, make_processor(recipe.data))
+        self.model.train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=recipe.train.lr)
+        self.step_count = 0
+
+    def step(self, waves: torch.Tensor) -> float:
+        from mmssl.types import Batch
+
+        out = self.model(Batch(units=waves, padding_mask=torch.zeros(waves.shape, dtype=torch.bool)))
+        out.loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step_count += 1
+        self.model.after_optimizer_step(self.step_count, 10**6)
+        return float(out.loss)
+
+
+class TransformersPath:
+    def __init__(self, recipe, weights: dict) -> None:
+        self.cfg = recipe.objective
+        self.model = Wav2Vec2ForPreTraining(wav2vec2_config(recipe.encoder))
+        self.model.load_state_dict(weights)
+        self.model.config.num_negatives = self.cfg.num_negatives
+        self.model.config.contrastive_logits_temperature = self.cfg.logit_temperature
+        self.model.config.diversity_loss_weight = self.cfg.diversity_weight
+        self.model.train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=recipe.train.lr)
+        self.step_count = 0
+
+    def step(self, waves: torch.Tensor) -> float:
+        frames = int(self.model._get_feat_extract_output_lengths(waves.shape[1]))
+        shape = (waves.shape[0], frames)
+        mask = _compute_mask_indices(shape, mask_prob=self.cfg.mask_prob * self.cfg.mask_length,
+                                     mask_length=self.cfg.mask_length, min_masks=self.cfg.min_masks)
+        negatives = _sample_negative_indices(shape, self.cfg.num_negatives, mask)
+        mask = torch.tensor(mask, dtype=torch.long)
+        out = self.model(waves, mask_time_indices=mask,
+                         sampled_negative_indices=torch.tensor(negatives, dtype=torch.long))
+        (out.loss / mask.sum()).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step_count += 1
+        self.model.set_gumbel_temperature(gumbel_temperature(self.step_count, self.cfg.gumbel_start,
+                                                             self.cfg.gumbel_end, self.cfg.gumbel_decay))
+        return float(out.loss / mask.sum())
+
+
+def timed(path, waves: list[torch.Tensor]) -> float:
+    start = time.perf_counter()
+    for w in waves:
+        path.step(w)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="wav2vec2")
+    parser.add_argument("--set", action="append", default=[], help="recipe overrides, e.g. train.batch_size=8")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per path and round")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    recipe = load_recipe(args.recipe, args.set)
+    batch, seconds = recipe.train.batch_size, recipe.data.max_seconds
+    samples = int(seconds * recipe.data.sampling_rate)
+    ours = MmsslPath(recipe)
+    theirs = TransformersPath(recipe, ours.model.encoder.model.state_dict())
+    np.random.seed(0)
+    for path in (ours, theirs):  # warm-up (allocator, first-call overheads)
+        timed(path, [speech_like(batch, samples, 99)])
+    rates: dict[str, list[float]] = {"mmssl": [], "transformers": []}
+    for r in range(args.rounds):
+        waves = [speech_like(batch, samples, 1000 * r + i) for i in range(args.steps)]
+        order = [("mmssl", ours), ("transformers", theirs)]
+        for name, path in order if r % 2 == 0 else order[::-1]:
+            elapsed = timed(path, waves)
+            rates[name].append(batch * seconds * args.steps / elapsed)
+        print(f"round {r + 1}/{args.rounds}: mmssl {rates['mmssl'][-1]:.2f}, transformers "
+              f"{rates['transformers'][-1]:.2f} s of audio per s", flush=True)
+    m, t = statistics.median(rates["mmssl"]), statistics.median(rates["transformers"])
+    print(json.dumps({"benchmark": "audio_wav2vec2", "recipe": recipe.name, "batch_size": batch, "clip_seconds": seconds,
+                      "num_negatives": recipe.objective.num_negatives, "threads": args.threads, "rounds": args.rounds,
+                      "steps_per_round": args.steps, "mmssl_audio_s_per_s": round(m, 3),
+                      "transformers_audio_s_per_s": round(t, 3), "ratio": round(m / t, 3)}))
+
+
+if __name__ == "__main__":
+    main()
