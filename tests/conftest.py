@@ -42,6 +42,28 @@ TINY_IMAGE = [
 ]
 
 
+# A tiny GNN on KarateClub (34 nodes, node-level recipes) or on 24 random PyG graphs (graph-level ones).
+TINY_GRAPH = [
+    "data.source=pyg",
+    "data.path=torch_geometric.datasets:KarateClub",
+    "data.num_neighbors=[3, 2]",
+    "data.eval_num_neighbors=[3, 2]",
+    "encoder.hidden_size=32",
+    "encoder.num_layers=2",
+    "train.batch_size=8",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "train.max_minutes=null",
+    "monitor.every=0",
+]
+TINY_GRAPH_LEVEL = [
+    "data.source=pyg",
+    "data.path=torch_geometric.datasets:FakeDataset",
+    "data.kwargs={num_graphs: 24, avg_num_nodes: 8, avg_degree: 2, num_channels: 8}",
+    *TINY_GRAPH[4:],
+]
+
+
 @pytest.fixture(scope="session")
 def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """32 random 28x28 uint8 images saved as .npy (the recipes' Fashion-MNIST shape)."""

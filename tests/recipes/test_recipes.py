@@ -13,7 +13,7 @@ from mmssl.metrics import read_metrics
 from mmssl.pretrain import pretrain
 from mmssl.recipe import list_recipes, load_recipe
 from domains.image.resnet import SmallResNet
-from tests.conftest import TINY, TINY_IMAGE
+from tests.conftest import TINY, TINY_GRAPH, TINY_GRAPH_LEVEL, TINY_IMAGE
 
 RECIPES = [name for name, _ in list_recipes()]
 
@@ -29,11 +29,18 @@ def test_every_recipe_file_validates() -> None:
 def test_recipe_smoke_run(name: str, tmp_path: Path, tiny_images: Path) -> None:
     recipe = load_recipe(name)
     tiny = TINY if recipe.domain == "text" else [*TINY_IMAGE, f"data.path={tiny_images}"]
+    if recipe.domain == "graph":  # KarateClub (node level) or random PyG graphs (graph level)
+        tiny = TINY_GRAPH if recipe.data.level == "node" else TINY_GRAPH_LEVEL
     run = pretrain(name, [*tiny, "train.max_steps=4"], tmp_path / name)
     losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     export = run / "export"
     assert export_meta(export)["recipe"] == name
+    if recipe.domain == "graph":
+        from domains.graph.gnn import GraphBackbone  # huggingface_hub's mixin, no mmssl training code
+
+        assert GraphBackbone.from_pretrained(export).out_dim == 32
+        return
     if recipe.domain == "image" and recipe.encoder.arch == "resnet":
         model = SmallResNet.from_pretrained(export)  # huggingface_hub's mixin, no mmssl training code
         assert model(torch.rand(2, 1, 28, 28)).shape == (2, 32, 4, 4)
