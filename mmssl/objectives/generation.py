@@ -8,7 +8,9 @@ the latter) and passes it as
 * ``extras["gen_attr"]`` -- ``[B, T]`` bool: units whose features are hidden (replaced by
   the encoder's mask embedding) and regenerated from their context;
 * ``extras["gen_pairs"]`` -- ``[2, P]`` flat unit indices ``b * T + t``: pairs ``(i, j)``
-  whose link was removed; ``i``'s vector must single out ``j``.
+  whose link was removed; ``i``'s vector must single out ``j``;
+* optionally ``extras["node_id"]`` -- ``[B, T]`` item ids: units of one item in several
+  rows (a node in two ego networks) are not each other's negatives.
 
 Attribute generation regresses the hidden features with an MLP decoder
 (:func:`masked_regression_loss`, MSE). Edge generation is contrastive link prediction
@@ -34,16 +36,19 @@ from mmssl.registry import OBJECTIVES, ObjectiveSpec
 from mmssl.types import Batch, ObjectiveOutput
 
 
-def link_contrastive_loss(query: Tensor, key: Tensor, queue: Tensor | None, temperature: float) -> Tensor:
+def link_contrastive_loss(query: Tensor, key: Tensor, queue: Tensor | None, temperature: float,
+                          key_ids: Tensor | None = None) -> Tensor:
     """Cross entropy of each query's own key against the batch's other keys and the queue.
 
     Logits of query ``q_i`` are ``[q_i . k_1, ..., q_i . k_P, q_i . queue_1, ...] / tau`` on
-    L2-normalised vectors, the positive at ``i``.
+    L2-normalised vectors, the positive at ``i``. With ``key_ids``, a batch key of the same
+    item as the positive (the same node reached from two ego networks) is no negative.
 
     Args:
         query: ``[P, D]``; key: ``[P, D]`` (``key[i]`` is ``query[i]``'s removed neighbour).
         queue: ``[K, D]`` keys of earlier batches, or None.
         temperature: ``tau``.
+        key_ids: ``[P]`` item id of each key, or None (all keys distinct).
 
     Returns:
         Scalar loss (0 with no pairs).
@@ -55,6 +60,10 @@ def link_contrastive_loss(query: Tensor, key: Tensor, queue: Tensor | None, temp
     q, k = F.normalize(query.float(), dim=1), F.normalize(key.float(), dim=1)
     candidates = k if queue is None else torch.cat([k, F.normalize(queue.detach().float(), dim=1)])
     logits = q @ candidates.T / temperature
+    if key_ids is not None:
+        same = key_ids[:, None] == key_ids[None, :]
+        same.fill_diagonal_(False)
+        logits[:, : k.shape[0]] = logits[:, : k.shape[0]].masked_fill(same, float("-inf"))
     return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
 
 
@@ -100,7 +109,9 @@ class GPTGNN(Objective):
                                            torch.ones(int(attr.sum()), dtype=torch.bool, device=attr.device))
         flat = hidden.reshape(-1, hidden.shape[-1])
         q, k = self.query(flat[pairs[0]]), self.key(flat[pairs[1]])
-        edge_loss = link_contrastive_loss(q, k, self.queue.negatives(), self.config.temperature)
+        ids = batch.extras.get("node_id")
+        key_ids = ids.reshape(-1)[pairs[1]] if ids is not None else None
+        edge_loss = link_contrastive_loss(q, k, self.queue.negatives(), self.config.temperature, key_ids)
         if self.training and k.shape[0] > 0:
             self.queue.enqueue(F.normalize(k.detach().float(), dim=1))
         cfg = self.config
