@@ -180,8 +180,9 @@ def ego_collate(graph: Data, num_neighbors: Sequence[int], with_labels: bool) ->
 
 
 def full_collate(graph: Data) -> Callable[[list[dict]], Batch]:
-    """The whole graph, whatever the rows (``data.mode=full``; one row per step)."""
-    return lambda rows: full_batch(graph)
+    """The whole graph, whatever the rows (``data.mode=full``; one row per step), densified once."""
+    batch = full_batch(graph)
+    return lambda rows: batch
 
 
 def graphs_collate(with_labels: bool) -> Callable[[list[dict]], Batch]:

@@ -93,7 +93,7 @@ class GNNEncoder(Encoder):
         x = units.reshape(-1, units.shape[-1])
         if mask is not None:
             x = torch.where(mask.reshape(-1, 1), self.model.mask_token.to(x.dtype), x)
-        return x[keep], edge_index, keep
+        return (x if len(keep) == x.shape[0] else x[keep]), edge_index, keep
 
     def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
         if all_layers:
@@ -116,6 +116,8 @@ class GNNEncoder(Encoder):
 def scatter_to_grid(h: Tensor, keep: Tensor, shape: torch.Size | tuple[int, int]) -> Tensor:
     """Rows ``h [N, D]`` of the grid cells ``keep [N]`` -> ``[B, T, D]`` with zeros elsewhere (differentiable)."""
     b, t = shape
+    if len(keep) == b * t:  # no padding: nothing to scatter
+        return h.view(b, t, -1)
     out = h.new_zeros(b * t, h.shape[-1]).index_copy(0, keep, h)
     return out.view(b, t, -1)
 
