@@ -42,6 +42,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
     if origin is Literal:
+        if isinstance(value, bool) and "no" in args and "yes" not in args and value is False:
+            value = "no"  # YAML 1.1 reads a bare `no` (e.g. train.mixed_precision: no) as false
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

@@ -32,7 +32,7 @@ class TrainConfig:
     eps: float = 1e-6
     warmup_steps: int = 100  # linear warmup (capped at max_steps), then cosine decay to 0 at max_steps
     max_grad_norm: float = 1.0  # clip the global gradient norm; 0 disables clipping
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"  # auto: bf16 where the hardware runs it natively
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200  # save_state every N optimizer steps (and at the end)

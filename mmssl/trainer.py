@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
@@ -75,6 +75,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+# Objectives may leave some encoder parameters out of a step's graph (a ViT's mask token under
+# SimCLR, a [CLS]-only head under MLM): DDP must look for them instead of failing.
+DDP_KWARGS = DistributedDataParallelKwargs(find_unused_parameters=True)
+
+
 def use_cpu() -> bool:
     """True when no accelerator exists: Accelerate then needs ``cpu=True`` to run multi-process on gloo."""
     return not torch.accelerator.is_available()
@@ -118,19 +123,23 @@ class Trainer:
         self.hooks = list(hooks or [])
         # One process may run trainers of different precision (pretrain in bf16, then fine-tune):
         # Accelerate keeps its state process-wide, so reset it (the process group stays) when it differs.
-        if AcceleratorState._shared_state and AcceleratorState().mixed_precision != cfg.mixed_precision:
+        self.mixed_precision = resolve_mixed_precision(cfg.mixed_precision, cpu=use_cpu())
+        if AcceleratorState._shared_state and AcceleratorState().mixed_precision != self.mixed_precision:
             AcceleratorState._reset_state()
         self.accelerator = Accelerator(
             cpu=use_cpu(),
-            mixed_precision=cfg.mixed_precision,
+            mixed_precision=self.mixed_precision,
             gradient_accumulation_steps=cfg.grad_accum_steps,
             step_scheduler_with_optimizer=False,  # the schedule is defined in optimizer steps
+            kwargs_handlers=[DDP_KWARGS],
             log_with="tensorboard",
             project_dir=str(self.run_dir),
             dataloader_config=DataLoaderConfiguration(
                 use_seedable_sampler=True, data_seed=cfg.seed, dispatch_batches=False
             ),
         )
+        if cfg.mixed_precision == "auto":
+            self.accelerator.print(f"train.mixed_precision=auto: {self.mixed_precision} on {self.accelerator.device}")
         self.iterable = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
         loader = DataLoader(
             dataset,
@@ -140,6 +149,7 @@ class Trainer:
             num_workers=cfg.num_workers,
             drop_last=True,
         )
+        model = _sync_batch_norm(model, self.accelerator)
         optimizer, scheduler = build_optimizer(model, cfg)
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, loader, scheduler
@@ -317,6 +327,34 @@ class Trainer:
             append_metrics(self.run_dir, record)
         acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.state.step)
         return record
+
+
+def resolve_mixed_precision(setting: str, cpu: bool) -> str:
+    """``train.mixed_precision``, with ``auto`` resolved to ``bf16`` where bf16 math is native.
+
+    Native means a CUDA GPU that supports bf16 (Ampere and later) or, on CPU, oneDNN's bf16
+    kernels (AVX512-BF16 or AMX); anywhere else ``auto`` is ``no`` (fp32), since emulated bf16
+    is slower than fp32.
+    """
+    if setting != "auto":
+        return setting
+    if not cpu and torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def _sync_batch_norm(model: nn.Module, accelerator: Accelerator) -> nn.Module:
+    """Batch norm over the global batch on several GPUs (SimCLR, BYOL and MoCo heads and ResNets).
+
+    ``nn.SyncBatchNorm`` runs on accelerators only; on several CPU processes each process
+    normalises its own batch, which the log says once.
+    """
+    if accelerator.num_processes == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    if accelerator.device.type in ("cuda", "xpu"):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    accelerator.print("note: batch norm statistics are per process on CPU (nn.SyncBatchNorm needs a GPU)")
+    return model
 
 
 class _Window:

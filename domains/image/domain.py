@@ -309,6 +309,7 @@ class ImageDomain:
                      else AutoModelForImageClassification.from_pretrained(str(export_dir), config=config))
             return ImageClassifier(model, int(processor.patch_size))
         backbone = _fresh_resnet(export_dir) if init == "random" else SmallResNet.from_pretrained(str(export_dir))
+        backbone = backbone.to(memory_format=torch.channels_last)  # NHWC convolutions, as in pretraining
         return ImageClassifier(backbone, int(processor.patch_size), nn.Linear(backbone.out_dim, num_labels))
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:

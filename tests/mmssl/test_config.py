@@ -66,6 +66,9 @@ def test_recipe_overrides_are_type_checked() -> None:
     recipe = load_recipe("bert", ["train.lr=3e-4", "encoder.num_layers=2", "train.mixed_precision=bf16"])
     assert recipe.train.lr == pytest.approx(3e-4)
     assert recipe.encoder.num_layers == 2 and recipe.train.mixed_precision == "bf16"
+    # YAML reads a bare `no` as false; the setting still means "no mixed precision"
+    assert load_recipe("bert", ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_recipe("simclr", ["train.mixed_precision=auto"]).train.mixed_precision == "auto"
 
 
 @pytest.mark.parametrize(
