@@ -6,7 +6,9 @@ For every recipe named (default: all eight image recipes) this script
    machine: ``train.max_minutes``) in a fresh process, and records the wall time and the step reached;
 2. probes the exported encoder on the Fashion-MNIST test set (10,000 images) with the two
    protocols of ``mmssl evaluate``: a linear probe (logistic regression on standardised pooled
-   features, all 60,000 training images) and a weighted kNN (k=200, T=0.07);
+   features, all 60,000 training images) and a weighted kNN (k=200, T=0.07); ViT encoders
+   trained by masked modelling (``mae``, ``data2vec_image``) are pooled by the mean of their
+   patch tokens (``--set probe.pooling=mean``), the others by their own summary;
 3. probes the same architecture from random weights (``init=random``) with the same protocols.
 
 Once per invocation it also fits the same linear probe and kNN on raw pixels (784 values in
@@ -30,6 +32,7 @@ the recipe steps and accuracy.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -59,8 +62,14 @@ def pretrain(recipe: str, out: Path, overrides: list[str]) -> dict[str, Any]:
     return {"wall_s": round(wall, 1), "steps": rows[-1]["step"], "final_loss": rows[-1]["loss"]}
 
 
-def probes(run: Path, init: str) -> dict[str, float]:
+# MAE-style encoders are probed on the mean of their patch tokens (He et al. 2022, sec. A.2: global
+# average pooling); their [CLS] token is not trained by a pixel-reconstruction loss
+POOLING = {"mae": "mean", "data2vec_image": "mean"}
+
+
+def probes(run: Path, init: str, pooling: str = "auto") -> dict[str, float]:
     cfg = FinetuneConfig(task=TaskConfig(name="fashion-mnist"), init=init)
+    cfg = dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, pooling=pooling))
     return {"linear": linear_probe(run, cfg)["accuracy"], "knn": knn_probe(run, cfg)["accuracy"]}
 
 
@@ -136,10 +145,12 @@ def main() -> None:
         run = args.out / recipe
         info = {} if args.skip_pretrain else pretrain(recipe, run, args.set)
         # a random encoder depends only on the architecture (same seed): probe each architecture once
-        arch = (run / "export" / "config.json").read_text()
+        pooling = POOLING.get(recipe, "auto")
+        arch = (run / "export" / "config.json").read_text() + pooling
         if arch not in random_probes:
-            random_probes[arch] = probes(run, "random")
-        row = {"model": recipe, **info, "pretrained": probes(run, "pretrained"), "random": random_probes[arch]}
+            random_probes[arch] = probes(run, "random", pooling)
+        row = {"model": recipe, **info, "pooling": pooling, "pretrained": probes(run, "pretrained", pooling),
+               "random": random_probes[arch]}
         record(row)
         summary[recipe] = row
         curves[recipe] = knn_curve(run)

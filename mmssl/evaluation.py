@@ -4,8 +4,9 @@ the online kNN monitor that logs to ``metrics.jsonl`` during pretraining.
 
 from __future__ import annotations
 
+
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -21,8 +22,12 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def extract_features(encoder: Encoder, rows: Any, collate: Callable[[list[Any]], Batch],
-                     batch_size: int = 256) -> tuple[Tensor, Tensor]:
+                     batch_size: int = 256, pooling: str = "auto") -> tuple[Tensor, Tensor]:
     """``(features [N, D] float32 on CPU, labels [N])``: the encoder's pooled output in eval mode.
+
+    ``pooling``: ``auto`` is :meth:`EncoderOutput.pooled` (the backbone's own summary, e.g. ViT's
+    [CLS], else the mean over units); ``mean`` always averages the units (MAE's linear probe uses
+    global average pooling of the patch tokens, He et al. 2022, sec. A.2).
 
     The encoder's train/eval mode is restored afterwards, so the monitor can call it mid-training.
     """
@@ -32,7 +37,9 @@ def extract_features(encoder: Encoder, rows: Any, collate: Callable[[list[Any]],
     feats, labels = [], []
     try:
         for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
-            feats.append(encoder.encode(batch.to(device)).pooled().float().cpu())
+            out = encoder.encode(batch.to(device))
+            pooled = out.pooled() if pooling == "auto" else replace(out, summary=None).pooled()
+            feats.append(pooled.float().cpu())
             labels.append(batch.extras["labels"].cpu())
     finally:
         encoder.train(was_training)

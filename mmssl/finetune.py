@@ -48,6 +48,7 @@ class ProbeConfig:
     batch_size: int = 64
     k: int = 200  # --protocol knn: neighbours and vote temperature (Wu et al. 2018)
     temperature: float = 0.07
+    pooling: Literal["auto", "mean"] = "auto"  # auto: the backbone's summary (ViT [CLS]) if any; mean: average of units
 
 
 def _finetune_train_defaults() -> TrainConfig:
@@ -122,8 +123,8 @@ def _frozen_features(path: Path, cfg: FinetuneConfig, domain: str | None) -> tup
     encoder = dom.load_encoder(export_dir, random_init=cfg.init == "random")
     encoder.to("cuda" if torch.cuda.is_available() else "cpu")
     collate = dom.task_collate(dom.load_processor(export_dir), cfg.task)
-    train = extract_features(encoder, data.train, collate, cfg.probe.batch_size)
-    test = extract_features(encoder, data.test, collate, cfg.probe.batch_size)
+    train = extract_features(encoder, data.train, collate, cfg.probe.batch_size, cfg.probe.pooling)
+    test = extract_features(encoder, data.test, collate, cfg.probe.batch_size, cfg.probe.pooling)
     return train, test, data, run_dir
 
 

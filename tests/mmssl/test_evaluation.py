@@ -56,3 +56,27 @@ def test_online_knn_monitor_logs_during_pretraining(tmp_path: Path) -> None:
     steps = [r["step"] for r in read_metrics(run) if "knn_accuracy" in r]
     assert steps == [2, 4]
     assert all(0.0 <= r["knn_accuracy"] <= 1.0 for r in read_metrics(run) if "knn_accuracy" in r)
+
+
+def test_feature_pooling_summary_or_mean_of_units() -> None:
+    """``auto`` reads a ViT's [CLS] summary; ``mean`` averages the patch units (MAE's probe)."""
+    from domains.image.encoders import ImageEncoderConfig, build_image_encoder
+    from domains.image.units import image_batch
+    from mmssl.evaluation import extract_features
+
+    torch.manual_seed(0)
+    vit = build_image_encoder(ImageEncoderConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                                                 patch_size=4), (8, 8), channels=1)
+    images = torch.rand(5, 1, 8, 8)
+    rows = list(range(5))
+
+    def collate(idx):
+        return image_batch(images[idx], 4, labels=torch.tensor(idx))
+
+    cls, labels = extract_features(vit, rows, collate, batch_size=2)
+    mean, _ = extract_features(vit, rows, collate, batch_size=2, pooling="mean")
+    with torch.no_grad():
+        out = vit.eval().encode(collate(rows))
+    torch.testing.assert_close(cls, out.summary)
+    torch.testing.assert_close(mean, out.hidden.mean(1))
+    assert labels.tolist() == rows and not torch.allclose(cls, mean)
