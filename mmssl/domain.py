@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import torch.nn.functional as F
+from torch import Tensor, nn
+
 from mmssl.encoder import Encoder
-from mmssl.types import Batch
+from mmssl.types import Batch, ObjectiveOutput
 
 
 @dataclass
@@ -68,6 +71,24 @@ class Classifier(Protocol):
     def __call__(self, batch: Batch) -> Any: ...
     def logits(self, batch: Batch) -> Any: ...
     def export(self, out_dir: Path) -> None: ...
+
+
+class ClassifierModule(nn.Module):
+    """Base of the domains' classifiers: subclasses give ``logits(batch)`` and ``export(out_dir)``;
+    ``forward`` is the cross-entropy on ``batch.extras["labels"]`` (in float32) with accuracy."""
+
+    def logits(self, batch: Batch) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def export(self, out_dir: Path) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        logits = self.logits(batch)
+        labels = batch.extras["labels"]
+        loss = F.cross_entropy(logits.float(), labels)
+        return ObjectiveOutput(loss=loss, terms={"ce": loss},
+                               logs={"accuracy": (logits.argmax(-1) == labels).float().mean().detach()})
 
 
 class DownstreamDomain(Domain, Protocol):

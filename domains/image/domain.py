@@ -28,10 +28,10 @@ from domains.image.data import ImageArrays, load_arrays, load_hf_image_dataset, 
 from domains.image.encoders import ImageEncoderConfig, ResNetEncoder, ViTEncoder, build_image_encoder
 from domains.image.resnet import SmallResNet
 from domains.image.units import grid_of, image_batch, unpatchify
-from mmssl.domain import PretrainData, TaskData
+from mmssl.domain import ClassifierModule, PretrainData, TaskData
 from mmssl.encoder import Encoder
 from mmssl.registry import DOMAINS, TASKS
-from mmssl.types import Batch, ObjectiveOutput
+from mmssl.types import Batch
 
 VIEW_PRESETS = ("none", "crop", "fashion-mnist", "simclr", "mocov2", "byol", "rotation", "jigsaw")
 PRETEXT_VIEWS = ("rotation", "jigsaw")
@@ -205,7 +205,7 @@ def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[a
 
 
 # ---------------------------------------------------------------------------- downstream
-class ImageClassifier(nn.Module):
+class ImageClassifier(ClassifierModule):
     """A classifier on patch-unit batches: ``AutoModelForImageClassification`` (ViT) or SmallResNet + linear head."""
 
     def __init__(self, model: nn.Module, patch_size: int, head: nn.Linear | None = None) -> None:
@@ -220,12 +220,6 @@ class ImageClassifier(nn.Module):
             return self.model(pixel_values=pixels).logits
         return self.head(self.model(pixels).mean((2, 3)))
 
-    def forward(self, batch: Batch) -> ObjectiveOutput:
-        logits = self.logits(batch)
-        labels = batch.extras["labels"]
-        loss = nn.functional.cross_entropy(logits.float(), labels)
-        return ObjectiveOutput(loss=loss, terms={"ce": loss},
-                               logs={"accuracy": (logits.argmax(-1) == labels).float().mean().detach()})
 
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))

@@ -9,9 +9,9 @@ import datasets
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from mmssl.domain import TaskData
+from mmssl.domain import ClassifierModule, TaskData
 from mmssl.registry import TASKS
-from mmssl.types import Batch, ObjectiveOutput
+from mmssl.types import Batch
 
 from domains.text.corpus import LOADERS
 
@@ -84,7 +84,7 @@ def text_task_data(task: Any) -> TaskData:
     return TaskData(train, split["test"], [str(x) for x in labels])
 
 
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(ClassifierModule):
     """``AutoModelForSequenceClassification`` behind the :class:`mmssl.domain.Classifier` protocol."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -97,11 +97,6 @@ class SequenceClassifier(nn.Module):
             kwargs["token_type_ids"] = batch.extras["token_type_ids"]
         return self.model(**kwargs).logits
 
-    def forward(self, batch: Batch) -> ObjectiveOutput:
-        logits = self.logits(batch)
-        labels = batch.extras["labels"]
-        loss = nn.functional.cross_entropy(logits.float(), labels)
-        return ObjectiveOutput(loss=loss, terms={"ce": loss}, logs={"accuracy": (logits.argmax(-1) == labels).float().mean().detach()})
 
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))
