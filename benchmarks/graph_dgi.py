@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 HIDDEN = 512
+TINY = "--tiny" in sys.argv  # smoke check on KarateClub (seconds), not a measurement
+TINY_DATA = ["data.source=pyg", "data.path=torch_geometric.datasets:KarateClub", "data.num_neighbors=[3, 2]"]
 
 
 def _graph():
@@ -40,6 +42,10 @@ def _graph():
 
     from domains.graph.builders import load_prepared
 
+    if TINY:
+        from torch_geometric.datasets import KarateClub
+
+        return KarateClub()[0], torch
     graph = load_prepared("wordnet-graph")
     graph.x = graph.x.to_dense()
     return graph, torch
@@ -49,7 +55,7 @@ def _probe(z, graph) -> float:
     from domains.graph.domain import node_split
     from mmssl.finetune import ProbeConfig, fit_linear_probe
 
-    train, test = node_split(graph.y, 5000, 20000)  # the wordnet-graph task's split
+    train, test = node_split(graph.y, *((16, 18) if TINY else (5000, 20000)))  # the wordnet-graph task's split
     return fit_linear_probe((z[train], graph.y[train]), (z[test], graph.y[test]), ProbeConfig())["accuracy"]
 
 
@@ -101,7 +107,7 @@ def side_mmssl(epochs: int, probe: bool) -> dict:
     overrides = ["data.mode=full", "train.batch_size=1", "encoder.arch=gcn", "encoder.num_layers=1",
                  f"encoder.hidden_size={HIDDEN}", f"train.max_steps={epochs + 1}", "train.warmup_steps=0",
                  "train.lr=0.001", "train.weight_decay=0.0", "train.log_every=1", "train.checkpoint_every=100000",
-                 "train.max_minutes=null"]
+                 "train.max_minutes=null", *(TINY_DATA if TINY else [])]
     with tempfile.TemporaryDirectory() as tmp:
         run = pretrain("dgi", overrides, Path(tmp) / "dgi")
         records = [r for r in read_metrics(run) if "nodes_per_s" in r]
@@ -125,7 +131,7 @@ def side_minibatch(steps: int, probe: bool) -> dict:
     from mmssl.pretrain import pretrain
 
     overrides = [f"train.max_steps={steps}", "train.log_every=1", "train.checkpoint_every=100000",
-                 "train.max_minutes=null"]
+                 "train.max_minutes=null", *([*TINY_DATA, "train.batch_size=8"] if TINY else [])]
     with tempfile.TemporaryDirectory() as tmp:
         records = [r for r in read_metrics(pretrain("dgi", overrides, Path(tmp) / "dgi")) if "nodes_per_s" in r]
     return {"seeds_per_s": statistics.median(r["samples_per_s"] for r in records[1:]),
@@ -136,7 +142,8 @@ SIDES = {"pyg": side_pyg, "mmssl": side_mmssl, "minibatch": side_minibatch}
 
 
 def run_side(side: str, epochs: int, probe: bool) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, "--epochs", str(epochs)] + (["--probe"] if probe else [])
+    cmd = [sys.executable, __file__, "--side", side, "--epochs", str(epochs)] + (["--probe"] if probe else []) + (
+        ["--tiny"] if TINY else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"{side} failed:\n{proc.stderr[-3000:]}")
@@ -153,6 +160,7 @@ def main() -> None:
     p.add_argument("--minibatch-steps", type=int, default=30)
     p.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
     p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--tiny", action="store_true", help="smoke check on KarateClub (seconds), not a measurement")
     args = p.parse_args()
     if args.side:  # a subprocess: one side, one JSON line
         print(json.dumps(SIDES[args.side](args.epochs, args.probe)))
@@ -168,7 +176,7 @@ def main() -> None:
     mini = run_side("minibatch", args.minibatch_steps, probe=False)
     med = {side: {k: statistics.median(r[k] for r in rs) for k in ("nodes_per_s", "peak_mb")} for side, rs in runs.items()}
     result = {
-        "graph": "wordnet-graph", "nodes": 82115, "encoder": f"GCN 1 layer x {HIDDEN}", "repeats": args.repeats,
+        "graph": "karate-club" if TINY else "wordnet-graph", "nodes": 34 if TINY else 82115, "encoder": f"GCN 1 layer x {HIDDEN}", "repeats": args.repeats,
         "pyg_nodes_per_s": round(med["pyg"]["nodes_per_s"]), "mmssl_nodes_per_s": round(med["mmssl"]["nodes_per_s"]),
         "pyg_peak_mb": round(med["pyg"]["peak_mb"]), "mmssl_peak_mb": round(med["mmssl"]["peak_mb"]),
         "probe_epochs": args.probe_epochs, "pyg_probe_accuracy": round(probes["pyg"]["probe_accuracy"], 4),
