@@ -89,10 +89,11 @@ class AudioClassifier(nn.Module):
     """``AutoModelForAudioClassification`` on waveforms (wav2vec2 exports), or a conformer encoder with a
     mean-pooled linear head on fbank units (SpecAugment while training)."""
 
-    def __init__(self, model: nn.Module, head: nn.Linear | None = None) -> None:
+    def __init__(self, model: nn.Module, head: nn.Linear | None = None, mel_bins: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.head = head
+        self.mel_bins = mel_bins  # fbank bins per stacked frame, so a SpecAugment band covers the same bins in each
 
     def logits(self, batch: Batch) -> Tensor:
         if self.head is None:
@@ -100,7 +101,7 @@ class AudioClassifier(nn.Module):
             return self.model(input_values=batch.units, attention_mask=attention).logits
         if self.training:
             batch = batch.replace(units=spec_augment(batch.units, batch.padding_mask, time_width=5, freq_width=8,
-                                                     features_per_frame=self.model.unit_dim // 2))
+                                                     features_per_frame=self.mel_bins))
         return self.head(self.model.encode(batch).pooled())
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
@@ -203,7 +204,8 @@ class AudioDomain:
         encoder = load_audio_encoder(export_dir, random_init=init == "random")
         if not isinstance(encoder, ConformerEncoder):
             raise ValueError(f"{export_dir} holds no audio classifier backbone")
-        return AudioClassifier(encoder, nn.Linear(encoder.hidden_size, num_labels))
+        mel_bins = getattr(self.load_processor(export_dir), "num_mel_bins", None)
+        return AudioClassifier(encoder, nn.Linear(encoder.hidden_size, num_labels), mel_bins)
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
         return load_audio_encoder(export_dir, random_init)
