@@ -62,7 +62,7 @@ class MmsslPath:
         self.opt.zero_grad(set_to_none=True)
         self.step_count += 1
         self.model.after_optimizer_step(self.step_count, 10**6)
-        return float(out.loss)
+        return float(out.loss.detach())
 
 
 class TransformersPath:
@@ -92,7 +92,7 @@ class TransformersPath:
         self.step_count += 1
         self.model.set_gumbel_temperature(gumbel_temperature(self.step_count, self.cfg.gumbel_start,
                                                              self.cfg.gumbel_end, self.cfg.gumbel_decay))
-        return float(out.loss / mask.sum())
+        return float(out.loss.detach() / mask.sum())
 
 
 def timed(path, waves: list[torch.Tensor]) -> float:
