@@ -59,7 +59,7 @@ class GraphDataConfig:
         unknown = [a for a in self.augmentations if a not in augment.AUGMENTATIONS]
         if unknown:
             raise ValueError(f"data.augmentations: unknown {unknown[0]!r}; known: {', '.join(augment.AUGMENTATIONS)}")
-        for name in ("drop_node_p", "gen_attr_ratio", "gen_edge_ratio", *()):
+        for name in ("drop_node_p", "gen_attr_ratio", "gen_edge_ratio"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"data.{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("drop_edge_p", "mask_feature_p"):
