@@ -26,10 +26,10 @@ from domains.audio.data import (AudioCollator, AudioDataConfig, BucketedClips, C
 from domains.audio.encoders import AudioEncoderConfig, ConformerEncoder, build_audio_encoder, load_audio_encoder
 from domains.audio.features import spec_augment
 from domains.audio.io import AudioClips, load_folder, load_hf_audio
-from mmssl.domain import PretrainData, TaskData
+from mmssl.domain import ClassifierModule, PretrainData, TaskData
 from mmssl.encoder import Encoder
 from mmssl.registry import DOMAINS, TASKS
-from mmssl.types import Batch, ObjectiveOutput
+from mmssl.types import Batch
 
 PROCESSOR_DIR = "processor"
 KMEANS_FILE = "kmeans_centroids.npy"
@@ -85,7 +85,7 @@ def _kmeans(cfg: AudioDataConfig, clips: AudioClips, run_dir: Path, seed: int) -
 
 
 # ---------------------------------------------------------------------------- downstream
-class AudioClassifier(nn.Module):
+class AudioClassifier(ClassifierModule):
     """``AutoModelForAudioClassification`` on waveforms (wav2vec2 exports), or a conformer encoder with a
     mean-pooled linear head on fbank units (SpecAugment while training)."""
 
@@ -104,12 +104,6 @@ class AudioClassifier(nn.Module):
                                                      features_per_frame=self.mel_bins))
         return self.head(self.model.encode(batch).pooled())
 
-    def forward(self, batch: Batch) -> ObjectiveOutput:
-        logits = self.logits(batch)
-        labels = batch.extras["labels"]
-        loss = nn.functional.cross_entropy(logits.float(), labels)
-        return ObjectiveOutput(loss=loss, terms={"ce": loss},
-                               logs={"accuracy": (logits.argmax(-1) == labels).float().mean().detach()})
 
     def export(self, out_dir: Path) -> None:
         self.model.export(out_dir) if self.head is not None else self.model.save_pretrained(str(out_dir))

@@ -32,10 +32,10 @@ from domains.graph.data import (
 )
 from domains.graph.encoders import GraphEncoderConfig, build_graph_encoder
 from domains.graph.gnn import GNNEncoder, GraphBackbone
-from mmssl.domain import PretrainData, TaskData
+from mmssl.domain import ClassifierModule, PretrainData, TaskData
 from mmssl.encoder import Encoder
 from mmssl.registry import DOMAINS, TASKS
-from mmssl.types import Batch, ObjectiveOutput
+from mmssl.types import Batch
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ TASKS.add("solubility", _solubility_task)
 TASKS.add("karate-club", _karate_task)
 
 
-class GraphClassifier(nn.Module):
+class GraphClassifier(ClassifierModule):
     """A GNN backbone and a linear head on the pooled representation (the root node, or the graph mean)."""
 
     def __init__(self, backbone: GraphBackbone, num_labels: int) -> None:
@@ -106,12 +106,6 @@ class GraphClassifier(nn.Module):
     def logits(self, batch: Batch) -> Tensor:
         return self.head(self.encoder.encode(batch).pooled())
 
-    def forward(self, batch: Batch) -> ObjectiveOutput:
-        logits = self.logits(batch)
-        labels = batch.extras["labels"]
-        loss = nn.functional.cross_entropy(logits.float(), labels)
-        return ObjectiveOutput(loss=loss, terms={"ce": loss},
-                               logs={"accuracy": (logits.argmax(-1) == labels).float().mean().detach()})
 
     def export(self, out_dir: Path) -> None:
         self.encoder.model.save_pretrained(str(out_dir))
