@@ -8,6 +8,7 @@ key (``train.lr``), so a typo can never silently become a new setting.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -42,8 +43,6 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
     if origin is Literal:
-        if isinstance(value, bool) and "no" in args and "yes" not in args and value is False:
-            value = "no"  # YAML 1.1 reads a bare `no` (e.g. train.mixed_precision: no) as false
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
@@ -118,6 +117,25 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only ``true``/``false`` (any case). PyYAML follows YAML 1.1, where
+    ``no``, ``yes``, ``on`` and ``off`` are booleans too, so ``mixed_precision: no`` would read
+    as ``False``."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text the way recipes and ``--set`` values are read (YAML 1.2 booleans)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"train.lr=1e-4"`` -> ``(["train", "lr"], 1e-4)``; the value is parsed as YAML."""
     if "=" not in item:
@@ -126,7 +144,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"--set {item!r}: empty key")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = load_yaml(raw) if raw.strip() else ""
     return parts, value
 
 
@@ -154,7 +172,7 @@ def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from e
     except yaml.YAMLError as e:

@@ -136,6 +136,20 @@ class MAEDecoder(nn.Module):
         return self.head(x)
 
 
+def grid_block_mask(batch: Batch, ratio: float, min_block: int) -> Tensor | None:
+    """BEiT blocks (:func:`block_mask_2d`) on the batch's ``extras["grid"]`` of ``(rows, cols)``
+    units, restricted to maskable units; ``None`` when the domain gives no 2-D grid."""
+    grid = batch.extras.get("grid")
+    if grid is None:
+        return None
+    rows, cols = int(grid[0]), int(grid[1])
+    if rows * cols != batch.units.shape[1]:
+        raise ValueError(f"batch.extras['grid'] = {rows}x{cols} does not hold the batch's "
+                         f"{batch.units.shape[1]} units")
+    blocks = block_mask_2d(batch.batch_size, rows, cols, ratio=ratio, min_block=min_block, device=batch.units.device)
+    return blocks & batch.maskable
+
+
 def split_units(mask: Tensor) -> tuple[Tensor, Tensor]:
     """``[B, T]`` mask -> ``(visible [B, K], masked [B, M])`` unit indices, ascending in each row.
 
@@ -217,16 +231,8 @@ class SimMIM(Objective):
     def make_mask(self, batch: Batch) -> Tensor:
         """``[B, T]`` bool: blocks on the unit grid when there is one, else uniformly random units."""
         cfg = self.config
-        grid = batch.extras.get("grid")
-        if grid is None:
-            return random_mask(batch.maskable, ratio=cfg.mask_ratio)
-        rows, cols = int(grid[0]), int(grid[1])
-        if rows * cols != batch.units.shape[1]:
-            raise ValueError(f"batch.extras['grid'] = {rows}x{cols} does not hold the batch's "
-                             f"{batch.units.shape[1]} units")
-        blocks = block_mask_2d(batch.batch_size, rows, cols, ratio=cfg.mask_ratio, min_block=cfg.min_block,
-                               device=batch.units.device)
-        return blocks & batch.maskable
+        blocks = grid_block_mask(batch, cfg.mask_ratio, cfg.min_block)
+        return random_mask(batch.maskable, ratio=cfg.mask_ratio) if blocks is None else blocks
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
         units = _feature_units(batch, self.unit_dim, "simmim")
