@@ -45,10 +45,16 @@ def speech_like(batch_size: int, samples: int, seed: int) -> torch.Tensor:
     return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)
 
 
+def autocast(device: str, bf16: bool):
+    """bf16 autocast on ``device`` for both paths alike (a no-op context when ``bf16`` is False)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+
+
 class MmsslPath:
-    def __init__(self, recipe) -> None:
+    def __init__(self, recipe, device: str = "cpu", bf16: bool = False) -> None:
         torch.manual_seed(0)
-        self.model = build_model(recipe, make_processor(recipe.data))
+        self.device, self.bf16 = device, bf16
+        self.model = build_model(recipe, make_processor(recipe.data)).to(device)
         self.model.train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=recipe.train.lr)
         self.step_count = 0
@@ -56,7 +62,9 @@ class MmsslPath:
     def step(self, waves: torch.Tensor) -> float:
         from mmssl.types import Batch
 
-        out = self.model(Batch(units=waves, padding_mask=torch.zeros(waves.shape, dtype=torch.bool)))
+        waves = waves.to(self.device)
+        with autocast(self.device, self.bf16):
+            out = self.model(Batch(units=waves, padding_mask=torch.zeros(waves.shape, dtype=torch.bool, device=self.device)))
         out.loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -66,10 +74,12 @@ class MmsslPath:
 
 
 class TransformersPath:
-    def __init__(self, recipe, weights: dict) -> None:
+    def __init__(self, recipe, weights: dict, device: str = "cpu", bf16: bool = False) -> None:
         self.cfg = recipe.objective
+        self.device, self.bf16 = device, bf16
         self.model = Wav2Vec2ForPreTraining(wav2vec2_config(recipe.encoder))
         self.model.load_state_dict(weights)
+        self.model.to(device)
         self.model.config.num_negatives = self.cfg.num_negatives
         self.model.config.contrastive_logits_temperature = self.cfg.logit_temperature
         self.model.config.diversity_loss_weight = self.cfg.diversity_weight
@@ -83,9 +93,10 @@ class TransformersPath:
         mask = _compute_mask_indices(shape, mask_prob=self.cfg.mask_prob * self.cfg.mask_length,
                                      mask_length=self.cfg.mask_length, min_masks=self.cfg.min_masks)
         negatives = _sample_negative_indices(shape, self.cfg.num_negatives, mask)
-        mask = torch.tensor(mask, dtype=torch.long)
-        out = self.model(waves, mask_time_indices=mask,
-                         sampled_negative_indices=torch.tensor(negatives, dtype=torch.long))
+        mask = torch.tensor(mask, dtype=torch.long, device=self.device)
+        with autocast(self.device, self.bf16):
+            out = self.model(waves.to(self.device), mask_time_indices=mask,
+                             sampled_negative_indices=torch.tensor(negatives, dtype=torch.long, device=self.device))
         (out.loss / mask.sum()).backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -96,10 +107,23 @@ class TransformersPath:
 
 
 def timed(path, waves: list[torch.Tensor]) -> float:
+    """Seconds for one step per batch in ``waves`` (each step ends in a host sync: its loss is read)."""
     start = time.perf_counter()
     for w in waves:
         path.step(w)
     return time.perf_counter() - start
+
+
+def profile(path, waves: list[torch.Tensor], device: str, top: int = 10) -> str:
+    """torch.profiler table of ``len(waves)`` steps: the ops with the most self time on the device
+    (on the CPU when there is no GPU)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities) as prof:
+        timed(path, waves)
+    return prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=top)
 
 
 def main() -> None:
@@ -109,13 +133,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per path and round")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also profile N steps of each path")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both paths (losses as each path computes them)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe, args.set)
     batch, seconds = recipe.train.batch_size, recipe.data.max_seconds
     samples = int(seconds * recipe.data.sampling_rate)
-    ours = MmsslPath(recipe)
-    theirs = TransformersPath(recipe, ours.model.encoder.model.state_dict())
+    ours = MmsslPath(recipe, args.device, args.bf16)
+    theirs = TransformersPath(recipe, ours.model.encoder.model.state_dict(), args.device, args.bf16)
     np.random.seed(0)
     for path in (ours, theirs):  # warm-up (allocator, first-call overheads)
         timed(path, [speech_like(batch, samples, 99)])
@@ -128,9 +155,14 @@ def main() -> None:
             rates[name].append(batch * seconds * args.steps / elapsed)
         print(f"round {r + 1}/{args.rounds}: mmssl {rates['mmssl'][-1]:.2f}, transformers "
               f"{rates['transformers'][-1]:.2f} s of audio per s", flush=True)
+    if args.profile:
+        waves = [speech_like(batch, samples, 7000 + i) for i in range(args.profile)]
+        for name, path in (("mmssl", ours), ("transformers", theirs)):
+            print(f"--- {name}: {args.profile} profiled steps\n{profile(path, waves, args.device)}", flush=True)
     m, t = statistics.median(rates["mmssl"]), statistics.median(rates["transformers"])
     print(json.dumps({"benchmark": "audio_wav2vec2", "recipe": recipe.name, "batch_size": batch, "clip_seconds": seconds,
-                      "num_negatives": recipe.objective.num_negatives, "threads": args.threads, "rounds": args.rounds,
+                      "num_negatives": recipe.objective.num_negatives, "threads": args.threads,
+                      "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "bf16": args.bf16, "rounds": args.rounds,
                       "steps_per_round": args.steps, "mmssl_audio_s_per_s": round(m, 3),
                       "transformers_audio_s_per_s": round(t, 3), "ratio": round(m / t, 3)}))
 

@@ -29,6 +29,7 @@ Usage::
     python benchmarks/image_augment.py                        # 5 rounds x 5 calls per side and case
     python benchmarks/image_augment.py --rounds 1 --calls 1   # seconds-long smoke run
     python benchmarks/image_augment.py --threads 2
+    python benchmarks/image_augment.py --device cuda          # both sides on the GPU
 """
 
 from __future__ import annotations
@@ -100,18 +101,26 @@ def per_sample_loop(configs: Sequence[ViewConfig], channels: int) -> Callable[[T
     return lambda images: [torch.stack([pipeline(image) for image in images]) for pipeline in pipelines]
 
 
-def time_calls(fn: Callable[[], object], calls: int) -> tuple[float, float]:
-    """Milliseconds per call and the share of the torch threads the process got in CPU time."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], object], calls: int, device: torch.device) -> tuple[float, float]:
+    """Milliseconds per call and the share of the torch threads the process got in CPU time
+    (on a GPU, the clock stops once the queued kernels have finished)."""
+    _sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
         fn()
+    _sync(device)
     wall = time.perf_counter() - wall
     return 1e3 * wall / calls, (time.process_time() - cpu) / wall / torch.get_num_threads()
 
 
-def run_case(case: Case, rounds: int, calls: int) -> dict[str, object]:
+def run_case(case: Case, rounds: int, calls: int, device: torch.device) -> dict[str, object]:
     """Alternate the two sides for ``rounds`` rounds; print every measurement and return the medians."""
-    images = torch.rand(case.shape, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(case.shape, generator=torch.Generator().manual_seed(0)).to(device)
     loop = per_sample_loop(case.configs, case.shape[1])
     sides = {"mmssl": lambda: make_views(images, case.configs), "torchvision_loop": lambda: loop(images)}
     for fn in sides.values():
@@ -120,8 +129,10 @@ def run_case(case: Case, rounds: int, calls: int) -> dict[str, object]:
     contended = 0
     for round_ in range(rounds):
         for name, fn in sides.items():
-            ms, cpu = time_calls(fn, calls)
+            ms, cpu = time_calls(fn, calls, device)
             runs[name].append(ms)
+            if device.type == "cuda":
+                cpu = 1.0  # the host thread waits on the GPU: its CPU share says nothing about contention
             contended += cpu < CONTENDED
             print(f"  {case.name} round {round_ + 1} {name:>16}: {ms:9.2f} ms/call  cpu {cpu:4.0%}"
                   + ("  contended" if cpu < CONTENDED else ""))
@@ -141,12 +152,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per side (default 5)")
     parser.add_argument("--calls", type=int, default=5, help="timed calls per round (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (default 1)")
+    parser.add_argument("--device", default="cpu", help="where the images and both sides' ops live (cpu, cuda)")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    record = {"benchmark": "image_augment", "device": "cpu", "torch_threads": torch.get_num_threads(),
-              "rounds": args.rounds, "calls": args.calls,
-              "cases": {case.name: run_case(case, args.rounds, args.calls) for case in CASES}}
+    record = {"benchmark": "image_augment",
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch_threads": torch.get_num_threads(), "rounds": args.rounds, "calls": args.calls,
+              "cases": {case.name: run_case(case, args.rounds, args.calls, device) for case in CASES}}
     print(json.dumps(record))
     return record
 

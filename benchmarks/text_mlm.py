@@ -125,6 +125,17 @@ class Measurement:
     loss: float  # last logged training loss (a sanity check that the side trains)
 
 
+def stamp() -> tuple[float, float]:
+    """``(wall, process CPU)`` time after an optimizer step; on a GPU, after its queued kernels finish."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter(), time.process_time()
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
 def measure(stamps: list[tuple[float, float]], skip: int, steps: int, tokens_per_step: int, loss: float) -> Measurement:
     """Throughput between the stamps ``(wall, cpu)`` of optimizer steps ``skip`` and ``skip + steps`` (1-based)."""
     if len(stamps) < skip + steps:
@@ -144,7 +155,7 @@ def run_mmssl(setup: Setup, skip: int, steps: int, out_dir: Path) -> Measurement
     set_seed(setup.train.seed)
     model = build_model(setup.recipe, setup.tokenizer)
     trainer = Trainer(model, setup.blocks, setup.collate, setup.train, out_dir,
-                      hooks=[lambda _trainer, _step: stamps.append((time.perf_counter(), time.process_time()))])
+                      hooks=[lambda _trainer, _step: stamps.append(stamp())])
     last = trainer.fit()
     return measure(stamps, skip, steps, setup.tokens_per_step, last["loss"])
 
@@ -153,15 +164,17 @@ def hf_trainer(setup: Setup, out_dir: Path, callbacks: list | None = None):
     """transformers' Trainer configured like the recipe's ``train`` section."""
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
 
+    from mmssl.trainer import resolve_mixed_precision
+
     t = setup.train
     set_seed(t.seed)
     model = BertForMaskedLM(copy.deepcopy(setup.config))
     args = TrainingArguments(
         output_dir=str(out_dir), per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum_steps,
-        max_steps=t.max_steps, bf16=t.mixed_precision == "bf16",
+        max_steps=t.max_steps, bf16=resolve_mixed_precision(t.mixed_precision, cpu=not torch.cuda.is_available()) == "bf16",
         learning_rate=t.lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         adam_beta1=t.betas[0], adam_beta2=t.betas[1], adam_epsilon=t.eps, lr_scheduler_type="cosine",
-        logging_steps=t.log_every, save_strategy="no", report_to=[], use_cpu=True, seed=t.seed,
+        logging_steps=t.log_every, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), seed=t.seed,
         dataloader_num_workers=t.num_workers, dataloader_drop_last=True,
     )
     mlm = setup.recipe.objective  # 15% of tokens; of those 80% [MASK], 10% random, 10% kept (BERT)
@@ -178,7 +191,7 @@ def run_hf(setup: Setup, skip: int, steps: int, out_dir: Path) -> Measurement:
 
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            stamps.append((time.perf_counter(), time.process_time()))
+            stamps.append(stamp())
 
     trainer = hf_trainer(setup, out_dir, [Stamp()])
     result = trainer.train()
@@ -332,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = {"hidden_size": cfg.hidden_size, "num_layers": cfg.num_hidden_layers, "num_heads": cfg.num_attention_heads,
                  "intermediate_size": cfg.intermediate_size, "vocab_size": cfg.vocab_size}
         print(f"bert recipe {model}, batch {setup.train.batch_size} x {setup.seq_len} tokens, {len(setup.blocks)} blocks; "
-              f"torch {torch.__version__}, {threads} threads; {args.skip} untimed + {args.steps} timed steps", flush=True)
+              f"torch {torch.__version__}, {device_name()}, {threads} threads; {args.skip} untimed + {args.steps} timed steps", flush=True)
         runs: dict[str, list[Measurement]] = {side: [] for side in SIDES}
         for r in range(args.repeats):
             for side, run in SIDES.items():
@@ -342,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if torch.get_num_threads() != threads:
                     raise RuntimeError(f"the {side} side changed torch threads from {threads} to {torch.get_num_threads()}")
                 runs[side].append(m)
-                flag = "  <- contended" if m.cpu < CONTENDED * threads else ""
+                flag = "  <- contended" if m.cpu < CONTENDED * threads and not torch.cuda.is_available() else ""
                 print(f"round {r + 1}/{args.repeats} {side:>5}: {m.tokens_per_s:8.1f} tokens/s  cpu {m.cpu:.2f}  "
                       f"loss {m.loss:.3f}{flag}", flush=True)
             print(f"round {r + 1}/{args.repeats} ratio: {runs['mmssl'][-1].tokens_per_s / runs['hf'][-1].tokens_per_s:.2f}x",
@@ -350,7 +363,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         medians = {side: statistics.median(m.tokens_per_s for m in ms) for side, ms in runs.items()}
         ratio = medians["mmssl"] / medians["hf"]
         print(f"median: mmssl {medians['mmssl']:.1f} tokens/s, HF {medians['hf']:.1f} tokens/s, ratio {ratio:.2f}x")
-        contended = sum(m.cpu < CONTENDED * threads for ms in runs.values() for m in ms)
+        # on a GPU the host thread mostly waits for kernels: its CPU share says nothing about contention
+        contended = 0 if torch.cuda.is_available() else sum(m.cpu < CONTENDED * threads for ms in runs.values() for m in ms)
         if contended:
             print(f"warning: {contended} measurement(s) got less than {CONTENDED:.0%} of {threads} cores (another "
                   "process was busy); the medians may be off, rerun on a quiet machine")
@@ -359,7 +373,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "text_mlm", "mmssl_tokens_per_s": round(medians["mmssl"], 1), "hf_tokens_per_s": round(medians["hf"], 1),
         "ratio": round(ratio, 3), "repeats": args.repeats, "steps": args.steps, "skip": args.skip,
         "batch_size": setup.train.batch_size, "seq_len": setup.seq_len, "model": model, "torch_threads": threads,
-        "torch": torch.__version__, "mmssl_runs": [round(m.tokens_per_s, 1) for m in runs["mmssl"]],
+        "torch": torch.__version__, "device": device_name(),
+        "mixed_precision": setup.train.mixed_precision, "mmssl_runs": [round(m.tokens_per_s, 1) for m in runs["mmssl"]],
         "hf_runs": [round(m.tokens_per_s, 1) for m in runs["hf"]],
         "mmssl_cpu": [round(m.cpu, 2) for m in runs["mmssl"]], "hf_cpu": [round(m.cpu, 2) for m in runs["hf"]],
         "contended": contended,

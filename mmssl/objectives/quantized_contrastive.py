@@ -71,14 +71,18 @@ def _masked_rows(x: Tensor, order: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _identical(q: Tensor, valid: Tensor) -> Tensor:
-    """``[B, M, M]`` bool: the masked units' quantized vectors are bitwise equal (rows compared exactly)."""
-    out = torch.zeros(q.shape[0], q.shape[1], q.shape[1], dtype=torch.bool, device=q.device)
-    for b in range(q.shape[0]):
-        m = int(valid[b].sum())
-        ids = torch.unique(q[b, :m], dim=0, return_inverse=True)[1]
-        out[b, :m, :m] = ids[:, None] == ids[None, :]
-    return out
+def _identical(q: Tensor, valid: Tensor, max_elements: int = 1 << 26) -> Tensor:
+    """``[B, M, M]`` bool: the masked units' quantized vectors are bitwise equal (exact comparison).
+
+    Vectorised over the batch with no host sync (a per-row loop costs a sync and a sort per
+    row on a GPU); query rows are compared in chunks so that at most ``max_elements``
+    ``[B, chunk, M, D]`` comparisons exist at once.
+    """
+    b, m, d = q.shape
+    chunk = max(1, max_elements // max(1, b * m * d))
+    out = torch.cat([(q[:, i:i + chunk, None, :] == q[:, None, :, :]).all(-1) for i in range(0, m, chunk)], dim=1) \
+        if m else torch.zeros(b, 0, 0, dtype=torch.bool, device=q.device)
+    return out & valid[:, :, None] & valid[:, None, :]
 
 
 def quantized_contrastive_loss(context: Tensor, quantized: Tensor, mask: Tensor, distractors: Tensor,
