@@ -49,28 +49,52 @@ def row_summary(hidden: Tensor, padding_mask: Tensor) -> Tensor:
     return torch.sigmoid((hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0))
 
 
-def dgi_loss(pos: Tensor, neg: Tensor, summary: Tensor, weight: Tensor) -> Tensor:
-    """DGI's objective (eq. 1): binary cross entropy of the bilinear discriminator ``D(h, s) = sigmoid(h^T W s)``.
+def dgi_logits(pos: Tensor, neg: Tensor, summary: Tensor, weight: Tensor,
+               index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The bilinear discriminator's logits ``h^T W s`` for the real and the corrupted locals.
 
-    ``BCE(D(h_i, s_i), 1)`` averaged over the ``N`` positive locals plus ``BCE(D(h~_i, s_i), 0)``
-    averaged over the ``N`` corrupted ones (the two means summed, as PyG's
-    ``DeepGraphInfomax.loss`` does).
+    ``W s`` is computed once per *summary* (``[S, D] x [D, D]``), then looked up for each local:
+    a transductive graph has one summary for all its ``N`` nodes, so this is one matrix-vector
+    product where scoring ``[N, D]`` repeated summaries would cost an ``N x D x D`` GEMM (and two
+    more in the backward pass).
 
     Args:
         pos: ``[N, D]`` local representations of the real input.
         neg: ``[N, D]`` local representations of the corrupted input.
-        summary: ``[N, D]`` the summary each local is scored against (or ``[D]`` for all).
+        summary: ``[S, D]`` summaries (``[D]`` for one shared by all).
         weight: ``[D, D]`` the discriminator's bilinear weight ``W``.
+        index: ``[N]`` the summary row each local is scored against; None when ``S`` is 1
+            (shared) or ``N`` (one summary per local).
+
+    Returns:
+        ``(pos_logits [N], neg_logits [N])`` in float32.
+    """
+    if pos.shape != neg.shape or pos.ndim != 2:
+        raise ValueError(f"pos and neg must both be [N, D], got {tuple(pos.shape)} and {tuple(neg.shape)}")
+    ws = summary.float().reshape(-1, summary.shape[-1]) @ weight.float().T  # [S, D]: row j is W s_j
+    if index is not None:
+        ws = ws[index]
+    elif ws.shape[0] != pos.shape[0]:
+        if ws.shape[0] != 1:
+            raise ValueError(f"{ws.shape[0]} summaries for {pos.shape[0]} locals: pass index")
+        ws = ws.expand_as(pos)
+    return (pos.float() * ws).sum(-1), (neg.float() * ws).sum(-1)
+
+
+def dgi_loss(pos: Tensor, neg: Tensor, summary: Tensor, weight: Tensor, index: Tensor | None = None) -> Tensor:
+    """DGI's objective (eq. 1): binary cross entropy of the bilinear discriminator ``D(h, s) = sigmoid(h^T W s)``.
+
+    ``BCE(D(h_i, s_i), 1)`` averaged over the ``N`` positive locals plus ``BCE(D(h~_i, s_i), 0)``
+    averaged over the ``N`` corrupted ones (the two means summed, as PyG's
+    ``DeepGraphInfomax.loss`` does). Arguments as :func:`dgi_logits`.
 
     Returns:
         Scalar loss.
     """
-    if pos.shape != neg.shape or pos.ndim != 2:
-        raise ValueError(f"pos and neg must both be [N, D], got {tuple(pos.shape)} and {tuple(neg.shape)}")
-    s = summary.float().expand_as(pos) if summary.ndim == 1 else summary.float()
-    ws = s @ weight.float().T  # row i: W s_i
-    pos_logits = (pos.float() * ws).sum(-1)
-    neg_logits = (neg.float() * ws).sum(-1)
+    return _bce_pair(*dgi_logits(pos, neg, summary, weight, index))
+
+
+def _bce_pair(pos_logits: Tensor, neg_logits: Tensor) -> Tensor:
     return (F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits))
             + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits)))
 
@@ -98,15 +122,15 @@ class DGI(Objective):
         if self.config.readout == "row":
             keep = ~batch.padding_mask
             summary = row_summary(pos.hidden, batch.padding_mask)  # [B, D]
-            rows = torch.arange(batch.batch_size, device=keep.device)[:, None].expand_as(keep)[keep]
-            h_pos, h_neg, s = pos.hidden[keep], neg.hidden[keep], summary[rows]
+            rows = torch.arange(batch.batch_size, device=keep.device)[:, None].expand_as(keep)[keep]  # [N]
+            h_pos, h_neg = pos.hidden[keep], neg.hidden[keep]
         else:
             h_pos, h_neg = pos.pooled(), neg.pooled()
-            s = torch.sigmoid(h_pos.mean(0))
-        loss = dgi_loss(h_pos, h_neg, s, self.weight)
+            summary, rows = torch.sigmoid(h_pos.mean(0)), None
+        pos_logits, neg_logits = dgi_logits(h_pos, h_neg, summary, self.weight, rows)
+        loss = _bce_pair(pos_logits, neg_logits)
         with torch.no_grad():
-            ws = (s.expand_as(h_pos) if s.ndim == 1 else s) @ self.weight.T
-            accuracy = torch.cat([(h_pos * ws).sum(-1) > 0, (h_neg * ws).sum(-1) <= 0]).float().mean()
+            accuracy = torch.cat([pos_logits > 0, neg_logits <= 0]).float().mean()
         return ObjectiveOutput(loss=loss, terms={"dgi": loss}, logs={"discriminator_accuracy": accuracy})
 
 
