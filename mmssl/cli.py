@@ -59,6 +59,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = _finetune_config(args.set, args.task)
     if args.protocol == "finetune":
         _print_result(finetune(args.run, cfg, None, args.domain))
+    elif args.protocol == "retrieval":  # paired (two-tower) exports: recall@k both ways
+        from mmssl.evaluation import retrieval_probe
+
+        _print_result(retrieval_probe(args.run, cfg, args.domain))
     else:
         _print_result({"linear": linear_probe, "knn": knn_probe}[args.protocol](args.run, cfg, args.domain))
 
@@ -123,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--output-dir", type=Path, default=None)
             sp.add_argument("--baseline", action="store_true", help="also fine-tune a random-init copy and compare")
         else:
-            sp.add_argument("--protocol", choices=["linear", "knn", "finetune"], default="linear")
+            sp.add_argument("--protocol", choices=["linear", "knn", "finetune", "retrieval"], default="linear")
         sp.set_defaults(func=func)
 
     sp = sub.add_parser("export", help="export a run's encoder in Hugging Face format")

@@ -58,11 +58,19 @@ def _model_card(recipe: Recipe, run_dir: Path | None, step: int | None, summary:
     if last:
         lines.append(f"- final training loss: {last['loss']:.4f} (step {last['step']})")
     if results:
-        lines += ["", "## Downstream results", "", "| protocol | task | init | accuracy |", "|---|---|---|---|"]
+        lines += ["", "## Downstream results", "", "| protocol | task | init | result |", "|---|---|---|---|"]
         for r in results:
-            lines.append(f"| {r.get('protocol', r['event'])} | {r.get('task')} | {r.get('init', 'pretrained')} | {r.get('accuracy', float('nan')):.4f} |")
+            lines.append(f"| {r.get('protocol', r['event'])} | {r.get('task')} | {r.get('init', 'pretrained')} | {_result_text(r)} |")
     lines += ["", "## Recipe (fully resolved)", "", "```yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False).strip(), "```", ""]
     return "\n".join(lines)
+
+
+def _result_text(record: dict[str, Any]) -> str:
+    """A metrics.jsonl result as one table cell: its accuracy, or its recall@k figures (retrieval)."""
+    if "accuracy" in record:
+        return f"accuracy {record['accuracy']:.4f}"
+    recalls = [f"{k.replace('_', ' ')} {v:.4f}" for k, v in record.items() if "recall@" in k and not k.startswith("chance")]
+    return ", ".join(recalls) or "-"
 
 
 def write_export(model: SSLModel, processor: Any, recipe: Recipe, out_dir: Path, run_dir: Path | None, step: int | None,
@@ -120,9 +128,10 @@ def resolve_export(path: Path) -> tuple[Path, Path | None]:
         if not (export / META_FILE).is_file():
             export_run(path)
         return export, path
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() or (path / META_FILE).is_file():  # multi-tower exports keep config.json per tower
         return path, None
-    raise FileNotFoundError(f"{path} is neither an mmssl run ({CONFIG_FILE}) nor an exported model (config.json)")
+    raise FileNotFoundError(f"{path} is neither an mmssl run ({CONFIG_FILE}) nor an exported model "
+                            f"(config.json or {META_FILE})")
 
 
 def export_meta(export_dir: Path) -> dict[str, Any]:
