@@ -1,4 +1,4 @@
-"""The audio domain: clips -> waveform samples or fbank units -> wav2vec 2.0 / conformer encoders, and KWS.
+"""The audio domain: clips -> waveform samples or fbank units -> wav2vec 2.0 / data2vec / conformer encoders, and KWS.
 
 Data flow: a source (``mmssl data prepare speech|kws``, a folder of audio files, a Hub
 dataset) -> :class:`domains.audio.io.AudioClips` -> :class:`domains.audio.data.BucketedClips`
@@ -86,7 +86,7 @@ def _kmeans(cfg: AudioDataConfig, clips: AudioClips, run_dir: Path, seed: int) -
 
 # ---------------------------------------------------------------------------- downstream
 class AudioClassifier(ClassifierModule):
-    """``AutoModelForAudioClassification`` on waveforms (wav2vec2 exports), or a conformer encoder with a
+    """``AutoModelForAudioClassification`` on waveforms (wav2vec2 and data2vec-audio exports), or a conformer encoder with a
     mean-pooled linear head on fbank units (SpecAugment while training)."""
 
     def __init__(self, model: nn.Module, head: nn.Linear | None = None, mel_bins: int | None = None) -> None:
@@ -134,7 +134,7 @@ class AudioDomain:
 
     def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
         data, enc = recipe.data, recipe.encoder
-        wants = "waveform" if enc.arch == "wav2vec2" else "fbank"
+        wants = "fbank" if enc.arch == "conformer" else "waveform"
         if data.stream != wants:
             raise ValueError(f"encoder.arch={enc.arch} reads data.stream={wants}, got data.stream={data.stream}")
         if enc.arch == "conformer" and enc.input_dim != data.num_mel_bins * data.frame_stride:
@@ -189,7 +189,7 @@ class AudioDomain:
 
     def classifier(self, export_dir: Path, num_labels: int, init: str) -> AudioClassifier:
         config = AutoConfig.from_pretrained(str(export_dir))
-        if config.model_type == "wav2vec2":
+        if config.model_type in ("wav2vec2", "data2vec-audio"):
             config = AutoConfig.from_pretrained(str(export_dir), num_labels=num_labels)
             model = (AutoModelForAudioClassification.from_config(config) if init == "random"
                      else AutoModelForAudioClassification.from_pretrained(str(export_dir), config=config))

@@ -6,6 +6,12 @@
   mask passed to :meth:`Wav2Vec2Encoder.encode` is on that grid (see
   :meth:`output_padding_mask`). The export loads with ``Wav2Vec2Model``,
   ``Wav2Vec2ForPreTraining`` and ``AutoModelForAudioClassification``.
+* ``arch=data2vec_audio``: ``Data2VecAudioModel``, data2vec's own layout of the same
+  waveform encoder (Baevski et al. 2022): the layer-normed conv feature encoder, a stack of
+  ``num_conv_pos_layers`` positional convolutions of kernel ``conv_pos_kernel_size`` (each
+  with a parameter-free layer norm) instead of wav2vec 2.0's single weight-normed one, a
+  post-LN transformer, no quantizer. Same conv-frame grid and masking as ``wav2vec2``; the
+  export loads with ``Data2VecAudioModel`` and ``AutoModelForAudioClassification``.
 * ``arch=conformer``: ``Wav2Vec2BertModel`` (w2v-BERT 2.0's conformer) on stacked fbank
   units ``[B, T, n_mels * stride]``; ``causal=true`` restricts self-attention to the past
   (its depthwise convolutions are causal already), as APC needs. The export loads with
@@ -20,7 +26,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel, Wav2Vec2Config, Wav2Vec2ForPreTraining
+from transformers import (Data2VecAudioConfig, Data2VecAudioModel, PreTrainedModel, Wav2Vec2BertConfig,
+                          Wav2Vec2BertModel, Wav2Vec2Config, Wav2Vec2ForPreTraining)
 from transformers.masking_utils import causal_mask_function, create_bidirectional_mask
 
 from mmssl.encoder import Encoder
@@ -37,9 +44,11 @@ class AudioEncoderConfig:
     num_layers=12, num_heads=12, intermediate_size=3072, conv_dim 512 x 7, kernels
     (10,3,3,3,3,2,2), strides (5,2,2,2,2,2,2) (320 samples = 20 ms per frame at 16 kHz),
     G=2 codebooks of V=320 entries, codevector_dim 256, proj_codevector_dim 256.
+    data2vec audio BASE has the same sizes, 5 positional convolutions of kernel 19 (16 groups)
+    and a post-LN transformer (``do_stable_layer_norm=false``).
     """
 
-    arch: Literal["wav2vec2", "conformer"] = "wav2vec2"
+    arch: Literal["wav2vec2", "data2vec_audio", "conformer"] = "wav2vec2"
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
@@ -52,8 +61,11 @@ class AudioEncoderConfig:
     conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
     feat_extract_norm: Literal["group", "layer"] = "layer"  # layer: exact under padding (wav2vec 2.0 LARGE)
     do_stable_layer_norm: bool = True  # pre-LN transformer (LARGE); BASE: false
-    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embeddings: int = 128  # wav2vec2: kernel of its one positional convolution
     num_conv_pos_embedding_groups: int = 16
+    # data2vec_audio: positional convolution stack (data2vec: 5 layers of kernel 19)
+    num_conv_pos_layers: int = 5
+    conv_pos_kernel_size: int = 19
     # wav2vec2: quantizer
     num_codevector_groups: int = 2
     num_codevectors_per_group: int = 320
@@ -73,6 +85,10 @@ class AudioEncoderConfig:
             raise ValueError("encoder.codevector_dim must be divisible by encoder.num_codevector_groups")
         if self.causal and self.arch != "conformer":
             raise ValueError("encoder.causal=true needs encoder.arch=conformer")
+        if self.arch == "data2vec_audio" and (self.do_stable_layer_norm or self.feat_extract_norm != "layer"):
+            raise ValueError("encoder.arch=data2vec_audio is transformers' Data2VecAudioModel: layer-normed conv "
+                             "blocks and a post-LN transformer; set encoder.feat_extract_norm=layer and "
+                             "encoder.do_stable_layer_norm=false")
 
 
 def wav2vec2_config(cfg: AudioEncoderConfig) -> Wav2Vec2Config:
@@ -90,20 +106,40 @@ def wav2vec2_config(cfg: AudioEncoderConfig) -> Wav2Vec2Config:
     )
 
 
-class Wav2Vec2Encoder(Encoder):
-    """``Wav2Vec2ForPreTraining`` on waveform units ``[B, S]``; ``hidden`` is ``[B, T_frames, D]``.
+def data2vec_audio_config(cfg: AudioEncoderConfig) -> Data2VecAudioConfig:
+    return Data2VecAudioConfig(
+        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size, hidden_dropout=cfg.dropout, activation_dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout, feat_proj_dropout=cfg.dropout, final_dropout=cfg.dropout,
+        layerdrop=0.0, conv_dim=list(cfg.conv_dim), conv_kernel=list(cfg.conv_kernel),
+        conv_stride=list(cfg.conv_stride),
+        num_conv_pos_embeddings=cfg.num_conv_pos_layers, conv_pos_kernel_size=cfg.conv_pos_kernel_size,
+        num_conv_pos_embedding_groups=cfg.num_conv_pos_embedding_groups,
+        mask_time_prob=0.05, mask_time_length=10,  # SpecAugment during fine-tuning; > 0 keeps masked_spec_embed
+    )
 
-    The quantizer and projections stay inside the transformers model (so the export holds
-    them and ``Wav2Vec2ForPreTraining.from_pretrained`` restores them);
-    :meth:`prediction_head` hands that model to the wav2vec 2.0 objective.
+
+class Wav2Vec2Encoder(Encoder):
+    """``Wav2Vec2ForPreTraining`` or ``Data2VecAudioModel`` on waveform units ``[B, S]``; ``hidden`` is
+    ``[B, T_frames, D]``.
+
+    With ``Wav2Vec2ForPreTraining`` the quantizer and projections stay inside the transformers
+    model (so the export holds them and ``Wav2Vec2ForPreTraining.from_pretrained`` restores
+    them); :meth:`prediction_head` hands that model to the wav2vec 2.0 objective.
+    ``Data2VecAudioModel`` has no pretraining head: it is the backbone itself.
     """
 
     pipeline_tag = "feature-extraction"
 
-    def __init__(self, model: Wav2Vec2ForPreTraining) -> None:
+    def __init__(self, model: Wav2Vec2ForPreTraining | Data2VecAudioModel) -> None:
         super().__init__()
         self.model = model
         self.hidden_size = model.config.hidden_size
+
+    @property
+    def backbone(self) -> PreTrainedModel:
+        """The conv feature encoder + transformer (``Wav2Vec2Model`` or ``Data2VecAudioModel``)."""
+        return self.model.wav2vec2 if isinstance(self.model, Wav2Vec2ForPreTraining) else self.model
 
     def output_padding_mask(self, batch: Batch) -> Tensor:
         """``[B, T_frames]`` bool, True at conv frames that only cover padding."""
@@ -120,8 +156,8 @@ class Wav2Vec2Encoder(Encoder):
         if mask is None:  # an all-False mask also stops transformers' own SpecAugment in training mode
             mask = torch.zeros_like(padding)
         attention = (~batch.padding_mask).long() if batch.padding_mask.any() else None
-        out = self.model.wav2vec2(batch.units, attention_mask=attention, mask_time_indices=mask,
-                                  output_hidden_states=all_layers)
+        out = self.backbone(batch.units, attention_mask=attention, mask_time_indices=mask,
+                            output_hidden_states=all_layers)
         layers = tuple(out.hidden_states) if all_layers else None
         return EncoderOutput(hidden=out.last_hidden_state, padding_mask=padding, layers=layers), out.extract_features
 
@@ -129,8 +165,8 @@ class Wav2Vec2Encoder(Encoder):
         """Encode waveforms; ``mask`` (``[B, T_frames]``) replaces frames by the learned mask embedding."""
         return self.encode_with_features(batch, mask, all_layers)[0]
 
-    def prediction_head(self) -> nn.Module:
-        return self.model
+    def prediction_head(self) -> nn.Module | None:
+        return self.model if isinstance(self.model, Wav2Vec2ForPreTraining) else None
 
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))
@@ -206,6 +242,8 @@ def build_audio_encoder(cfg: AudioEncoderConfig) -> Encoder:
     """A freshly initialised encoder sized by the recipe."""
     if cfg.arch == "wav2vec2":
         return Wav2Vec2Encoder(Wav2Vec2ForPreTraining(wav2vec2_config(cfg)))
+    if cfg.arch == "data2vec_audio":
+        return Wav2Vec2Encoder(Data2VecAudioModel(data2vec_audio_config(cfg)))
     return ConformerEncoder(Wav2Vec2BertModel(conformer_config(cfg)), causal=cfg.causal)
 
 
@@ -217,8 +255,11 @@ def load_audio_encoder(export_dir: Path, random_init: bool = False) -> Encoder:
     if config.model_type == "wav2vec2":
         model = Wav2Vec2ForPreTraining(config) if random_init else Wav2Vec2ForPreTraining.from_pretrained(str(export_dir))
         return Wav2Vec2Encoder(model)
+    if config.model_type == "data2vec-audio":
+        model = Data2VecAudioModel(config) if random_init else Data2VecAudioModel.from_pretrained(str(export_dir))
+        return Wav2Vec2Encoder(model)
     if config.model_type == "wav2vec2-bert":
         model = Wav2Vec2BertModel(config) if random_init else Wav2Vec2BertModel.from_pretrained(str(export_dir))
         return ConformerEncoder(model)
     raise ValueError(f"{export_dir}: model_type {config.model_type!r} is not an mmssl audio encoder "
-                     "(wav2vec2 or wav2vec2-bert)")
+                     "(wav2vec2, data2vec-audio or wav2vec2-bert)")

@@ -61,6 +61,31 @@ class GraphBackbone(nn.Module, PyTorchModelHubMixin, library_name="mmssl", tags=
         """``x [N, C]``, ``edge_index [2, E]`` -> node representations ``[N, hidden_channels]``."""
         return self.gnn(x, edge_index)
 
+    def layer_outputs(self, x: Tensor, edge_index: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """:meth:`forward` that also returns every message-passing layer's output.
+
+        PyG's ``BasicGNN.forward`` step by step (without its edge weights / attributes and
+        neighbour trimming, which :meth:`forward` never passes): layer ``i``'s output is what
+        layer ``i + 1`` reads (after activation, norm and dropout); the last layer's is the raw
+        convolution, as in ``forward``, unless ``jk`` is set.
+
+        Returns:
+            ``(forward(x, edge_index) [N, hidden_channels], [num_layers tensors [N, hidden_channels]])``.
+        """
+        gnn, outputs = self.gnn, []
+        for i, (conv, norm) in enumerate(zip(gnn.convs, gnn.norms)):
+            x = conv(x, edge_index)
+            if i < gnn.num_layers - 1 or gnn.jk_mode is not None:
+                if gnn.act is not None and gnn.act_first:
+                    x = gnn.act(x)
+                x = norm(x, None, None) if gnn.supports_norm_batch else norm(x)
+                if gnn.act is not None and not gnn.act_first:
+                    x = gnn.act(x)
+                x = gnn.dropout(x)
+            outputs.append(x)
+        out = gnn.jk(outputs) if hasattr(gnn, "jk") else x
+        return (gnn.lin(out) if hasattr(gnn, "lin") else out), outputs
+
     def conv(self, in_dim: int, out_dim: int) -> nn.Module:
         """One fresh message-passing layer of this architecture (GraphMAE's single-layer decoder)."""
         if self.arch == "gin":
@@ -96,14 +121,24 @@ class GNNEncoder(Encoder):
         return (x if len(keep) == x.shape[0] else x[keep]), edge_index, keep
 
     def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
-        if all_layers:
-            raise ValueError("the graph encoder does not return per-layer outputs")
+        """Encode the batch's graph; ``mask`` (``[B, T]``) replaces those nodes' input features by the mask token.
+
+        With ``all_layers``, ``layers`` is ``(input features [B, T, C] after masking, then each
+        message-passing layer's output [B, T, D])``: ``num_layers + 1`` entries, the input first
+        as a transformer's embedding output is (data2vec averages the top K of the others).
+        """
         layout = layout_of(batch)
         x, edge_index, keep = self.node_inputs(batch, mask)
-        h = self.model(x, edge_index)  # [N, D]
-        hidden = scatter_to_grid(h, keep, batch.padding_mask.shape)
+        shape = batch.padding_mask.shape
+        layers = None
+        if all_layers:
+            h, outputs = self.model.layer_outputs(x, edge_index)
+            layers = tuple(scatter_to_grid(o, keep, shape) for o in (x, *outputs))
+        else:
+            h = self.model(x, edge_index)  # [N, D]
+        hidden = scatter_to_grid(h, keep, shape)
         summary = hidden[:, 0] if layout == "ego" else None
-        return EncoderOutput(hidden=hidden, padding_mask=batch.padding_mask, summary=summary)
+        return EncoderOutput(hidden=hidden, padding_mask=batch.padding_mask, layers=layers, summary=summary)
 
     def unit_decoder(self, in_dim: int, out_dim: int) -> nn.Module:
         """A one-layer GNN decoder over the batch's graph (GraphMAE, Hou et al. 2022, sec. 3.3)."""

@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.encoder import Encoder
-from mmssl.masking import bert_mask, block_mask_2d, random_mask, span_mask
+from mmssl.masking import bert_mask, random_mask, span_mask
 from mmssl.objectives.base import Objective
 from mmssl.objectives.components import EMATeacher, linear_momentum
 from mmssl.objectives.functional import masked_regression_loss
+from mmssl.objectives.masked_modeling import grid_block_mask
 from mmssl.registry import OBJECTIVES, ObjectiveSpec
 from mmssl.types import Batch, ObjectiveOutput
 
@@ -129,6 +130,16 @@ def repeat_batch(batch: Batch, times: int) -> Batch:
                          special_mask=None if batch.special_mask is None else rep(batch.special_mask), extras=extras)
 
 
+def output_maskable(batch: Batch, output_padding: Tensor) -> Tensor:
+    """``[B, T]`` bool: the units a mask may choose, on the encoder's output grid.
+
+    ``output_padding`` is the encoder output's ``padding_mask``. Where the encoder keeps the
+    unit grid (tokens, patches, nodes) this is ``batch.maskable`` (special units excluded);
+    where it does not (a waveform's samples -> conv frames) every real output unit.
+    """
+    return batch.maskable if output_padding.shape == batch.padding_mask.shape else ~output_padding
+
+
 class Data2Vec(Objective):
     """Student regresses the EMA teacher's averaged top-K layers at masked units (see module docstring)."""
 
@@ -140,25 +151,26 @@ class Data2Vec(Objective):
         self.head = nn.Linear(encoder.hidden_size, encoder.hidden_size)  # the paper's linear regression head
         self.register_buffer("momentum", torch.tensor(config.ema_decay))  # the last update's tau, for the logs
 
-    def make_mask(self, encoder: Encoder, batch: Batch) -> tuple[Tensor, Batch]:
-        """``([B, T] bool mask, the batch the student sees)`` for the configured generator."""
+    def make_mask(self, encoder: Encoder, batch: Batch, maskable: Tensor) -> tuple[Tensor, Batch]:
+        """``([B, T] bool mask, the batch the student sees)`` for the configured generator.
+
+        ``maskable`` (``[B, T]`` bool) is on the encoder's output grid: the batch's own grid
+        for units that are encoded one to one, conv frames for waveform samples.
+        """
         cfg = self.config
-        maskable = batch.maskable
+        if cfg.mask in ("bert", "block") and maskable.shape != batch.padding_mask.shape:
+            raise ValueError(f"objective.mask={cfg.mask} masks the batch's own units, but this encoder's output grid "
+                             f"{tuple(maskable.shape)} is not the unit grid {tuple(batch.padding_mask.shape)} "
+                             "(e.g. conv frames of a waveform); use mask=span or mask=random")
         if cfg.mask == "bert":
             mask, corrupted = bert_mask(batch.units, maskable, mask_token_id=encoder.mask_token_id,
                                         vocab_size=encoder.vocab_size, mask_prob=cfg.mask_prob)
             return mask, batch.replace(units=corrupted)
         if cfg.mask == "block":
-            grid = batch.extras.get("grid")
-            if grid is None:
+            mask = grid_block_mask(batch, cfg.mask_prob, cfg.min_block)
+            if mask is None:
                 raise ValueError("objective.mask=block needs a 2-D unit grid (batch.extras['grid']); "
                                  "use mask=random or mask=span for this domain")
-            rows, cols = int(grid[0]), int(grid[1])
-            if rows * cols != batch.units.shape[1]:
-                raise ValueError(f"batch.extras['grid'] = {rows}x{cols} does not hold the batch's "
-                                 f"{batch.units.shape[1]} units")
-            mask = block_mask_2d(batch.batch_size, rows, cols, ratio=cfg.mask_prob, min_block=cfg.min_block,
-                                 device=batch.units.device) & maskable
         elif cfg.mask == "span":
             mask = span_mask(maskable, start_prob=cfg.mask_prob, span_length=cfg.span_length, min_spans=1)
         else:
@@ -168,21 +180,23 @@ class Data2Vec(Objective):
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
         cfg = self.config
         with torch.no_grad():  # one teacher pass on the unmasked batch, shared by every mask
-            layers = self.teacher.module.encode(batch, all_layers=True).layers
-            if layers is None:
+            teacher = self.teacher.module.encode(batch, all_layers=True)
+            if teacher.layers is None:
                 raise ValueError(f"{type(encoder).__name__}.encode(all_layers=True) returned no layers; "
                                  "data2vec needs per-layer outputs")
-            targets = teacher_targets(layers, batch.padding_mask, cfg.top_k_layers, cfg.layer_norm_targets,
+            # targets live on the encoder's output grid (conv frames for waveforms, else the unit grid)
+            targets = teacher_targets(teacher.layers, teacher.padding_mask, cfg.top_k_layers, cfg.layer_norm_targets,
                                       cfg.final_norm)
         student_batch = repeat_batch(batch, cfg.num_masks)
-        mask, student_batch = self.make_mask(encoder, student_batch)
+        maskable = output_maskable(student_batch, teacher.padding_mask.repeat(cfg.num_masks, 1))
+        mask, student_batch = self.make_mask(encoder, student_batch, maskable)
         encoded = encoder.encode_at(student_batch, mask, mask=None if cfg.mask == "bert" else mask)  # [N, D]
         pred = self.head(encoded).float()
         target = targets.repeat(cfg.num_masks, 1, 1)[mask]  # [N, D], row-major like encode_at
         everywhere = torch.ones(pred.shape[0], dtype=torch.bool, device=pred.device)
         loss = masked_regression_loss(pred, target, everywhere, loss=cfg.loss, beta=cfg.loss_beta)
         logs = {
-            "masked_fraction": (mask.sum() / student_batch.maskable.sum().clamp(min=1)).detach(),
+            "masked_fraction": (mask.sum() / maskable.sum().clamp(min=1)).detach(),
             "ema_decay": self.momentum.detach().float(),
             "target_std": target.std(0).mean().detach() if target.shape[0] > 1 else torch.zeros(()),
             "pred_std": pred.detach().std(0).mean() if pred.shape[0] > 1 else torch.zeros(()),

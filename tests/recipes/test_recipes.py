@@ -20,13 +20,15 @@ RECIPES = [name for name, _ in list_recipes()]
 
 def test_every_recipe_file_validates() -> None:
     assert {"bert", "gpt", "simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "mae", "rotation", "jigsaw"} <= set(RECIPES)
+    assert {"data2vec_text", "data2vec_image", "data2vec_audio", "data2vec_graph"} <= set(RECIPES)  # one objective, four domains
     for name in RECIPES:
         recipe = load_recipe(name)
         assert recipe.name == name and recipe.description
 
 
-# audio recipes need rendered audio files: tests/domains/audio/test_audio_recipes.py smoke-runs them
-NON_AUDIO = [name for name in RECIPES if load_recipe(name).domain != "audio"]
+# audio recipes need rendered audio files: tests/domains/audio/test_audio_recipes.py smoke-runs them, and
+# tests/domains/speech_text/test_speech_text_recipe.py the paired speech-text one
+NON_AUDIO = [name for name in RECIPES if load_recipe(name).domain not in ("audio", "speech_text")]
 
 
 @pytest.mark.parametrize("name", NON_AUDIO)
@@ -35,7 +37,7 @@ def test_recipe_smoke_run(name: str, tmp_path: Path, tiny_images: Path) -> None:
     tiny = TINY if recipe.domain == "text" else [*TINY_IMAGE, f"data.path={tiny_images}"]
     if recipe.domain == "graph":  # KarateClub (node level) or random PyG graphs (graph level)
         tiny = TINY_GRAPH if recipe.data.level == "node" else TINY_GRAPH_LEVEL
-    if recipe.objective.name == "data2vec":  # the tiny encoders have 2 layers
+    if recipe.objective.name == "data2vec":  # the tiny encoders have 2 layers (data2vec_audio: test_audio_recipes.py)
         tiny = [*tiny, "objective.top_k_layers=2"]
     run = pretrain(name, [*tiny, "train.max_steps=4"], tmp_path / name)
     losses = [r["loss"] for r in read_metrics(run) if "loss" in r]

@@ -14,7 +14,7 @@ from mmssl.pretrain import pretrain
 from mmssl.recipe import load_recipe
 from tests.domains.audio.audio_fixtures import TINY_AUDIO, TINY_BY_RECIPE, audio_folder  # noqa: F401
 
-AUDIO_RECIPES = ["wav2vec2", "hubert", "apc", "tera"]
+AUDIO_RECIPES = ["wav2vec2", "data2vec_audio", "hubert", "apc", "tera"]
 
 
 def test_audio_recipes_validate() -> None:
