@@ -6,18 +6,16 @@ trains nothing); docs/benchmarks.md holds the numbers.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from bench_loader import load_benchmark
 
 pytest.importorskip("lightly")
 pytest.importorskip("torchvision")
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "image_simclr.py"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fashion-mnist; both sides read it
 
 
@@ -25,14 +23,7 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fash
 def image_simclr():
     if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
-    spec = importlib.util.spec_from_file_location("bench_image_simclr", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_benchmark("image_simclr")
 
 
 def test_quick_run_ends_with_one_json_line(image_simclr, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

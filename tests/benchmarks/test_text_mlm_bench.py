@@ -5,27 +5,18 @@ Timings are never asserted (the machine is shared and noisy); docs/benchmarks.md
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from bench_loader import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "text_mlm.py"
 
 
 @pytest.fixture(scope="module")
 def text_mlm():
-    spec = importlib.util.spec_from_file_location("bench_text_mlm", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_benchmark("text_mlm")
 
 
 def test_quick_run_ends_with_one_json_line(text_mlm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
