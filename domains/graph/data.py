@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -22,6 +23,8 @@ from torch_geometric.data import Data
 from torch_geometric.sampler import NodeSamplerInput
 
 from domains.graph import augment
+
+log = logging.getLogger(__name__)
 from domains.graph.sampling import EgoNetSampler
 from domains.graph.units import ego_batch, full_batch, graphs_batch
 from mmssl.types import Batch
@@ -118,15 +121,58 @@ def load_source(cfg: GraphDataConfig) -> Data | list[Data]:
     else:
         obj = torch.load(cfg.path, weights_only=False)  # the user's own file: PyG objects are pickled
     graphs = as_graphs(obj)
+    name = cfg.path or cfg.name
     if cfg.level == "node":
         if isinstance(graphs, list):
             if len(graphs) != 1:
                 raise ValueError(f"data.level=node needs one graph, got {len(graphs)}; use data.level=graph")
             graphs = graphs[0]
+        problem = graph_problem(graphs)
+        if problem:
+            raise ValueError(f"graph {name}: {problem}")
         return truncate_features(graphs, cfg.max_features)
     if isinstance(graphs, Data):
         raise ValueError("data.level=graph needs a list of graphs, got one Data; use data.level=node")
-    return [truncate_features(g, cfg.max_features) for g in graphs]
+    return [truncate_features(g, cfg.max_features) for g in usable_graphs(graphs, name)]
+
+
+def graph_problem(data: Data) -> str | None:
+    """Why ``data`` cannot be trained on, or None: missing or non-2-D features, NaN/inf features,
+    no edges, or edges that point to nodes the graph does not have."""
+    x = getattr(data, "x", None)
+    if x is None:
+        return "it has no node features (data.x is None)"
+    if x.dim() != 2 or x.shape[0] != data.num_nodes:
+        return f"data.x has shape {tuple(x.shape)}, expected [num_nodes={data.num_nodes}, num_features]"
+    values = x if x.layout == torch.strided else (x.values() if x.layout == torch.sparse_csr else x.coalesce().values())
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        return "data.x holds NaN or inf values"
+    edges = getattr(data, "edge_index", None)
+    if edges is None or edges.numel() == 0:
+        return "it has no edges (edge_index is empty)"
+    if int(edges.min()) < 0 or int(edges.max()) >= data.num_nodes:
+        return f"edge_index points to node {int(edges.max()) if int(edges.min()) >= 0 else int(edges.min())}, " \
+               f"but the graph has nodes 0..{data.num_nodes - 1}"
+    return None
+
+
+def usable_graphs(graphs: Sequence[Data], name: str) -> list[Data]:
+    """The graphs of a graph-level dataset that :func:`graph_problem` accepts and whose feature width
+    is the first good graph's; each other graph is logged by index and skipped, and counted."""
+    keep: list[Data] = []
+    for i, g in enumerate(graphs):
+        problem = graph_problem(g)
+        if problem is None and keep and g.x.shape[1] != keep[0].x.shape[1]:
+            problem = f"it has {g.x.shape[1]} node features, the dataset's graphs have {keep[0].x.shape[1]}"
+        if problem:
+            log.warning("%s: graph %d skipped: %s", name, i, problem)
+        else:
+            keep.append(g)
+    if not keep:
+        raise ValueError(f"{name}: none of its {len(graphs)} graphs is usable (see the warnings above)")
+    if len(keep) < len(graphs):
+        log.warning("%s: %d of %d graphs skipped", name, len(graphs) - len(keep), len(graphs))
+    return keep
 
 
 def truncate_features(data: Data, max_features: int | None) -> Data:

@@ -186,8 +186,10 @@ class GraphDomain:
         if t.level == "node":
             from domains.graph.data import truncate_features
 
-            return ego_collate(truncate_features(t.graph, processor.max_features), processor.eval_num_neighbors,
-                               with_labels=True)
+            graph = truncate_features(t.graph, processor.max_features)
+            _check_width(graph.x.shape[1], processor, task.name)
+            return ego_collate(graph, processor.eval_num_neighbors, with_labels=True)
+        _check_width(t.train.items[0].x.shape[1], processor, task.name)
         return graphs_collate(with_labels=True)
 
     def classifier(self, export_dir: Path, num_labels: int, init: str) -> GraphClassifier:
@@ -195,6 +197,13 @@ class GraphDomain:
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
         return GNNEncoder(_backbone(Path(export_dir), random_init))
+
+
+def _check_width(width: int, processor: GraphProcessor, task: str) -> None:
+    """A task's node features must be as wide as those the encoder was pretrained on."""
+    if width != processor.in_channels:
+        raise ValueError(f"task {task} has {width} node features but the encoder was pretrained on "
+                         f"{processor.in_channels} ({processor.source}); the GNN's first layer cannot read them")
 
 
 DOMAINS.add("graph", GraphDomain())
