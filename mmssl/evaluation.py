@@ -176,21 +176,14 @@ def retrieval_probe(path: Any, cfg: Any, domain: str | None = None) -> dict[str,
     Reads a two-tower export (:class:`mmssl.objectives.cross_modal.TwoTowerEncoder` and its
     projection heads); ``cfg.init == "random"`` evaluates the same architecture untrained.
     """
-    from accelerate.utils import set_seed
-
-    from mmssl.export import resolve_export
-    from mmssl.finetune import _domain_of
+    from mmssl.finetune import frozen_setup
     from mmssl.metrics import append_metrics
     from mmssl.objectives.cross_modal import ClipHeads, two_towers
 
-    export_dir, run_dir = resolve_export(path)
-    dom = _domain_of(export_dir, domain)
-    data = dom.task_data(cfg.task)
-    set_seed(cfg.train.seed)
-    encoder = two_towers(dom.load_encoder(export_dir, random_init=cfg.init == "random"))
-    heads = ClipHeads.load(export_dir, random_init=cfg.init == "random")
-    encoder.to("cuda" if torch.cuda.is_available() else "cpu")
-    collate = dom.task_collate(dom.load_processor(export_dir), cfg.task)
+    setup = frozen_setup(path, cfg, domain)
+    encoder = two_towers(setup.encoder)
+    heads = ClipHeads.load(setup.export_dir, random_init=cfg.init == "random")
+    data, collate, run_dir = setup.data, setup.collate, setup.run_dir
     a, b = paired_embeddings(encoder, heads, data.test, collate, cfg.probe.batch_size)
     first, second = encoder.tower_names
     record: dict[str, Any] = {"event": "evaluate", "protocol": "retrieval", "task": cfg.task.name, "init": cfg.init}

@@ -114,15 +114,33 @@ def finetune(path: Path, cfg: FinetuneConfig, output_dir: Path | None = None, do
     return record
 
 
-def _frozen_features(path: Path, cfg: FinetuneConfig, domain: str | None) -> tuple[Any, Any, TaskData, Path | None]:
-    """Pooled features of the export's frozen encoder on the task's train and test rows."""
+@dataclass
+class FrozenSetup:
+    """What a frozen-encoder protocol reads: the export, its encoder on the device, the task and its collate."""
+
+    export_dir: Path
+    run_dir: Path | None
+    encoder: Any
+    data: TaskData
+    collate: Any
+
+
+def frozen_setup(path: Path, cfg: FinetuneConfig, domain: str | None) -> FrozenSetup:
+    """Resolve ``RUN_OR_EXPORT``, load its encoder (``cfg.init=random``: same shape, fresh weights,
+    seeded by ``cfg.train.seed``) on the accelerator if any, and the task's rows and collate."""
     export_dir, run_dir = resolve_export(Path(path))
     dom = _domain_of(export_dir, domain)
     data = dom.task_data(cfg.task)
     set_seed(cfg.train.seed)
     encoder = dom.load_encoder(export_dir, random_init=cfg.init == "random")
     encoder.to("cuda" if torch.cuda.is_available() else "cpu")
-    collate = dom.task_collate(dom.load_processor(export_dir), cfg.task)
+    return FrozenSetup(export_dir, run_dir, encoder, data, dom.task_collate(dom.load_processor(export_dir), cfg.task))
+
+
+def _frozen_features(path: Path, cfg: FinetuneConfig, domain: str | None) -> tuple[Any, Any, TaskData, Path | None]:
+    """Pooled features of the export's frozen encoder on the task's train and test rows."""
+    setup = frozen_setup(path, cfg, domain)
+    encoder, data, collate, run_dir = setup.encoder, setup.data, setup.collate, setup.run_dir
     train = extract_features(encoder, data.train, collate, cfg.probe.batch_size, cfg.probe.pooling)
     test = extract_features(encoder, data.test, collate, cfg.probe.batch_size, cfg.probe.pooling)
     return train, test, data, run_dir

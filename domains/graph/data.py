@@ -150,8 +150,9 @@ def graph_problem(data: Data) -> str | None:
     edges = getattr(data, "edge_index", None)
     if edges is None or edges.numel() == 0:
         return "it has no edges (edge_index is empty)"
-    if int(edges.min()) < 0 or int(edges.max()) >= data.num_nodes:
-        return f"edge_index points to node {int(edges.max()) if int(edges.min()) >= 0 else int(edges.min())}, " \
+    lowest, highest = int(edges.min()), int(edges.max())
+    if lowest < 0 or highest >= data.num_nodes:
+        return f"edge_index points to node {lowest if lowest < 0 else highest}, " \
                f"but the graph has nodes 0..{data.num_nodes - 1}"
     return None
 
