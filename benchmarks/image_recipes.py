@@ -15,9 +15,11 @@ Once per invocation it also fits the same linear probe and kNN on raw pixels (78
 [0, 1]), the floor the issue asks every recipe to beat.
 
 Results go to ``OUT/results.jsonl`` (one line per probe), a Markdown table ``OUT/results.md``,
-and a figure of the online kNN monitor against wall time for every recipe
-(``--figure``, default ``docs/figures/image_recipes_knn.png``). The last line printed is one JSON
-object with every figure.
+and a figure of the online kNN monitor against wall time (``--figure``, default
+``docs/figures/image_recipes_knn.png``). The table and figure cover every recipe recorded in
+``OUT``, the latest run of each, so recipes measured by separate invocations share one report
+(``--report-only`` rebuilds them without training). The last line printed is one JSON object
+with every figure.
 
 Usage::
 
@@ -40,7 +42,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mmssl.evaluation import knn_accuracy
@@ -114,6 +115,33 @@ def plot(curves: dict[str, tuple[list[float], list[float]]], pixel_knn: float, p
     fig.savefig(path, dpi=120)
 
 
+def latest_rows(results_path: Path) -> dict[str, dict[str, Any]]:
+    """The latest recorded row of every recipe in ``results.jsonl`` (later runs replace earlier ones)."""
+    rows: dict[str, dict[str, Any]] = {}
+    if results_path.exists():
+        for line in results_path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("model") != "raw pixels":
+                rows[row["model"]] = row
+    return rows
+
+
+def report(out: Path, pixels: dict[str, float], figure: Path) -> dict[str, Any]:
+    """Table (``OUT/results.md``) and kNN-monitor figure of every recipe recorded in ``OUT``."""
+    rows = latest_rows(out / "results.jsonl")
+    plot({name: knn_curve(out / name) for name in rows}, pixels["knn"], figure)
+    lines = ["| recipe | steps | wall time | linear (pretrained / random) | kNN (pretrained / random) |",
+             "|---|---:|---:|---|---|"]
+    for name, r in rows.items():
+        wall = f"{r['wall_s'] / 60:.1f} min" if "wall_s" in r else "-"
+        lines.append(f"| {name} | {r.get('steps', '-')} | {wall} | {r['pretrained']['linear']:.4f} / "
+                     f"{r['random']['linear']:.4f} | {r['pretrained']['knn']:.4f} / {r['random']['knn']:.4f} |")
+    lines.append(f"| raw pixels | | | {pixels['linear']:.4f} | {pixels['knn']:.4f} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return {"raw_pixels": pixels, **rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipes", nargs="*", default=IMAGE_RECIPES)
@@ -122,6 +150,8 @@ def main() -> None:
                         help="override for every recipe, e.g. train.max_steps=20 for a smoke run")
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/image_recipes_knn.png"))
     parser.add_argument("--skip-pretrain", action="store_true", help="probe existing runs in OUT only")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train and probe nothing: rebuild the table and figure from OUT's results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.jsonl"
@@ -138,10 +168,8 @@ def main() -> None:
         pixels = pixel_probes()
         pixels_path.write_text(json.dumps(pixels))
         record({"model": "raw pixels", **pixels})
-    summary: dict[str, Any] = {"raw_pixels": pixels}
-    curves = {}
     random_probes: dict[str, dict[str, float]] = {}
-    for recipe in args.recipes:
+    for recipe in [] if args.report_only else args.recipes:
         run = args.out / recipe
         info = {} if args.skip_pretrain else pretrain(recipe, run, args.set)
         # a random encoder depends only on the architecture (same seed): probe each architecture once
@@ -149,24 +177,10 @@ def main() -> None:
         arch = (run / "export" / "config.json").read_text() + pooling
         if arch not in random_probes:
             random_probes[arch] = probes(run, "random", pooling)
-        row = {"model": recipe, **info, "pooling": pooling, "pretrained": probes(run, "pretrained", pooling),
-               "random": random_probes[arch]}
-        record(row)
-        summary[recipe] = row
-        curves[recipe] = knn_curve(run)
-    plot(curves, pixels["knn"], args.figure)
-
-    lines = ["| recipe | steps | wall time | linear (pretrained / random) | kNN (pretrained / random) |",
-             "|---|---:|---:|---|---|"]
-    for recipe in args.recipes:
-        r = summary[recipe]
-        wall = f"{r['wall_s'] / 60:.1f} min" if "wall_s" in r else "-"
-        lines.append(f"| {recipe} | {r.get('steps', '-')} | {wall} | {r['pretrained']['linear']:.4f} / "
-                     f"{r['random']['linear']:.4f} | {r['pretrained']['knn']:.4f} / {r['random']['knn']:.4f} |")
-    lines.append(f"| raw pixels | | | {pixels['linear']:.4f} | {pixels['knn']:.4f} |")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(json.dumps(summary))
+        record({"model": recipe, **info, "pooling": pooling, "pretrained": probes(run, "pretrained", pooling),
+                "random": random_probes[arch]})
+    # the table and figure cover every recipe recorded in OUT, so several invocations build one report
+    print(json.dumps(report(args.out, pixels, args.figure)))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from mmssl.objectives.joint_embedding import (
 )
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, EncoderOutput
+from tests.fitting import fit, first_last
 
 B, SIZE, PATCH = 8, 16, 4
 HEADS = {"projector_hidden_dim": 64, "projector_dim": 32}
@@ -82,6 +83,10 @@ def _images(seed: int = 0) -> Tensor:
     """Smooth random images (4x4 noise upsampled), which a 2-pixel shift leaves recognisable."""
     noise = torch.rand(B, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
     return F.interpolate(noise, size=(SIZE, SIZE), mode="bilinear")
+
+
+def _new_images_every_step(step: int) -> Batch:
+    return _batch(_images(seed=step), seed=step)
 
 
 class MLPEncoder(Encoder):
@@ -286,19 +291,11 @@ def test_loss_decreases(name: str) -> None:
     torch.manual_seed(0)
     enc = MLPEncoder()
     model = SSLModel(enc, _objective(name, enc))
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     # MoCo v2's constant 0.99 teacher needs more steps for its keys to move; new images every step,
     # so that its queue holds other images. Step 1 is left out: MoCo's queue starts as random vectors.
     steps, window = (150, 10) if name == "moco_v2" else (40, 5)
-    losses = []
-    for step in range(1, steps + 1):
-        loss = model(_batch(_images(seed=step), seed=step)).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        model.after_optimizer_step(step, steps)
-        losses.append(loss.item())
-    first, last = sum(losses[1 : 1 + window]) / window, sum(losses[-window:]) / window
+    losses = fit(model, _new_images_every_step, steps, lr=2e-3, optimizer=torch.optim.Adam)
+    first, last = first_last(losses, window, skip=1)
     assert last < first - 0.05 * max(abs(first), 1.0), (first, last)
 
 
@@ -306,16 +303,7 @@ def test_loss_decreases(name: str) -> None:
 def test_loss_decreases_with_a_vit(name: str) -> None:
     enc = _vit()
     model = SSLModel(enc, _objective(name, enc))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for step in range(1, 26):
-        loss = model(_batch(_images(seed=step), seed=step)).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        model.after_optimizer_step(step, 25)
-        losses.append(loss.item())
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    first, last = first_last(fit(model, _new_images_every_step, 25, lr=1e-3, optimizer=torch.optim.Adam))
     assert last < 0.9 * first, (first, last)
 
 

@@ -19,6 +19,7 @@ from mmssl.objectives.functional import masked_regression_loss
 from mmssl.objectives.masked_modeling import MAE, MAEConfig, Pretext, PretextConfig, SimMIM, SimMIMConfig, split_units
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, EncoderOutput
+from tests.fitting import fit, first_last
 
 B, PATCH, C = 6, 4, 16  # 1-channel 4x4 patches: 16 features per unit
 
@@ -223,17 +224,9 @@ def test_loss_decreases(name: str) -> None:
     enc = _vit()
     spec = OBJECTIVES.get(name)
     model = SSLModel(enc, spec.cls(spec.config_cls(), enc))
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    batch = _rotation_batch(seed=0)  # one batch: the masks change every step
-    losses = []
-    for step in range(30):
-        torch.manual_seed(step)
-        loss = model(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    # one batch: the masks change every step
+    losses = fit(model, _rotation_batch(seed=0), 30, lr=2e-3, optimizer=torch.optim.Adam, seed=lambda step: step - 1)
+    first, last = first_last(losses)
     assert last < 0.9 * first, (first, last)
 
 

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from domains.audio.encoders import AudioEncoderConfig, build_audio_encoder
+from mmssl.objectives.base import SSLModel
 from mmssl.objectives.cluster_prediction import BestRQ, BestRQConfig, HuBERT, HuBERTConfig, RandomProjectionQuantizer
 from mmssl.objectives.predictive_coding import APC, TERA, APCConfig, TERAConfig, tera_alter
 from mmssl.types import Batch
+from tests.fitting import fit
 
 
 def _conformer(causal: bool = False):
@@ -32,17 +34,7 @@ def _batch(seed: int = 0) -> Batch:
 
 
 def _train(objective, encoder, steps: int = 30, lr: float = 3e-3) -> list[float]:
-    params = list(encoder.parameters()) + list(objective.parameters())
-    opt = torch.optim.AdamW(params, lr=lr)
-    losses = []
-    for step in range(steps):
-        torch.manual_seed(step)
-        out = objective(encoder, _batch())
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(float(out.loss.detach()))
-    return losses
+    return fit(SSLModel(encoder, objective), lambda step: _batch(), steps, lr=lr, seed=lambda step: step - 1)
 
 
 def test_apc_needs_a_causal_encoder_and_learns() -> None:

@@ -12,6 +12,7 @@ from domains.graph.gnn import ARCHS, GNNEncoder
 from mmssl.objectives.base import SSLModel
 from mmssl.objectives.data2vec import Data2Vec, Data2VecConfig
 from mmssl.types import Batch
+from tests.fitting import fit, first_last
 
 
 def _ego_batch() -> Batch:
@@ -86,16 +87,7 @@ def test_data2vec_loss_decreases_on_a_fixed_graph_batch() -> None:
     enc = _encoder()
     objective = Data2Vec(Data2VecConfig(mask="random", mask_prob=0.5, top_k_layers=2, ema_decay=0.99,
                                         ema_end_decay=0.999, ema_anneal_steps=50), enc)
-    model = SSLModel(enc, objective).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    batch = _ego_batch()
-    losses = []
-    for step in range(1, 51):
-        torch.manual_seed(0)  # the same masked nodes every step: a fixed batch the student can fit
-        out = model(batch)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        model.after_optimizer_step(step, 50)
-        losses.append(out.loss.item())
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    # the same masked nodes every step: a fixed batch the student can fit
+    losses = fit(SSLModel(enc, objective).train(), _ego_batch(), 50, lr=1e-2, seed=lambda step: 0)
+    first, last = first_last(losses)
+    assert last < 0.5 * first, (first, last)

@@ -16,12 +16,14 @@ from domains.graph.data import GraphDataConfig, GraphViews, ego_collate
 from domains.graph.encoders import GraphEncoderConfig, build_graph_encoder
 from domains.graph.gnn import GNNEncoder
 from domains.graph.units import full_batch, graphs_batch
+from mmssl.objectives.base import SSLModel
 from mmssl.objectives.generation import link_contrastive_loss
 from mmssl.objectives.local_global import DGI, DGIConfig
 from mmssl.objectives.masked_features import GraphMAE, GraphMAEConfig, sce_loss
 from mmssl.objectives.unit_bootstrap import BGRL, BGRLConfig
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch
+from tests.fitting import fit
 
 
 @pytest.fixture(scope="module")
@@ -139,17 +141,12 @@ def _train(name: str, config: dict, views: str, batches: list[Batch], in_channel
     spec = OBJECTIVES.get(name)
     obj = spec.cls(spec.config_cls(**config), enc)
     transform = GraphViews(GraphDataConfig(source="pyg", path="m:f", views=views)) if views != "none" else None
-    opt = torch.optim.Adam([*enc.parameters(), *obj.parameters()], lr=5e-3)
-    losses = []
-    for step in range(steps):
-        batch = batches[step % len(batches)]
-        out = obj(enc, transform(batch) if transform else batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        obj.after_optimizer_step(enc, step + 1, steps)
-        losses.append(float(out.loss))
-    return losses
+
+    def batch(step: int) -> Batch:
+        b = batches[(step - 1) % len(batches)]
+        return transform(b) if transform else b
+
+    return fit(SSLModel(enc, obj), batch, steps, lr=5e-3, optimizer=torch.optim.Adam)
 
 
 @pytest.mark.parametrize("name, config, views", [

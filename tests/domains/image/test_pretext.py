@@ -13,7 +13,9 @@ from domains.image.data import ImageArrays
 from domains.image.domain import ImageDataConfig, ImageRows, ViewTransform, image_collate, make_processor
 from domains.image.encoders import ImageEncoderConfig, build_image_encoder
 from domains.image.pretext import hamming_permutations, jigsaw, rotate
+from mmssl.objectives.base import SSLModel
 from mmssl.objectives.masked_modeling import Pretext, PretextConfig
+from tests.fitting import fit
 
 
 def _images(b: int = 6, c: int = 2, side: int = 12) -> torch.Tensor:
@@ -126,13 +128,5 @@ def test_jigsaw_is_learnable_with_the_pretext_objective() -> None:
     puzzles = ViewTransform(ImageDataConfig(views="jigsaw"), processor)(batch)
     encoder = build_image_encoder(ImageEncoderConfig(arch="resnet", resnet_width=8, patch_size=4), (28, 28), 1)
     objective = Pretext(PretextConfig(num_classes=24), encoder)
-    params = [*encoder.parameters(), *objective.parameters()]
-    optimizer = torch.optim.Adam(params, lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss = objective(encoder, puzzles).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit(SSLModel(encoder, objective), puzzles, 40, lr=3e-3, optimizer=torch.optim.Adam)
     assert losses[0] > 0.8 * math.log(24) and losses[-1] < 0.5 * losses[0]

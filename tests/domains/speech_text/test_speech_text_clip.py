@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from mmssl.evaluation import retrieval_recall
+from mmssl.objectives.base import SSLModel
 from mmssl.objectives.cross_modal import PAIR_KEY, CLIP, ClipConfig, ClipHeads, TwoTowerEncoder, clip_loss
 from mmssl.types import Batch, EncoderOutput
 from mmssl.encoder import Encoder
+from tests.fitting import fit
 
 
 def reference_clip_loss(a: torch.Tensor, b: torch.Tensor, scale: float) -> float:
@@ -84,17 +86,10 @@ def test_clip_objective_learns_a_fixed_batch() -> None:
     torch.manual_seed(0)
     encoder = Towers(Tower(4, 16), Tower(5, 12))
     objective = CLIP(ClipConfig(projection_dim=8), encoder)
-    params = [*encoder.parameters(), *objective.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=1e-2)
     batch = paired_batch()
-    losses = []
-    for _ in range(30):
-        out = objective(encoder, batch)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        losses.append(float(out.loss))
+    losses = fit(SSLModel(encoder, objective), batch, 30, lr=1e-2)
     assert losses[-1] < 0.5 * losses[0]
+    out = objective(encoder, batch)
     assert float(out.logs["accuracy_a_to_b"]) == 1.0 and float(out.logs["accuracy_b_to_a"]) == 1.0
     assert encoder.paired.net[0].weight.grad is not None and objective.heads.log_logit_scale.grad is not None
 
