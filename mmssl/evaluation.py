@@ -27,7 +27,9 @@ def extract_features(encoder: Encoder, rows: Any, collate: Callable[[list[Any]],
 
     ``pooling``: ``auto`` is :meth:`EncoderOutput.pooled` (the backbone's own summary, e.g. ViT's
     [CLS], else the mean over units); ``mean`` always averages the units (MAE's linear probe uses
-    global average pooling of the patch tokens, He et al. 2022, sec. A.2).
+    global average pooling of the patch tokens, He et al. 2022, sec. A.2); ``mean_std`` concatenates
+    the mean and standard deviation over the units (:meth:`EncoderOutput.pooled_statistics`,
+    statistics pooling as in speaker and keyword models).
 
     The encoder's train/eval mode is restored afterwards, so the monitor can call it mid-training.
     """
@@ -38,7 +40,10 @@ def extract_features(encoder: Encoder, rows: Any, collate: Callable[[list[Any]],
     try:
         for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
             out = encoder.encode(batch.to(device))
-            pooled = out.pooled() if pooling == "auto" else replace(out, summary=None).pooled()
+            if pooling == "mean_std":
+                pooled = out.pooled_statistics()
+            else:
+                pooled = out.pooled() if pooling == "auto" else replace(out, summary=None).pooled()
             feats.append(pooled.float().cpu())
             labels.append(batch.extras["labels"].cpu())
     finally:

@@ -48,7 +48,8 @@ class ProbeConfig:
     batch_size: int = 64
     k: int = 200  # --protocol knn: neighbours and vote temperature (Wu et al. 2018)
     temperature: float = 0.07
-    pooling: Literal["auto", "mean"] = "auto"  # auto: the backbone's summary (ViT [CLS]) if any; mean: average of units
+    # auto: the backbone's summary (ViT [CLS]) if any; mean: average of units; mean_std: [mean, std] of units
+    pooling: Literal["auto", "mean", "mean_std"] = "auto"
 
 
 def _finetune_train_defaults() -> TrainConfig:

@@ -101,6 +101,19 @@ class EncoderOutput:
         keep = (~self.padding_mask).unsqueeze(-1).to(self.hidden.dtype)
         return (self.hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
+    def pooled_statistics(self) -> Tensor:
+        """``[B, 2D]``: mean and standard deviation over each sample's non-padding units.
+
+        Statistics pooling (the x-vector's, Snyder et al. 2018): the spread over time keeps
+        what a mean of frames averages away; the standard deviation is the population one
+        (0 for a single unit).
+        """
+        keep = (~self.padding_mask).unsqueeze(-1).to(self.hidden.dtype)
+        count = keep.sum(1).clamp(min=1.0)
+        mean = (self.hidden * keep).sum(1) / count
+        var = (((self.hidden - mean.unsqueeze(1)) ** 2) * keep).sum(1) / count
+        return torch.cat([mean, var.clamp(min=0.0).sqrt()], dim=-1)
+
 
 @dataclass(frozen=True)
 class ObjectiveOutput:

@@ -58,8 +58,9 @@ def test_online_knn_monitor_logs_during_pretraining(tmp_path: Path) -> None:
     assert all(0.0 <= r["knn_accuracy"] <= 1.0 for r in read_metrics(run) if "knn_accuracy" in r)
 
 
-def test_feature_pooling_summary_or_mean_of_units() -> None:
-    """``auto`` reads a ViT's [CLS] summary; ``mean`` averages the patch units (MAE's probe)."""
+def test_feature_pooling_summary_mean_or_statistics_of_units() -> None:
+    """``auto`` reads a ViT's [CLS] summary; ``mean`` averages the patch units (MAE's probe);
+    ``mean_std`` concatenates their mean and standard deviation."""
     from domains.image.encoders import ImageEncoderConfig, build_image_encoder
     from domains.image.units import image_batch
     from mmssl.evaluation import extract_features
@@ -75,8 +76,25 @@ def test_feature_pooling_summary_or_mean_of_units() -> None:
 
     cls, labels = extract_features(vit, rows, collate, batch_size=2)
     mean, _ = extract_features(vit, rows, collate, batch_size=2, pooling="mean")
+    stats, _ = extract_features(vit, rows, collate, batch_size=2, pooling="mean_std")
     with torch.no_grad():
         out = vit.eval().encode(collate(rows))
     torch.testing.assert_close(cls, out.summary)
     torch.testing.assert_close(mean, out.hidden.mean(1))
+    torch.testing.assert_close(stats, torch.cat([out.hidden.mean(1), out.hidden.std(1, unbiased=False)], -1))
     assert labels.tolist() == rows and not torch.allclose(cls, mean)
+
+
+def test_statistics_pooling_ignores_padding() -> None:
+    """Each sample's mean and std come from its own real units only: padding changes nothing."""
+    from mmssl.types import EncoderOutput
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 6, 4)
+    lengths = [6, 3, 1]
+    pad = torch.arange(6)[None, :] >= torch.tensor(lengths)[:, None]
+    out = EncoderOutput(hidden=hidden.masked_fill(pad.unsqueeze(-1), 1e3), padding_mask=pad)
+    expected = torch.stack([torch.cat([hidden[i, :n].mean(0), hidden[i, :n].std(0, unbiased=False)])
+                            for i, n in enumerate(lengths)])
+    torch.testing.assert_close(out.pooled_statistics(), expected)
+    assert out.pooled_statistics()[2, 4:].abs().max() == 0.0  # one unit: no spread
