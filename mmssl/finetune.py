@@ -53,7 +53,9 @@ class ProbeConfig:
 
 
 def _finetune_train_defaults() -> TrainConfig:
-    return TrainConfig(max_steps=400, batch_size=32, lr=1e-4, warmup_steps=40, weight_decay=0.01,
+    # lr 3e-4 suits the recipes' small encoders: on Rotten Tomatoes it gave +4 points over 1e-4 for both
+    # the pretrained and the random-init BERT (docs/recipes.md); BERT-base's papers use 2e-5 to 5e-5
+    return TrainConfig(max_steps=400, batch_size=32, lr=3e-4, warmup_steps=40, weight_decay=0.01,
                        log_every=20, checkpoint_every=400, keep_checkpoints=1)
 
 
