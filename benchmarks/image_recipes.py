@@ -11,6 +11,12 @@ For every recipe named (default: all eight image recipes) this script
    patch tokens (``--set probe.pooling=mean``), the others by their own summary;
 3. probes the same architecture from random weights (``init=random``) with the same protocols.
 
+``--pooling mean_std`` (repeatable; ``default`` is the recipe's own pooling above) probes other
+pooled features as well: ``mean_std`` concatenates the mean and the standard deviation of the
+units (patch tokens, or the ResNet's final 4x4 feature map), a parameter-free statistics pooling
+that keeps the spatial spread a mean averages away. Each pooling is its own row, pretrained and
+random init alike.
+
 Once per invocation it also fits the same linear probe and kNN on raw pixels (784 values in
 [0, 1]), the floor the issue asks every recipe to beat.
 
@@ -115,28 +121,36 @@ def plot(curves: dict[str, tuple[list[float], list[float]]], pixel_knn: float, p
     fig.savefig(path, dpi=120)
 
 
+def row_name(row: dict[str, Any]) -> str:
+    """``recipe``, or ``recipe (pooling)`` for a pooling other than the recipe's own."""
+    pooling = row.get("pooling", "auto")
+    return row["model"] if pooling == POOLING.get(row["model"], "auto") else f"{row['model']} ({pooling})"
+
+
 def latest_rows(results_path: Path) -> dict[str, dict[str, Any]]:
-    """The latest recorded row of every recipe in ``results.jsonl`` (later runs replace earlier ones)."""
+    """The latest recorded row of every recipe and pooling in ``results.jsonl`` (later runs replace
+    earlier ones)."""
     rows: dict[str, dict[str, Any]] = {}
     if results_path.exists():
         for line in results_path.read_text().splitlines():
             row = json.loads(line)
             if row.get("model") != "raw pixels":
-                rows[row["model"]] = row
+                rows[row_name(row)] = row
     return rows
 
 
 def report(out: Path, pixels: dict[str, float], figure: Path) -> dict[str, Any]:
     """Table (``OUT/results.md``) and kNN-monitor figure of every recipe recorded in ``OUT``."""
     rows = latest_rows(out / "results.jsonl")
-    plot({name: knn_curve(out / name) for name in rows}, pixels["knn"], figure)
-    lines = ["| recipe | steps | wall time | linear (pretrained / random) | kNN (pretrained / random) |",
-             "|---|---:|---:|---|---|"]
-    for name, r in rows.items():
+    plot({r["model"]: knn_curve(out / r["model"]) for r in rows.values()}, pixels["knn"], figure)
+    lines = ["| recipe | pooling | steps | wall time | linear (pretrained / random) | kNN (pretrained / random) |",
+             "|---|---|---:|---:|---|---|"]
+    for r in rows.values():
         wall = f"{r['wall_s'] / 60:.1f} min" if "wall_s" in r else "-"
-        lines.append(f"| {name} | {r.get('steps', '-')} | {wall} | {r['pretrained']['linear']:.4f} / "
+        lines.append(f"| {r['model']} | {r.get('pooling', 'auto')} | {r.get('steps', '-')} | {wall} | "
+                     f"{r['pretrained']['linear']:.4f} / "
                      f"{r['random']['linear']:.4f} | {r['pretrained']['knn']:.4f} / {r['random']['knn']:.4f} |")
-    lines.append(f"| raw pixels | | | {pixels['linear']:.4f} | {pixels['knn']:.4f} |")
+    lines.append(f"| raw pixels | | | | {pixels['linear']:.4f} | {pixels['knn']:.4f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return {"raw_pixels": pixels, **rows}
@@ -149,6 +163,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every recipe, e.g. train.max_steps=20 for a smoke run")
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/image_recipes_knn.png"))
+    parser.add_argument("--pooling", action="append", choices=["default", "auto", "mean", "mean_std"],
+                        help="poolings to probe (repeatable); default: the recipe's own (mean for MAE-style ViTs)")
     parser.add_argument("--skip-pretrain", action="store_true", help="probe existing runs in OUT only")
     parser.add_argument("--report-only", action="store_true",
                         help="train and probe nothing: rebuild the table and figure from OUT's results")
@@ -172,13 +188,17 @@ def main() -> None:
     for recipe in [] if args.report_only else args.recipes:
         run = args.out / recipe
         info = {} if args.skip_pretrain else pretrain(recipe, run, args.set)
-        # a random encoder depends only on the architecture (same seed): probe each architecture once
-        pooling = POOLING.get(recipe, "auto")
-        arch = (run / "export" / "config.json").read_text() + pooling
-        if arch not in random_probes:
-            random_probes[arch] = probes(run, "random", pooling)
-        record({"model": recipe, **info, "pooling": pooling, "pretrained": probes(run, "pretrained", pooling),
-                "random": random_probes[arch]})
+        if args.skip_pretrain:  # keep the pretraining figures of the run being re-probed
+            info = {k: v for k, v in latest_rows(results_path).get(recipe, {}).items()
+                    if k in ("wall_s", "steps", "final_loss")}
+        for pooling in dict.fromkeys(POOLING.get(recipe, "auto") if p == "default" else p
+                                     for p in args.pooling or ["default"]):
+            # a random encoder depends only on the architecture (same seed): probe each architecture once
+            arch = (run / "export" / "config.json").read_text() + pooling
+            if arch not in random_probes:
+                random_probes[arch] = probes(run, "random", pooling)
+            record({"model": recipe, **info, "pooling": pooling, "pretrained": probes(run, "pretrained", pooling),
+                    "random": random_probes[arch]})
     # the table and figure cover every recipe recorded in OUT, so several invocations build one report
     print(json.dumps(report(args.out, pixels, args.figure)))
 
