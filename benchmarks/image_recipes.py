@@ -31,6 +31,7 @@ Usage::
 
     python benchmarks/image_recipes.py                               # all recipes (~100 min)
     python benchmarks/image_recipes.py simclr byol mae               # the quality check
+    python benchmarks/image_recipes.py --skip-pretrain --pooling mean_std byol mae   # re-probe those runs
     python benchmarks/image_recipes.py rotation --set train.max_steps=20 --out /tmp/q   # smoke run
 
 Run it on a quiet machine: the pretraining budget is wall time, so another busy process costs
