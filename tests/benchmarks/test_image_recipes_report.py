@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from bench_loader import load_benchmark
 
+pytest.importorskip("matplotlib")  # the report draws the kNN figure (the `benchmarks` extra)
+
 
 @pytest.fixture(scope="module")
 def image_recipes():
