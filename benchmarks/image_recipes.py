@@ -143,7 +143,8 @@ def latest_rows(results_path: Path) -> dict[str, dict[str, Any]]:
 def report(out: Path, pixels: dict[str, float], figure: Path) -> dict[str, Any]:
     """Table (``OUT/results.md``) and kNN-monitor figure of every recipe recorded in ``OUT``."""
     rows = latest_rows(out / "results.jsonl")
-    plot({r["model"]: knn_curve(out / r["model"]) for r in rows.values()}, pixels["knn"], figure)
+    models = dict.fromkeys(r["model"] for r in rows.values())  # one curve per run, whatever its poolings
+    plot({m: knn_curve(out / m) for m in models}, pixels["knn"], figure)
     lines = ["| recipe | pooling | steps | wall time | linear (pretrained / random) | kNN (pretrained / random) |",
              "|---|---|---:|---:|---|---|"]
     for r in rows.values():
@@ -188,10 +189,11 @@ def main() -> None:
     random_probes: dict[str, dict[str, float]] = {}
     for recipe in [] if args.report_only else args.recipes:
         run = args.out / recipe
-        info = {} if args.skip_pretrain else pretrain(recipe, run, args.set)
-        if args.skip_pretrain:  # keep the pretraining figures of the run being re-probed
+        if args.skip_pretrain:  # keep the pretraining figures recorded for the run being re-probed
             info = {k: v for k, v in latest_rows(results_path).get(recipe, {}).items()
                     if k in ("wall_s", "steps", "final_loss")}
+        else:
+            info = pretrain(recipe, run, args.set)
         for pooling in dict.fromkeys(POOLING.get(recipe, "auto") if p == "default" else p
                                      for p in args.pooling or ["default"]):
             # a random encoder depends only on the architecture (same seed): probe each architecture once
