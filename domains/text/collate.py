@@ -56,6 +56,9 @@ class BlockCollator:
     * ``bert``: ``[CLS] block [SEP]``.
     * ``bert`` with sentence pairs: ``[CLS] A [SEP] B [SEP]`` cut in the middle, unswapped;
       :class:`SentenceOrderTransform` redraws the cut and the order at every step.
+
+    Rows of different lengths (``data.packing=line``) are right-padded to the longest row of the
+    batch; ``padding_mask`` marks the padding, which is never masked and never in a loss.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, arch: str, sentence_pairs: bool) -> None:
@@ -63,18 +66,27 @@ class BlockCollator:
         self.pairs = sentence_pairs
         self.cls = tokenizer.cls_token_id
         self.sep = tokenizer.sep_token_id
+        pad = tokenizer.pad_token_id
+        self.pad = pad if pad is not None else tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> Batch:
-        raw = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)  # [B, L]
-        B, L = raw.shape
-        if self.arch == "gpt2":
-            return Batch(units=raw, padding_mask=torch.zeros(B, L, dtype=torch.bool))
+        lengths = torch.tensor([len(r["input_ids"]) for r in rows])
+        B, L = len(rows), int(lengths.max())
+        raw = torch.full((B, L), self.pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            raw[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"], dtype=torch.long)
         if self.pairs:
+            if bool((lengths != L).any()):
+                raise ValueError("sentence pairs need blocks of equal length (data.packing=concat)")
             return build_pairs(raw, torch.full((B,), L // 2), torch.zeros(B, dtype=torch.bool), self.cls, self.sep)
-        units = torch.cat([torch.full((B, 1), self.cls), raw, torch.full((B, 1), self.sep)], dim=1)
-        special = torch.zeros(B, L + 2, dtype=torch.bool)
-        special[:, [0, -1]] = True
-        return Batch(units=units, padding_mask=torch.zeros(B, L + 2, dtype=torch.bool), special_mask=special,
+        if self.arch == "gpt2":
+            return Batch(units=raw, padding_mask=torch.arange(L) >= lengths[:, None])
+        # [CLS] ids [SEP] pad ...: the [SEP] goes right after each row's last id
+        j = torch.arange(L + 2)
+        end = lengths[:, None] + 1  # position of [SEP]
+        units = torch.cat([torch.full((B, 1), self.cls), raw, torch.full((B, 1), self.pad)], dim=1)
+        units = torch.where(j == end, self.sep, torch.where(j > end, self.pad, units))
+        return Batch(units=units, padding_mask=j > end, special_mask=(j == 0) | (j == end),
                      extras={"token_type_ids": torch.zeros(B, L + 2, dtype=torch.long)})
 
 

@@ -19,14 +19,20 @@ LOADERS = {".txt": "text", ".text": "text", ".csv": "csv", ".json": "json", ".js
 class TextDataConfig:
     """A recipe's ``data:`` section for the text domain."""
 
-    source: Literal["embedded", "prepared", "files", "hub"] = "embedded"
-    name: str = "austen"  # embedded corpus, `mmssl data prepare` name, or Hub dataset name / local dataset folder
+    source: Literal["embedded", "prepared", "files", "hub", "task"] = "embedded"
+    # embedded corpus, `mmssl data prepare` name, Hub dataset name / local dataset folder, or (source=task)
+    # a registered fine-tuning task whose training-split texts, never labels or held-out texts, are the corpus
+    name: str = "austen"
     paths: list[str] = field(default_factory=list)  # source=files: .txt (one paragraph per sample), .csv, .json(l), .parquet; globs ok
     hub_config: str | None = None  # source=hub: dataset configuration name
     split: str = "train"
     text_column: str = "text"
     streaming: bool = False  # iterate without loading everything (IterableDataset, sharded per process)
     block_size: int = 128  # tokens per packed block, special tokens included
+    # concat: join all texts and cut fixed blocks (RoBERTa FULL-SENTENCES); line: one text per
+    # sample, truncated to block_size and padded per batch (run_mlm.py --line_by_line), so the
+    # context never crosses a document boundary (short documents such as reviews or sentences)
+    packing: Literal["concat", "line"] = "concat"
     sentence_pairs: bool = False  # blocks become [CLS] A [SEP] B [SEP] with A/B randomly swapped (ALBERT SOP)
     max_texts: int | None = None  # use only the first N texts (quick experiments)
     # task-adaptive pretraining (Gururangan et al. 2020): add the texts, not the labels, of this task's
@@ -37,6 +43,8 @@ class TextDataConfig:
     def __post_init__(self) -> None:
         if self.block_size < 8:
             raise ValueError("data.block_size must be >= 8")
+        if self.packing == "line" and self.sentence_pairs:
+            raise ValueError("data.sentence_pairs needs data.packing=concat (pairs are cut from full blocks)")
         if self.source == "files" and not self.paths:
             raise ValueError("data.paths must list at least one file when data.source=files")
 
@@ -84,6 +92,12 @@ def load_texts(cfg: TextDataConfig) -> datasets.Dataset | datasets.IterableDatas
         builder = LOADERS[Path(files[0]).suffix.lower()]
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
         ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs)
+    elif cfg.source == "task":
+        ds = task_training_texts(cfg.name, "data.name")
+        if cfg.text_column != "text":
+            ds = ds.rename_column("text", cfg.text_column)
+        if cfg.streaming:
+            ds = ds.to_iterable_dataset(num_shards=8)
     else:
         ds = datasets.load_dataset(cfg.name, cfg.hub_config, split=cfg.split, streaming=cfg.streaming)
     columns = ds.column_names
@@ -97,14 +111,14 @@ def load_texts(cfg: TextDataConfig) -> datasets.Dataset | datasets.IterableDatas
     return ds
 
 
-def task_training_texts(task_name: str) -> datasets.Dataset:
+def task_training_texts(task_name: str, key: str = "data.task_texts") -> datasets.Dataset:
     """The ``text`` column of a registered task's training split, as ``mmssl finetune`` splits it by default."""
     from domains.text.tasks import text_task_data
     from mmssl.finetune import TaskConfig
     from mmssl.registry import TASKS
 
     if task_name not in TASKS:
-        raise KeyError(f"data.task_texts: unknown task {task_name!r}; known: {', '.join(TASKS.names())}")
+        raise KeyError(f"{key}: unknown task {task_name!r}; known: {', '.join(TASKS.names())}")
     return text_task_data(TaskConfig(name=task_name)).train.select_columns(["text"])
 
 
@@ -127,17 +141,23 @@ def iter_texts(ds: Any, column: str):
             yield text
 
 
-def pack_blocks(ds: Any, tokenizer: PreTrainedTokenizerBase, column: str, length: int) -> Any:
+def pack_blocks(ds: Any, tokenizer: PreTrainedTokenizerBase, column: str, length: int, packing: str = "concat") -> Any:
     """Tokenize every text, join them with a separator, and cut the stream into ``length``-token blocks.
 
     Documents are separated by ``[SEP]`` (BERT) or ``<|endoftext|>`` (GPT), as in RoBERTa's
     FULL-SENTENCES packing (Liu et al. 2019); the remainder of each map batch is dropped.
     Returns a dataset with one ``input_ids`` list of exactly ``length`` ids per row.
+
+    With ``packing="line"`` each non-empty text is its own row instead, truncated to ``length``
+    ids (rows then vary in length; :class:`~domains.text.collate.BlockCollator` pads them).
     """
     sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
 
     def tokenize_and_pack(batch: dict[str, list]) -> dict[str, list]:
         texts = [t for t in batch[column] if isinstance(t, str) and t.strip()]
+        if packing == "line":
+            rows = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=length, verbose=False)["input_ids"]
+            return {"input_ids": [r for r in rows if r]}
         ids: list[int] = []
         for seq in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
             ids.extend(seq)

@@ -51,16 +51,18 @@ class TextDomain:
         texts = load_texts(data)
         tokenizer = self._tokenizer(data, enc.arch, texts, run_dir, enc.max_position_embeddings)
         n_special = 0 if enc.arch == "gpt2" else 3 if data.sentence_pairs else 2
-        blocks = pack_blocks(texts, tokenizer, data.text_column, data.block_size - n_special)
+        blocks = pack_blocks(texts, tokenizer, data.text_column, data.block_size - n_special, data.packing)
         summary: dict[str, Any] = {"data_source": data.source, "data_name": data.name if data.source != "files" else ",".join(data.paths),
-                                   "block_size": data.block_size, "vocab_size": len(tokenizer)}
+                                   "block_size": data.block_size, "packing": data.packing, "vocab_size": len(tokenizer)}
         if data.task_texts:
             summary["task_texts"] = f"{data.task_texts} (training split texts, no labels)"
         if isinstance(blocks, datasets.Dataset):
             if len(blocks) == 0:
                 raise ValueError(f"data: the {data.source} corpus {data.name!r} holds less than one block of "
                                  f"{data.block_size} tokens (data.block_size)")
-            summary.update(blocks=len(blocks), tokens=len(blocks) * data.block_size)
+            n_tokens = len(blocks) * data.block_size if data.packing == "concat" else \
+                sum(map(len, blocks["input_ids"])) + n_special * len(blocks)
+            summary.update(blocks=len(blocks), tokens=n_tokens)
         transform = SentenceOrderTransform(tokenizer.cls_token_id, tokenizer.sep_token_id) if data.sentence_pairs else None
         return PretrainData(blocks, BlockCollator(tokenizer, enc.arch, data.sentence_pairs), tokenizer, transform, summary)
 

@@ -7,7 +7,7 @@ import torch
 
 from domains.text.collate import BlockCollator, SentenceOrderTransform, build_pairs, unpack_pairs
 
-TOK = SimpleNamespace(cls_token_id=2, sep_token_id=3)
+TOK = SimpleNamespace(cls_token_id=2, sep_token_id=3, pad_token_id=0, eos_token_id=None)
 
 
 def test_bert_blocks_get_cls_and_sep() -> None:
@@ -16,6 +16,27 @@ def test_bert_blocks_get_cls_and_sep() -> None:
     assert batch.units[0].tolist() == [2, *range(10, 16), 3]
     assert batch.special_mask[0].tolist() == [True] + [False] * 6 + [True]
     assert not batch.padding_mask.any() and batch.num_units == 16
+
+
+def test_bert_lines_of_different_lengths_are_padded_after_their_own_sep() -> None:
+    rows = [{"input_ids": [10, 11, 12, 13]}, {"input_ids": [20, 21]}]
+    batch = BlockCollator(TOK, "bert", sentence_pairs=False)(rows)
+    assert batch.units.tolist() == [[2, 10, 11, 12, 13, 3], [2, 20, 21, 3, 0, 0]]
+    assert batch.padding_mask.tolist() == [[False] * 6, [False] * 4 + [True] * 2]
+    assert batch.special_mask.tolist() == [[True, False, False, False, False, True], [True, False, False, True, False, False]]
+    # only the real tokens between [CLS] and [SEP] may be masked
+    assert batch.maskable.sum(1).tolist() == [4, 2] and batch.num_units == 10
+
+
+def test_gpt_lines_are_padded_and_marked() -> None:
+    batch = BlockCollator(TOK, "gpt2", sentence_pairs=False)([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}])
+    assert batch.units.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch.padding_mask.tolist() == [[False, False, False], [False, True, True]]
+
+
+def test_sentence_pairs_refuse_ragged_rows() -> None:
+    with pytest.raises(ValueError, match="data.packing=concat"):
+        BlockCollator(TOK, "bert", sentence_pairs=True)([{"input_ids": [5, 6, 7, 8]}, {"input_ids": [8, 9]}])
 
 
 def test_gpt_blocks_are_raw() -> None:

@@ -32,6 +32,21 @@ def test_packing_fills_blocks_with_separators() -> None:
     assert stream.count(tok.sep_token_id) >= len(stream) // n_tokens * len(PARAGRAPHS) - 1
 
 
+def test_line_packing_keeps_each_text_whole_or_truncated() -> None:
+    tok = _tokenizer()
+    texts = ["It is a truth universally acknowledged.", "  ", "Must be in want of a wife.", PARAGRAPHS[1] * 3]
+    rows = pack_blocks(datasets.Dataset.from_dict({"text": texts}), tok, "text", 12, packing="line")["input_ids"]
+    expected = [tok(t, add_special_tokens=False)["input_ids"] for t in texts if t.strip()]
+    assert len(rows) == 3  # the blank text is dropped
+    assert rows[:2] == expected[:2] and tok.sep_token_id not in rows[0]
+    assert rows[2] == expected[2][:12] and len(expected[2]) > 12
+
+
+def test_line_packing_refuses_sentence_pairs() -> None:
+    with pytest.raises(ValueError, match="data.sentence_pairs needs data.packing=concat"):
+        TextDataConfig(packing="line", sentence_pairs=True)
+
+
 def test_streaming_packing_matches_in_memory() -> None:
     tok = _tokenizer("gpt2")
     ds = datasets.Dataset.from_dict({"text": PARAGRAPHS})
@@ -81,6 +96,19 @@ def test_pretrain_on_a_users_gzip_free_text_folder(tmp_path: Path) -> None:
     assert (run / "export" / "config.json").is_file()
 
 
+def test_pretrain_line_by_line_on_a_tasks_texts(tmp_path: Path) -> None:
+    import json
+
+    run = pretrain("bert", [*TINY, "data.source=task", "data.name=rotten-tomatoes", "data.packing=line",
+                            "data.max_texts=200", "train.max_steps=4"], tmp_path / "run")
+    summary = json.loads((run / "data_summary.json").read_text())
+    assert summary["packing"] == "line" and summary["blocks"] == 200  # one sample per review
+    assert summary["tokens"] < 200 * summary["block_size"]  # padding is not counted
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in lines if "loss" in r]
+    assert losses and all(l == l and l > 0 for l in losses)  # finite on padded batches
+
+
 def test_corpus_smaller_than_a_block_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text("tiny text\n\nanother\n" * 3)
     with pytest.raises(ValueError, match="less than one block"):
@@ -118,6 +146,17 @@ def test_task_texts_add_the_training_split_only(tmp_path: Path) -> None:
     assert mixed["text"][50:] == split.train["text"]  # the texts of the training split, in order
     assert not set(mixed["text"]) & set(split.test["text"])  # held-out texts never reach pretraining
     assert mixed.column_names == ["text"]  # no labels
+
+
+def test_task_source_is_the_training_split_texts_alone() -> None:
+    from domains.text.tasks import text_task_data
+    from mmssl.finetune import TaskConfig
+
+    ds = load_texts(TextDataConfig(source="task", name="rotten-tomatoes", text_column="body"))
+    split = text_task_data(TaskConfig(name="rotten-tomatoes"))
+    assert ds.column_names == ["body"] and ds["body"] == split.train["text"]
+    with pytest.raises(KeyError, match="data.name: unknown task 'nope'"):
+        load_texts(TextDataConfig(source="task", name="nope"))
 
 
 def test_task_texts_errors() -> None:
