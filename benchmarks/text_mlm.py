@@ -160,18 +160,23 @@ def run_mmssl(setup: Setup, skip: int, steps: int, out_dir: Path) -> Measurement
     return measure(stamps, skip, steps, setup.tokens_per_step, last["loss"])
 
 
+def uses_bf16(setup: Setup) -> bool:
+    """Whether the recipe's ``train.mixed_precision`` resolves to bf16 autocast here (it does on both sides)."""
+    from mmssl.trainer import resolve_mixed_precision
+
+    return resolve_mixed_precision(setup.train.mixed_precision, cpu=not torch.cuda.is_available()) == "bf16"
+
+
 def hf_trainer(setup: Setup, out_dir: Path, callbacks: list | None = None):
     """transformers' Trainer configured like the recipe's ``train`` section."""
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
-
-    from mmssl.trainer import resolve_mixed_precision
 
     t = setup.train
     set_seed(t.seed)
     model = BertForMaskedLM(copy.deepcopy(setup.config))
     args = TrainingArguments(
         output_dir=str(out_dir), per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum_steps,
-        max_steps=t.max_steps, bf16=resolve_mixed_precision(t.mixed_precision, cpu=not torch.cuda.is_available()) == "bf16",
+        max_steps=t.max_steps, bf16=uses_bf16(setup),
         learning_rate=t.lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         adam_beta1=t.betas[0], adam_beta2=t.betas[1], adam_epsilon=t.eps, lr_scheduler_type="cosine",
         logging_steps=t.log_every, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), seed=t.seed,
@@ -243,9 +248,10 @@ def mmssl_step_fn(setup: Setup, out_dir: Path):
 
     def step(rows: list[dict], clock: Clock) -> None:
         batch, mask, corrupted = clock("collate + mask", lambda: collate_and_mask(rows))
-        hidden = clock("encoder fwd", lambda: enc.encode(batch.replace(units=corrupted)).hidden)
+        # what MaskedLM.forward runs: the encoder read at the masked units only (sparse last layer)
+        hidden = clock("encoder fwd", lambda: enc.encode_at(batch.replace(units=corrupted), mask))  # [N, D]
         leaf = hidden.detach().requires_grad_()
-        loss = clock("head + loss fwd", lambda: unit_classification_loss(head(leaf[mask]), batch.units[mask])[0])
+        loss = clock("head + loss fwd", lambda: unit_classification_loss(head(leaf), batch.units[mask])[0])
         clock("head + loss bwd", loss.backward)
         clock("encoder bwd", lambda: hidden.backward(leaf.grad))
         clock("clip grad norm", lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), setup.train.max_grad_norm))
@@ -286,8 +292,16 @@ def profile_both(setup: Setup, n: int, out_dir: Path, medians: dict[str, float],
     sources = {"mmssl": (mmssl_step_fn, setup.blocks), "hf": (hf_step_fn, setup.hf_rows)}
     table: dict[str, dict[str, float]] = {}
     ops: dict[str, list[tuple[str, float]]] = {}
+    # the trainers' precision: bf16 autocast around forward and backward where the recipe resolves to bf16
+    bf16 = uses_bf16(setup)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     for side, (make_step, rows) in sources.items():
-        step, clock = make_step(setup, out_dir / side), Clock()
+        plain_step, clock = make_step(setup, out_dir / side), Clock()
+
+        def step(batch_rows, clk, plain_step=plain_step):
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                plain_step(batch_rows, clk)
+
         for i, idx in enumerate(picks):
             step(clock("fetch rows", functools.partial(rows.__getitems__, idx)), clock)
             if i == 1:  # two warm-up steps, then count afresh

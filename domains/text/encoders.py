@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config,
                           GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase)
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertLayer
 
 from mmssl.encoder import Encoder
@@ -64,43 +63,61 @@ def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sour
         )
 
 
-def bert_layer_at(layer: BertLayer, hidden: Tensor, positions: Tensor, padding_mask: Tensor) -> Tensor:
-    """One BERT layer (post-LN, self-attention + FFN) evaluated only for the queries at ``positions``.
+def attention_core(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, dropout_p: float, scale: float) -> Tensor:
+    """``scaled_dot_product_attention``, in float32 when it would run in bfloat16 on a CPU.
+
+    torch's CPU flash-attention kernel takes about twice as long in bfloat16 as in float32 for a
+    forward + backward pass at the recipe's shapes (32 x 4 heads x 128 x 64: 46-48 ms vs 23-25 ms on
+    2 cores; docs/benchmarks.md, text MLM), so under CPU autocast the attention core alone runs in float32
+    (more precise, too); the projections around it stay in bfloat16. Elsewhere it runs as given.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=keep, dropout_p=dropout_p,
+                                                  scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p, scale=scale)
+
+
+def bert_layer_at(layer: BertLayer, hidden: Tensor, positions: Tensor | None, padding_mask: Tensor) -> Tensor:
+    """One BERT layer (post-LN, self-attention + FFN), evaluated only for the queries at ``positions``.
 
     Keys and values come from every unit of ``hidden``, so each selected output equals the
     full layer's output at that position. The layer's own modules do all the work; only
-    the attention core is called here, as ``scaled_dot_product_attention`` on a ``[B, M]``
-    grid of queries (``M`` = most selected units in a row, short rows padded and dropped).
+    the attention core is called here (:func:`attention_core`), on a ``[B, M]`` grid of
+    queries (``M`` = most selected units in a row, short rows padded and dropped).
 
     Args:
         layer: a ``transformers`` ``BertLayer`` (no cross-attention).
         hidden: ``[B, T, D]`` input of the layer.
-        positions: ``[B, T]`` bool, the queries to evaluate.
+        positions: ``[B, T]`` bool, the queries to evaluate; None evaluates every position.
         padding_mask: ``[B, T]`` bool, True at padding (never attended to).
 
     Returns:
-        ``[N, D]`` outputs, rows in row-major order of ``positions``.
+        ``[N, D]`` outputs, rows in row-major order of ``positions``; ``[B, T, D]`` if ``positions`` is None.
     """
     attn = layer.attention.self
     b, t, d = hidden.shape
     heads, head_dim = attn.num_attention_heads, attn.attention_head_size
-    counts = positions.sum(1)
-    m = int(counts.max()) if counts.numel() else 0
-    # indices of each row's selected positions, in increasing order, first m columns
-    index = torch.argsort((~positions).to(torch.uint8), dim=1, stable=True)[:, :m]
-    valid = torch.arange(m, device=hidden.device) < counts[:, None]  # [B, M]
-    queries_in = hidden.gather(1, index[..., None].expand(b, m, d))  # [B, M, D]
+    if positions is None:
+        m, queries_in, valid = t, hidden, None
+    else:
+        counts = positions.sum(1)
+        m = int(counts.max()) if counts.numel() else 0
+        # indices of each row's selected positions, in increasing order, first m columns
+        index = torch.argsort((~positions).to(torch.uint8), dim=1, stable=True)[:, :m]
+        valid = torch.arange(m, device=hidden.device) < counts[:, None]  # [B, M]
+        queries_in = hidden.gather(1, index[..., None].expand(b, m, d))  # [B, M, D]
 
     def split(x: Tensor) -> Tensor:
         return x.view(b, -1, heads, head_dim).transpose(1, 2)
 
     keep = None if not padding_mask.any() else (~padding_mask)[:, None, None, :]
-    context = F.scaled_dot_product_attention(
-        split(attn.query(queries_in)), split(attn.key(hidden)), split(attn.value(hidden)), attn_mask=keep,
-        dropout_p=attn.dropout.p if attn.training else 0.0, scale=attn.scaling,
-    )
-    context = context.transpose(1, 2).reshape(b, m, d)[valid]  # [N, D]
-    attention_output = layer.attention.output(context, queries_in[valid])
+    context = attention_core(split(attn.query(queries_in)), split(attn.key(hidden)), split(attn.value(hidden)), keep,
+                             attn.dropout.p if attn.training else 0.0, attn.scaling)
+    context = context.transpose(1, 2).reshape(b, m, d)
+    if valid is not None:
+        context, queries_in = context[valid], queries_in[valid]  # [N, D]
+    attention_output = layer.attention.output(context, queries_in)
     return layer.feed_forward_chunk(attention_output)
 
 
@@ -144,8 +161,11 @@ class HFTextEncoder(Encoder):
     def encode_at(self, batch: Batch, positions: Tensor, mask: Tensor | None = None) -> Tensor:
         """BERT runs its last layer for the queries at ``positions`` only (see :func:`bert_layer_at`).
 
-        With 15% of units read, the last layer costs about 30% of a full one. GPT-2 (whose
-        objective reads every position) and non-SDPA/eager attention fall back to the full pass.
+        With 15% of units read, the last layer costs about 30% of a full one. Every layer is driven
+        through :func:`bert_layer_at` (the layer's own modules around :func:`attention_core`), so
+        under CPU autocast attention runs in float32, its fast kernel there. GPT-2 (whose objective
+        reads every position) and attention implementations other than SDPA/eager (e.g. flash
+        attention 2 on GPUs) fall back to the full pass.
         """
         config = self.model.config
         if config.model_type != "bert" or config._attn_implementation not in ("sdpa", "eager"):
@@ -153,11 +173,8 @@ class HFTextEncoder(Encoder):
         bert = self.backbone
         inputs = self._inputs(batch, mask)
         hidden = bert.embeddings(input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"))
-        attention_mask = create_bidirectional_mask(
-            config=config, inputs_embeds=hidden, attention_mask=inputs.get("attention_mask")
-        )
         for layer in bert.encoder.layer[:-1]:
-            hidden = layer(hidden, attention_mask)
+            hidden = bert_layer_at(layer, hidden, None, batch.padding_mask)
         return bert_layer_at(bert.encoder.layer[-1], hidden, positions, batch.padding_mask)
 
     def prediction_head(self) -> nn.Module:

@@ -32,8 +32,9 @@ def unit_classification_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, T
         ``(loss, accuracy)``: the normalised loss and the local top-1 accuracy (detached).
     """
     n = torch.tensor(float(targets.numel()), device=logits.device)
-    loss = F.cross_entropy(logits.float(), targets, reduction="sum") / global_mean_normalizer(n)
-    acc = (logits.argmax(-1) == targets).float().mean() if targets.numel() else torch.zeros((), device=logits.device)
+    logits = logits.float()  # the loss in float32 under autocast (argmax is also faster there on CPU)
+    loss = F.cross_entropy(logits, targets, reduction="sum") / global_mean_normalizer(n)
+    acc = (logits.detach().argmax(-1) == targets).float().mean() if targets.numel() else torch.zeros((), device=logits.device)
     return loss, acc.detach()
 
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from domains.text.encoders import HFTextEncoder
+import torch.nn.functional as F
+
+from domains.text.encoders import HFTextEncoder, attention_core
 from mmssl.types import Batch
 
 V, T, B = 50, 20, 5
@@ -54,6 +56,30 @@ def test_encode_at_equals_full_encode_and_its_gradients(attn: str, padded: bool)
     assert sparse_grads.keys() == full_grads.keys()
     for name, grad in full_grads.items():
         torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_attention_core_runs_in_float32_under_cpu_autocast() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=g).to(torch.bfloat16) for _ in range(3))
+    keep = torch.rand(2, 1, 1, 16, generator=g) > 0.2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention_core(q, k, v, keep, 0.0, 8 ** -0.5)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=keep, scale=8 ** -0.5)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    # outside CPU bf16 it is plain SDPA in the given dtype
+    assert attention_core(q.float(), k.float(), v.float(), None, 0.0, 0.5).dtype == torch.float32
+
+
+def test_encode_at_under_bf16_autocast_matches_the_full_pass() -> None:
+    enc = _encoder("sdpa")
+    batch, positions, mask = _batch(padded=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sparse = enc.encode_at(batch, positions, mask).float()
+        full = enc.encode(batch, mask).hidden[positions].float()
+    # the same computation up to bf16 rounding (mmssl's attention core is float32, transformers' bf16)
+    torch.testing.assert_close(sparse, full, rtol=0.05, atol=0.05)
+    assert (sparse - full).abs().mean() < 0.01
 
 
 def test_encode_at_runs_the_last_feed_forward_on_the_read_units_only() -> None:
