@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
 from mmssl.types import Batch
@@ -70,22 +71,20 @@ class BlockCollator:
         self.pad = pad if pad is not None else tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> Batch:
-        lengths = torch.tensor([len(r["input_ids"]) for r in rows])
-        B, L = len(rows), int(lengths.max())
-        raw = torch.full((B, L), self.pad, dtype=torch.long)
-        for i, r in enumerate(rows):
-            raw[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"], dtype=torch.long)
+        seqs = [torch.tensor(r["input_ids"], dtype=torch.long) for r in rows]
+        lengths = torch.tensor([len(x) for x in seqs])
+        raw = pad_sequence(seqs, batch_first=True, padding_value=self.pad)  # [B, L]
+        B, L = raw.shape
         if self.pairs:
             if bool((lengths != L).any()):
                 raise ValueError("sentence pairs need blocks of equal length (data.packing=concat)")
             return build_pairs(raw, torch.full((B,), L // 2), torch.zeros(B, dtype=torch.bool), self.cls, self.sep)
         if self.arch == "gpt2":
             return Batch(units=raw, padding_mask=torch.arange(L) >= lengths[:, None])
-        # [CLS] ids [SEP] pad ...: the [SEP] goes right after each row's last id
-        j = torch.arange(L + 2)
-        end = lengths[:, None] + 1  # position of [SEP]
+        # [CLS] ids [SEP] pad ...: each row's [SEP] goes right after its last id
         units = torch.cat([torch.full((B, 1), self.cls), raw, torch.full((B, 1), self.pad)], dim=1)
-        units = torch.where(j == end, self.sep, torch.where(j > end, self.pad, units))
+        units[torch.arange(B), lengths + 1] = self.sep
+        j, end = torch.arange(L + 2), lengths[:, None] + 1
         return Batch(units=units, padding_mask=j > end, special_mask=(j == 0) | (j == end),
                      extras={"token_type_ids": torch.zeros(B, L + 2, dtype=torch.long)})
 

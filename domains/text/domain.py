@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow.compute as pc
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedTokenizerBase
 
 from mmssl.domain import PretrainData, TaskData
@@ -61,7 +62,7 @@ class TextDomain:
                 raise ValueError(f"data: the {data.source} corpus {data.name!r} holds less than one block of "
                                  f"{data.block_size} tokens (data.block_size)")
             n_tokens = len(blocks) * data.block_size if data.packing == "concat" else \
-                sum(map(len, blocks["input_ids"])) + n_special * len(blocks)
+                pc.sum(pc.list_value_length(blocks.data.column("input_ids"))).as_py() + n_special * len(blocks)
             summary.update(blocks=len(blocks), tokens=n_tokens)
         transform = SentenceOrderTransform(tokenizer.cls_token_id, tokenizer.sep_token_id) if data.sentence_pairs else None
         return PretrainData(blocks, BlockCollator(tokenizer, enc.arch, data.sentence_pairs), tokenizer, transform, summary)
