@@ -50,7 +50,23 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         print(f"\n{cfg.task.name} test accuracy after fine-tuning ({results[0]['n_test']} held-out examples)")
         for r in results:
             print(f"  {r['init'] + ' init':<16} {r['accuracy']:.4f}")
-        print(f"  {'gain':<16} {results[0]['accuracy'] - results[1]['accuracy']:+.4f}")
+        print(_gain_summary(results[0], results[1]))
+
+
+def _gain_summary(pretrained: dict, random: dict) -> str:
+    """The gain with its paired 95% interval and McNemar's test (both models scored on the same test rows)."""
+    import numpy as np
+
+    from mmssl.finetune import load_predictions, paired_comparison
+
+    (pred_a, label_a), (pred_b, label_b) = (load_predictions(Path(r["output_dir"])) for r in (pretrained, random))
+    if not np.array_equal(label_a, label_b):
+        raise RuntimeError("the two fine-tuning runs were scored on different test rows")
+    c = paired_comparison(pred_a == label_a, pred_b == label_b)
+    verdict = "significant" if c["p_value"] < 0.05 else "not significant"
+    return (f"  {'gain':<16} {c['gain']:+.4f}  (95% CI {c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f})\n"
+            f"  {'McNemar p':<16} {c['p_value']:.3f}   {verdict} at 0.05: {c['only_a']} rows right only with the "
+            f"pretrained init, {c['only_b']} only with the random one")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

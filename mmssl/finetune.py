@@ -76,6 +76,40 @@ def _domain_of(export_dir: Path, domain: str | None) -> Any:
     return DOMAINS.get(name)
 
 
+PREDICTIONS_FILE = "test_predictions.npz"  # in each fine-tuning output folder: `prediction` and `label` per test row
+
+
+def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, Any]:
+    """How sure is "model A is more accurate than model B" when both were scored on the same test rows?
+
+    ``correct_*`` are the per-row 0/1 outcomes. The gain is the difference of the accuracies; its
+    standard error is that of the mean of the per-row differences (-1, 0 or 1), which only the
+    rows where exactly one model is right make non-zero. ``p_value`` is McNemar's exact test: a
+    two-sided binomial test of those discordant rows against an even split.
+    """
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired outcomes need two equal, non-empty 1-D arrays; got shapes {a.shape} and {b.shape}")
+    n = a.size
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    gain = (only_a - only_b) / n
+    se = float(np.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n)
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"gain": gain, "se": se, "ci95": [gain - 1.96 * se, gain + 1.96 * se], "only_a": only_a, "only_b": only_b,
+            "n": n, "p_value": float(p)}
+
+
+def load_predictions(finetune_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The test predictions and labels a fine-tuning run saved in its output folder."""
+    path = Path(finetune_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no saved test predictions (fine-tuned before they were saved?)")
+    with np.load(path) as f:
+        return f["prediction"], f["label"]
+
+
 @torch.no_grad()
 def predict(model: Any, rows: Any, collate: Any, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and true labels of ``rows`` (model in eval mode)."""
@@ -107,6 +141,7 @@ def finetune(path: Path, cfg: FinetuneConfig, output_dir: Path | None = None, do
     pred, true = predict(model, data.test, collate)
     if trainer.accelerator.is_main_process:
         model.export(out / "export")
+        np.savez(out / PREDICTIONS_FILE, prediction=pred, label=true)
     record = {"event": "finetune", "task": cfg.task.name, "init": cfg.init, "accuracy": float((pred == true).mean()),
               "n_train": len(data.train), "n_test": len(true), "steps": cfg.train.max_steps,
               "final_train_loss": last.get("loss"), "output_dir": str(out)}

@@ -5,10 +5,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from transformers import AutoModelForSequenceClassification
 
 from mmssl.cli import main
+from mmssl.finetune import load_predictions, paired_comparison
 from mmssl.metrics import read_metrics
 
 
@@ -58,6 +60,13 @@ def test_finetune_with_baseline_writes_both_results(tiny_bert_run: Path, reviews
     assert records[0]["accuracy"] > 0.75
     out = capsys.readouterr().out
     assert "pretrained init" in out and "random init" in out and "gain" in out
+    # the paired test uses the predictions each run saved on the same 48 test rows
+    (pa, la), (pb, lb) = (load_predictions(Path(r["output_dir"])) for r in records)
+    assert pa.shape == pb.shape == (48,) and np.array_equal(la, lb)
+    assert [float(np.mean(pa == la)), float(np.mean(pb == lb))] == [r["accuracy"] for r in records]
+    c = paired_comparison(pa == la, pb == lb)
+    assert f"McNemar p        {c['p_value']:.3f}" in out and f"{c['only_a']} rows right only with the pretrained" in out
+    assert f"gain             {c['gain']:+.4f}  (95% CI {c['ci95'][0]:+.4f} to" in out
     export = Path(records[0]["output_dir"]) / "export"
     model = AutoModelForSequenceClassification.from_pretrained(export)
     assert model.config.num_labels == 2
@@ -104,3 +113,25 @@ def test_classlabel_task_and_named_test_split(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(ValueError, match="label 'mid' of a test row is absent"):
         text_task_data(TaskConfig(name="hub", path=str(folder), input_column="review", label_column="stars",
                                   test_split="test"))
+
+
+def test_paired_comparison_matches_the_per_row_differences() -> None:
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random(500) < 0.75, rng.random(500) < 0.70
+    c = paired_comparison(a, b)
+    d = a.astype(float) - b.astype(float)
+    assert c["gain"] == pytest.approx(a.mean() - b.mean()) and c["n"] == 500
+    assert c["se"] == pytest.approx(d.std() / np.sqrt(500))  # SE of the mean per-row difference
+    assert c["ci95"] == pytest.approx([c["gain"] - 1.96 * c["se"], c["gain"] + 1.96 * c["se"]])
+    assert (c["only_a"], c["only_b"]) == (int((a & ~b).sum()), int((~a & b).sum()))
+    assert c["p_value"] == pytest.approx(binomtest(c["only_a"], c["only_a"] + c["only_b"]).pvalue)
+    # identical predictions: no evidence either way
+    same = paired_comparison(a, a)
+    assert same["gain"] == 0.0 and same["se"] == 0.0 and same["p_value"] == 1.0
+    # one model right on 30 more rows and never worse: clearly significant
+    better = paired_comparison(np.ones(100, bool), np.arange(100) >= 30)
+    assert better["gain"] == pytest.approx(0.3) and better["p_value"] < 1e-8
+    with pytest.raises(ValueError, match="equal, non-empty 1-D arrays"):
+        paired_comparison(a, b[:10])
