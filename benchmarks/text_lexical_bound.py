@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.utils.extmath import randomized_svd
+from torch.nn.utils.rnn import pad_sequence
 
 INIT_STD = 0.02
 
@@ -52,13 +53,10 @@ INIT_STD = 0.02
 def encode(tokenizer: Any, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[N, L]`` token ids (no special tokens, zero-padded) and their ``[N, L]`` validity mask."""
     rows = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
-    length = max(1, max(len(r) for r in rows))
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = True
-    return ids, mask
+    ids = pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True)
+    if ids.shape[1] == 0:
+        raise ValueError("every text tokenizes to nothing")
+    return ids, torch.arange(ids.shape[1]) < torch.tensor([len(r) for r in rows])[:, None]
 
 
 def ppmi_embeddings(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int, dim: int, window: int = 5,
@@ -78,7 +76,8 @@ def ppmi_embeddings(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int, dim:
     r, c = torch.cat(rows).numpy(), torch.cat(cols).numpy()
     if r.size == 0:
         raise ValueError(f"no two tokens co-occur within {window} positions: the texts are too short for PPMI")
-    counts = sp.coo_matrix((np.ones(r.size), (r, c)), shape=(vocab_size, vocab_size)).tocsr().tocoo()  # sums duplicates
+    counts = sp.coo_matrix((np.ones(r.size), (r, c)), shape=(vocab_size, vocab_size))
+    counts.sum_duplicates()
     total = counts.data.sum()
     word = np.asarray(counts.sum(1)).ravel()
     context = np.asarray(counts.sum(0)).ravel() ** alpha
