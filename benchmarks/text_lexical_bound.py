@@ -10,7 +10,9 @@ embedding table initialised three ways:
 * ``export``: the input embeddings of an mmssl text export, i.e. what its pretraining learned;
 * ``ppmi``: classical unsupervised word vectors (Levy & Goldberg 2014): a truncated SVD of the positive
   pointwise mutual information of token co-occurrences (window 5, context smoothing 0.75), counted on
-  the task's training texts (never their labels, never the held-out texts), with the export's tokenizer.
+  the task's training texts (never their labels, never the held-out texts), with the export's tokenizer;
+  ``--ppmi-corpus`` adds more unlabelled text to the counts (the offline pretraining corpora, say), to ask
+  whether word knowledge from outside the task helps where the task's own texts do not.
 
 Each is trained ``frozen`` (only LayerNorm and the linear layer learn: a probe of the embeddings) and
 ``tuned`` (the table learns too), at several label budgets and seeds. The epoch is chosen on a
@@ -25,6 +27,7 @@ Usage::
 
     python benchmarks/text_lexical_bound.py runs/bert                   # rotten-tomatoes, 500 / 2000 / all labels
     python benchmarks/text_lexical_bound.py runs/bert --labels 1000 all --seeds 5
+    python benchmarks/text_lexical_bound.py runs/bert --ppmi-corpus austen gcide fortunes kjv   # + 12.6M tokens, ~8 min
 
 Ends with one JSON line. Takes about 7 minutes on 2 CPU cores with the defaults, most of it in the 18 runs on all the labels.
 """
@@ -59,14 +62,9 @@ def encode(tokenizer: Any, texts: list[str], max_length: int) -> tuple[torch.Ten
     return ids, torch.arange(ids.shape[1]) < torch.tensor([len(r) for r in rows])[:, None]
 
 
-def ppmi_embeddings(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int, dim: int, window: int = 5,
-                    alpha: float = 0.75, seed: int = 0) -> torch.Tensor:
-    """``[vocab_size, dim]`` word vectors: SVD of the positive PMI of co-occurrences within ``window`` tokens.
-
-    Co-occurrences are counted within each text, in both directions; the context distribution is smoothed
-    with exponent ``alpha`` (Levy, Goldberg & Dagan 2015). Rows are ``U * sqrt(S)``, rescaled to the
-    standard deviation of BERT's initialisation so that every init trains at the same learning rate.
-    """
+def cooccurrence_counts(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int, window: int = 5) -> sp.csr_matrix:
+    """``[vocab_size, vocab_size]`` counts of token pairs within ``window`` positions of each other in a text,
+    both directions."""
     rows, cols = [], []
     for d in range(1, window + 1):
         pair = mask[:, d:] & mask[:, :-d]
@@ -74,10 +72,33 @@ def ppmi_embeddings(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int, dim:
         rows += [left, right]
         cols += [right, left]
     r, c = torch.cat(rows).numpy(), torch.cat(cols).numpy()
-    if r.size == 0:
-        raise ValueError(f"no two tokens co-occur within {window} positions: the texts are too short for PPMI")
-    counts = sp.coo_matrix((np.ones(r.size), (r, c)), shape=(vocab_size, vocab_size))
-    counts.sum_duplicates()
+    return sp.csr_matrix((np.ones(r.size), (r, c)), shape=(vocab_size, vocab_size))  # duplicates are summed
+
+
+def count_texts(tokenizer: Any, texts: list[str], vocab_size: int, window: int = 5, max_length: int = 4096,
+                chunk: int = 10_000) -> tuple[sp.csr_matrix, int]:
+    """Co-occurrence counts of a list of texts, tokenized ``chunk`` texts at a time (bounded memory), and the
+    number of tokens counted. Texts are cut at ``max_length`` tokens."""
+    texts = sorted(texts, key=len)  # chunks of similar lengths pad little; the counts do not depend on order
+    counts, tokens = sp.csr_matrix((vocab_size, vocab_size)), 0
+    for start in range(0, len(texts), chunk):
+        ids, mask = encode(tokenizer, texts[start:start + chunk], max_length)
+        counts = counts + cooccurrence_counts(ids, mask, vocab_size, window)
+        tokens += int(mask.sum())
+    return counts, tokens
+
+
+def ppmi_embeddings(counts: sp.spmatrix, dim: int, alpha: float = 0.75, seed: int = 0) -> torch.Tensor:
+    """``[vocab_size, dim]`` word vectors: SVD of the positive PMI of co-occurrence ``counts``.
+
+    The context distribution is smoothed with exponent ``alpha`` (Levy, Goldberg & Dagan 2015). Rows are
+    ``U * sqrt(S)``, rescaled to the standard deviation of BERT's initialisation so that every init trains at
+    the same learning rate.
+    """
+    counts = sp.coo_matrix(counts)
+    if counts.nnz == 0:
+        raise ValueError("no two tokens co-occur within the window: the texts are too short for PPMI")
+    vocab_size = counts.shape[0]
     total = counts.data.sum()
     word = np.asarray(counts.sum(1)).ravel()
     context = np.asarray(counts.sum(0)).ravel() ** alpha
@@ -89,6 +110,15 @@ def ppmi_embeddings(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int, dim:
     vectors = np.zeros((vocab_size, dim))
     vectors[:, :u.shape[1]] = u * np.sqrt(s)
     return torch.tensor(vectors / (vectors.std() + 1e-12) * INIT_STD, dtype=torch.float32)
+
+
+def corpus_texts(name: str) -> list[str]:
+    """The texts of an embedded corpus (``austen``) or of an offline dataset ``mmssl data prepare`` builds."""
+    from domains.text.builders import EMBEDDED_CORPORA
+    from domains.text.corpus import TextDataConfig, load_texts
+
+    source = "embedded" if name in EMBEDDED_CORPORA else "prepared"
+    return list(load_texts(TextDataConfig(source=source, name=name))["text"])
 
 
 class BagClassifier(nn.Module):
@@ -154,8 +184,11 @@ def input_embeddings(export_dir: Path) -> torch.Tensor:
 
 
 def run_bound(export_dir: Path, task: Any, budgets: list[int | None], seeds: int, epochs: int = 15, window: int = 5,
-              log: Any = print) -> dict[str, Any]:
-    """The bag-of-embeddings results for every (labels, init, mode) over ``seeds`` seeds."""
+              ppmi_corpus: list[str] | tuple[str, ...] = (), log: Any = print) -> dict[str, Any]:
+    """The bag-of-embeddings results for every (labels, init, mode) over ``seeds`` seeds.
+
+    The PPMI vectors are counted on the task's training texts plus the texts of every corpus in ``ppmi_corpus``.
+    """
     from transformers import AutoTokenizer
 
     from domains.text.tasks import text_task_data
@@ -172,10 +205,16 @@ def run_bound(export_dir: Path, task: Any, budgets: list[int | None], seeds: int
     if top >= vocab:
         raise ValueError(f"{export_dir}: the tokenizer emits id {top} but the model has {vocab} embeddings")
     t0 = time.perf_counter()
+    counts, ppmi_tokens = cooccurrence_counts(train_ids, train_mask, vocab, window), int(train_mask.sum())
+    for name in ppmi_corpus:
+        extra, tokens = count_texts(tokenizer, corpus_texts(name), vocab, window)
+        counts, ppmi_tokens = counts + extra, ppmi_tokens + tokens
+        log(f"PPMI counts: {tokens:,} tokens of {name}")
     tables = {"random": torch.randn(vocab, dim, generator=torch.Generator().manual_seed(0)) * INIT_STD,
               "export": export_table,
-              "ppmi": ppmi_embeddings(train_ids, train_mask, vocab, dim, window)}
-    log(f"PPMI vectors from {len(train_labels)} training texts in {time.perf_counter() - t0:.1f} s")
+              "ppmi": ppmi_embeddings(counts, dim)}
+    log(f"PPMI vectors from {ppmi_tokens:,} tokens ({len(train_labels)} training texts"
+        f"{''.join(' + ' + n for n in ppmi_corpus)}) in {time.perf_counter() - t0:.1f} s")
     results = []
     for budget in budgets:
         n = len(train_labels) if budget is None else min(budget, len(train_labels))
@@ -190,7 +229,7 @@ def run_bound(export_dir: Path, task: Any, budgets: list[int | None], seeds: int
                        "accuracy": statistics.mean(runs), "std": statistics.pstdev(runs), "runs": runs}
                 results.append(row)
                 log(f"{n:>6} labels  {name:<7} {row['mode']:<7} {row['accuracy']:.4f} +- {row['std']:.4f}")
-    return {"n_train": len(train_labels), "n_test": len(test[2]), "results": results}
+    return {"n_train": len(train_labels), "n_test": len(test[2]), "ppmi_tokens": ppmi_tokens, "results": results}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -204,6 +243,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--window", type=int, default=5)
+    p.add_argument("--ppmi-corpus", nargs="+", default=[], metavar="NAME",
+                   help="count the PPMI vectors on these corpora too (embedded `austen` or `mmssl data prepare` names)")
     args = p.parse_args(argv)
     from mmssl.export import resolve_export
     from mmssl.finetune import TaskConfig
@@ -212,9 +253,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = replace(TaskConfig(), name=args.task, path=args.task_path, input_column=args.input_column,
                    label_column=args.label_column)
     budgets = [None if b == "all" else int(b) for b in args.labels]
-    report = run_bound(export_dir, task, budgets, args.seeds, args.epochs, args.window)
+    report = run_bound(export_dir, task, budgets, args.seeds, args.epochs, args.window, args.ppmi_corpus)
     record = {"benchmark": "text_lexical_bound", "export": str(export_dir), "task": args.task, "seeds": args.seeds,
-              "epochs": args.epochs, "window": args.window, **report}
+              "epochs": args.epochs, "window": args.window, "ppmi_corpus": ["task", *args.ppmi_corpus], **report}
     print(json.dumps(record), flush=True)
     return record
 

@@ -35,13 +35,13 @@ def bound():
     yield from load_benchmark("text_lexical_bound")
 
 
-def _texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Each text draws 4 words of one polarity (its label) and 2 fillers, shuffled."""
+def _texts(n: int, seed: int = 0, polar: int = 4) -> list[tuple[str, str]]:
+    """Each text draws ``polar`` words of one polarity (its label) and ``6 - polar`` fillers, shuffled."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         label = "pos" if i % 2 == 0 else "neg"
-        words = rng.sample(POSITIVE if label == "pos" else NEGATIVE, 4) + rng.sample(FILLER, 2)
+        words = rng.sample(POSITIVE if label == "pos" else NEGATIVE, polar) + rng.sample(FILLER, 6 - polar)
         rng.shuffle(words)
         rows.append((" ".join(words), label))
     return rows
@@ -71,7 +71,10 @@ def test_ppmi_vectors_place_co_occurring_words_together(bound, export) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(export[0]))
     ids, mask = bound.encode(tokenizer, [t for t, _ in _texts(600)], max_length=16)
     assert mask.sum(1).eq(6).all()  # six whole words per text, no special tokens
-    vectors = bound.ppmi_embeddings(ids, mask, len(tokenizer), dim=16)
+    counts = bound.cooccurrence_counts(ids, mask, len(tokenizer), window=5)
+    # each six-word text holds 5 + 4 + 3 + 2 + 1 pairs within 5 positions, counted in both directions
+    assert counts.sum() == 600 * 15 * 2 and (counts != counts.T).nnz == 0
+    vectors = bound.ppmi_embeddings(counts, dim=16)
     assert vectors.shape == (len(tokenizer), 16) and vectors.std().item() == pytest.approx(bound.INIT_STD, rel=1e-3)
     unit = torch.nn.functional.normalize(vectors, dim=1)
     words = tokenizer.convert_tokens_to_ids(POSITIVE + NEGATIVE)
@@ -81,7 +84,7 @@ def test_ppmi_vectors_place_co_occurring_words_together(bound, export) -> None:
     # words of one polarity share contexts, the two polarities never do: nearest neighbours agree
     assert (polarity[nearest] == polarity).float().mean() > 0.9
     with pytest.raises(ValueError, match="too short for PPMI"):
-        bound.ppmi_embeddings(ids[:, :1], mask[:, :1], len(tokenizer), dim=8)
+        bound.ppmi_embeddings(bound.cooccurrence_counts(ids[:, :1], mask[:, :1], len(tokenizer)), dim=8)
 
 
 def test_command_line_frozen_ppmi_beats_frozen_random(bound, export, capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,3 +115,37 @@ def test_vocabulary_mismatch_is_an_error(bound, export, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model has 20 embeddings"):
         bound.main([str(small), "--task", "file", "--task-path", str(export[1]), "--input-column", "review",
                     "--label-column", "verdict", "--labels", "24", "--seeds", "1"])
+
+
+def test_counting_in_chunks_matches_counting_at_once(bound, export) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(export[0]))
+    texts = [t for t, _ in _texts(50, seed=3)]
+    ids, mask = bound.encode(tokenizer, texts, max_length=16)
+    counts, tokens = bound.count_texts(tokenizer, texts, len(tokenizer), window=3, chunk=7)
+    assert tokens == 50 * 6
+    assert (counts != bound.cooccurrence_counts(ids, mask, len(tokenizer), window=3)).nnz == 0
+
+
+def test_ppmi_corpus_adds_word_knowledge_the_task_texts_lack(bound, export, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task's texts hold one polarity word among fillers, so their co-occurrences cannot tell the two
+    vocabularies apart; an unlabelled corpus whose texts hold four same-polarity words can, and its counts make
+    the frozen PPMI table separate the task's classes."""
+    from dataclasses import replace
+
+    from mmssl.finetune import TaskConfig
+
+    small = tmp_path / "small.csv"
+    with open(small, "w", newline="") as f:
+        csv.writer(f).writerows([("review", "verdict"), *_texts(200, seed=5, polar=1)])
+    extra = [t for t, _ in _texts(1000, seed=6)]
+    monkeypatch.setattr(bound, "corpus_texts", lambda name: {"reviews-extra": extra}[name])
+    task = replace(TaskConfig(), name="file", path=str(small), input_column="review", label_column="verdict")
+    frozen = {}
+    for corpus in ((), ("reviews-extra",)):
+        report = bound.run_bound(export[0], task, [None], seeds=1, epochs=60, ppmi_corpus=corpus, log=lambda *_: None)
+        assert report["ppmi_tokens"] == 6 * (160 + len(corpus) * 1000)
+        frozen[corpus] = next(r["accuracy"] for r in report["results"] if r["init"] == "ppmi" and r["mode"] == "frozen")
+    assert frozen[("reviews-extra",)] > 0.9 and frozen[("reviews-extra",)] > frozen[()] + 0.2
