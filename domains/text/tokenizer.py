@@ -30,7 +30,7 @@ class TokenizerConfig:
             raise ValueError("data.tokenizer.vocab_size must be >= 64")
 
 
-def canonical_ids(tok: Tokenizer) -> Tokenizer:
+def canonical_ids(tok: Tokenizer, extra_specials: set[str] = frozenset()) -> Tokenizer:
     """Renumber a freshly trained vocabulary deterministically.
 
     The ``tokenizers`` trainers number the initial alphabet in hash-map order, so two trainings
@@ -38,9 +38,12 @@ def canonical_ids(tok: Tokenizer) -> Tokenizer:
     keep their ids and single characters (and ``##c`` continuations) are sorted. WordPiece
     tokenises by greedy longest match, so only its token *set* matters and learned pieces are
     sorted too (tied merges otherwise swap ids); BPE merges keep their training order.
+    ``extra_specials`` were passed to the trainer as special tokens only to fix their ids: they lose their
+    added-token status and are numbered as ordinary vocabulary.
     """
     data = json.loads(tok.to_str())
     vocab: dict[str, int] = data["model"]["vocab"]
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in extra_specials]
     specials = {t["content"] for t in data["added_tokens"]}
 
     def is_alphabet(token: str) -> bool:
@@ -54,15 +57,34 @@ def canonical_ids(tok: Tokenizer) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(data))
 
 
+def continuation_pieces(tok: Tokenizer, texts: list[str], min_frequency: int) -> list[str]:
+    """The ``##c`` pieces a WordPiece trainer makes from ``texts`` (one per character that follows another inside
+    a pre-tokenized word), sorted: a training pass with no merges (``vocab_size=1``) leaves exactly its alphabet."""
+    probe = Tokenizer.from_str(tok.to_str())
+    probe.train_from_iterator(texts, trainer=trainers.WordPieceTrainer(vocab_size=1, min_frequency=min_frequency,
+                                                                       special_tokens=["[UNK]"], show_progress=False))
+    return sorted(t for t in probe.get_vocab() if t.startswith("##"))
+
+
 def _bert_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) -> PreTrainedTokenizerFast:
-    """WordPiece with BERT's normaliser and pre-tokeniser (Devlin et al. 2019)."""
+    """WordPiece with BERT's normaliser and pre-tokeniser (Devlin et al. 2019).
+
+    Training is made deterministic. The ``tokenizers`` trainer creates the ``##c`` continuation pieces in
+    hash-map order, so their ids, and with them the choice between merges of equal count, change from process
+    to process (huggingface/tokenizers#1794: on the embedded Austen corpus about one training in six gave a
+    vocabulary differing in two pieces). Registering the pieces up front, in sorted order, as extra entries of
+    the trainer's special tokens fixes their ids; they are ordinary vocabulary afterwards, not added tokens.
+    """
+    texts = list(texts)
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=cfg.lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = list(BERT_SPECIALS.values())
-    trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials)
+    pieces = continuation_pieces(tok, texts, cfg.min_frequency)
+    trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                        special_tokens=specials + pieces)
     tok.train_from_iterator(texts, trainer=trainer)
-    tok = canonical_ids(tok)
+    tok = canonical_ids(tok, extra_specials=set(pieces))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]

@@ -54,7 +54,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     rows = _texts(600)
     tokenizer = train_tokenizer(iter([t for t, _ in rows] * 3), TokenizerConfig(vocab_size=2000, min_frequency=1), "bert", 64)
     torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id))
     model.save_pretrained(root / "export")
     tokenizer.save_pretrained(root / "export")
