@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterable
+from typing import Collection, Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -30,7 +30,7 @@ class TokenizerConfig:
             raise ValueError("data.tokenizer.vocab_size must be >= 64")
 
 
-def canonical_ids(tok: Tokenizer, extra_specials: set[str] = frozenset()) -> Tokenizer:
+def canonical_ids(tok: Tokenizer, extra_specials: Collection[str] = ()) -> Tokenizer:
     """Renumber a freshly trained vocabulary deterministically.
 
     The ``tokenizers`` trainers number the initial alphabet in hash-map order, so two trainings
@@ -43,7 +43,8 @@ def canonical_ids(tok: Tokenizer, extra_specials: set[str] = frozenset()) -> Tok
     """
     data = json.loads(tok.to_str())
     vocab: dict[str, int] = data["model"]["vocab"]
-    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in extra_specials]
+    extra = set(extra_specials)
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in extra]
     specials = {t["content"] for t in data["added_tokens"]}
 
     def is_alphabet(token: str) -> bool:
@@ -57,12 +58,12 @@ def canonical_ids(tok: Tokenizer, extra_specials: set[str] = frozenset()) -> Tok
     return Tokenizer.from_str(json.dumps(data))
 
 
-def continuation_pieces(tok: Tokenizer, texts: list[str], min_frequency: int) -> list[str]:
+def continuation_pieces(tok: Tokenizer, texts: list[str]) -> list[str]:
     """The ``##c`` pieces a WordPiece trainer makes from ``texts`` (one per character that follows another inside
     a pre-tokenized word), sorted: a training pass with no merges (``vocab_size=1``) leaves exactly its alphabet."""
     probe = Tokenizer.from_str(tok.to_str())
-    probe.train_from_iterator(texts, trainer=trainers.WordPieceTrainer(vocab_size=1, min_frequency=min_frequency,
-                                                                       special_tokens=["[UNK]"], show_progress=False))
+    probe.train_from_iterator(texts, trainer=trainers.WordPieceTrainer(vocab_size=1, special_tokens=["[UNK]"],
+                                                                       show_progress=False))
     return sorted(t for t in probe.get_vocab() if t.startswith("##"))
 
 
@@ -80,11 +81,11 @@ def _bert_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int)
     tok.normalizer = normalizers.BertNormalizer(lowercase=cfg.lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = list(BERT_SPECIALS.values())
-    pieces = continuation_pieces(tok, texts, cfg.min_frequency)
+    pieces = continuation_pieces(tok, texts)
     trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
                                         special_tokens=specials + pieces)
     tok.train_from_iterator(texts, trainer=trainer)
-    tok = canonical_ids(tok, extra_specials=set(pieces))
+    tok = canonical_ids(tok, extra_specials=pieces)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
