@@ -60,7 +60,11 @@ def canonical_ids(tok: Tokenizer, extra_specials: Collection[str] = ()) -> Token
 
 def continuation_pieces(tok: Tokenizer, texts: list[str]) -> list[str]:
     """The ``##c`` pieces a WordPiece trainer makes from ``texts`` (one per character that follows another inside
-    a pre-tokenized word), sorted: a training pass with no merges (``vocab_size=1``) leaves exactly its alphabet."""
+    a pre-tokenized word), sorted: a training pass with no merges (``vocab_size=1``) leaves exactly its alphabet.
+
+    It counts the words a second time, once per run: 0.7 s of 1.5 s on the Austen corpus, 3.7 s of 10 s on
+    100,000 GCIDE entries (2 cores). Listing the characters in Python instead is slower and has to re-implement
+    the pre-tokenizer's notion of a word."""
     probe = Tokenizer.from_str(tok.to_str())
     probe.train_from_iterator(texts, trainer=trainers.WordPieceTrainer(vocab_size=1, special_tokens=["[UNK]"],
                                                                        show_progress=False))
