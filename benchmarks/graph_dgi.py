@@ -34,7 +34,7 @@ from pathlib import Path
 
 HIDDEN = 512
 TINY = "--tiny" in sys.argv  # smoke check on KarateClub (seconds), not a measurement
-TINY_DATA = ["data.source=pyg", "data.path=torch_geometric.datasets:KarateClub", "data.num_neighbors=[3, 2]"]
+TINY_DATA = ["data.source=pyg", "data.name=KarateClub", "data.num_neighbors=[3, 2]"]
 
 
 def _graph():

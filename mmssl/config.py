@@ -8,6 +8,7 @@ key (``train.lr``), so a typo can never silently become a new setting.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -19,12 +20,45 @@ import yaml
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class MmsslError(Exception):
+    """A problem the user can fix; ``mmssl`` prints its message as ``mmssl: error: ...`` (exit code 2)."""
+
+
+class ConfigError(MmsslError, ValueError):
     """A configuration problem; the message names the offending key."""
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, so an error never echoes a huge value in full."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _number(value: Any, tp: type, key: str) -> Any:
+    """``value`` as a finite ``int``/``float`` (YAML 1.1 reads "1e-4" as a string; ints widen to float).
+
+    Non-finite floats (``nan``, ``inf``) and integers too large for a float are errors here, at
+    load time, instead of surfacing later as a NaN loss or an ``OverflowError``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (tp is int and not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {short_repr(value)}")
+    if tp is int:
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"{key}: {short_repr(value)} is out of range (a 64-bit integer is expected)")
+        return value
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ConfigError(f"{key}: {short_repr(value)} is too large for a float") from None
+    except ValueError:
+        raise ConfigError(f"{key}: expected float, got {short_repr(value)}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: must be a finite number, got {short_repr(value)}")
+    return number
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
@@ -36,21 +70,23 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in (a for a in args if a is not type(None)):
+        candidates = [a for a in args if a is not type(None)]
+        for arg in candidates:
             try:
                 return _convert(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+            except ConfigError as e:
+                if len(candidates) == 1:  # `float | None`: the float's own message says more
+                    raise e from None
+        raise ConfigError(f"{key}: {short_repr(value)} is not a valid {_type_name(tp)}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{key}: {short_repr(value)} is not one of {', '.join(map(repr, args))}")
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {short_repr(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
@@ -60,19 +96,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {short_repr(value)}")
         return {k: _convert(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected float, got {value!r}") from None
+    if tp in (int, float):
+        return _number(value, tp, key)
     if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {short_repr(value)}")
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected str, got {short_repr(value)}")
     return value
 
 
@@ -86,13 +117,13 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {short_repr(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"unknown key {key!r}; valid keys here: {', '.join(sorted(fields))}")
+        raise ConfigError(f"unknown key {short_repr(key)}; valid keys here: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name

@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+from mmssl.config import MmsslError
 from mmssl.registry import DATASETS
 
 COMPLETE_MARKER = ".complete"
@@ -34,6 +35,8 @@ def prepare(name: str, force: bool = False) -> Path:
 
     Raises:
         KeyError: ``name`` is not a registered builder (the message lists the known ones).
+        MmsslError: the builder failed (a missing tool or package, a changed source layout); the
+            message is the builder's, and the half-built folder is rebuilt on the next call.
     """
     builder = DATASETS.get(name)
     out = dataset_dir(name)
@@ -45,7 +48,10 @@ def prepare(name: str, force: bool = False) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    builder.build(tmp)
+    try:
+        builder.run(tmp)
+    except RuntimeError as e:  # builders raise RuntimeError with a sentence that says what to install or fix
+        raise MmsslError(f"mmssl data prepare {name} failed: {e}") from e
     (tmp / COMPLETE_MARKER).write_text("ok\n")
     tmp.rename(out)
     return out

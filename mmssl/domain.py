@@ -58,11 +58,16 @@ class Domain(Protocol):
 
 @dataclass
 class TaskData:
-    """A downstream classification task: train/test rows in the domain's format, and label names."""
+    """A downstream classification task: train/test rows in the domain's format, and label names.
+
+    ``skipped`` counts the rows left out, by reason (``{"missing_label": 64, "empty_text": 73}``);
+    fine-tuning and probe results report it.
+    """
 
     train: Any
     test: Any
     label_names: list[str]
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 class Classifier(Protocol):
@@ -94,6 +99,10 @@ class ClassifierModule(nn.Module):
 class DownstreamDomain(Domain, Protocol):
     """The fine-tuning and evaluation half of a domain (used by ``mmssl finetune`` / ``mmssl evaluate``)."""
 
+    def task_names(self) -> tuple[str, ...]:
+        """The ``--task`` names this domain reads (registered tasks, and ``file`` / ``hub`` where supported)."""
+        ...
+
     def task_data(self, task: Any) -> TaskData:
         """Load a task (a registered name, or the user's file / Hub dataset given by ``task.path``)."""
         ...
@@ -102,8 +111,9 @@ class DownstreamDomain(Domain, Protocol):
         """Collate task rows into a Batch with ``labels`` in extras, with a run's or an export's processor."""
         ...
 
-    def classifier(self, export_dir: Path, num_labels: int, init: str) -> Classifier:
-        """The export's backbone with a fresh classification head; ``init="random"`` re-initialises the backbone."""
+    def classifier(self, export_dir: Path, label_names: list[str], init: str) -> Classifier:
+        """The export's backbone with a fresh head over ``label_names`` (exported with it as ``id2label``);
+        ``init="random"`` re-initialises the backbone."""
         ...
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from mmssl.encoder import Encoder
+from mmssl.recipe import MonitorConfig
 from mmssl.types import Batch
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def extract_features(encoder: Encoder, rows: Any, collate: Callable[[list[Any]], Batch],
-                     batch_size: int = 256, pooling: str = "auto") -> tuple[Tensor, Tensor]:
+                     batch_size: int = 256, pooling: str = "auto", progress: bool = False) -> tuple[Tensor, Tensor]:
     """``(features [N, D] float32 on CPU, labels [N])``: the encoder's pooled output in eval mode.
 
     ``pooling``: ``auto`` is :meth:`EncoderOutput.pooled` (the backbone's own summary, e.g. ViT's
@@ -32,13 +34,15 @@ def extract_features(encoder: Encoder, rows: Any, collate: Callable[[list[Any]],
     statistics pooling as in speaker and keyword models).
 
     The encoder's train/eval mode is restored afterwards, so the monitor can call it mid-training.
+    ``progress`` shows a progress bar (the frozen-feature probes; not the online monitor).
     """
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
     feats, labels = [], []
     try:
-        for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
+        loader = DataLoader(rows, batch_size=batch_size, collate_fn=collate)
+        for batch in tqdm(loader, desc="extract features", unit="batch", disable=not progress, dynamic_ncols=True):
             out = encoder.encode(batch.to(device))
             if pooling == "mean_std":
                 pooled = out.pooled_statistics()
@@ -87,26 +91,11 @@ def knn_accuracy(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], num_
     return float((preds == test[1]).float().mean())
 
 
-@dataclass(frozen=True)
-class MonitorConfig:
-    """A recipe's ``monitor:`` section: an online kNN probe of the encoder during pretraining."""
-
-    task: str | None = None  # a registered task of the recipe's domain (e.g. fashion-mnist); None: no monitor
-    every: int = 0  # optimizer steps between probes (0: off); also run at the last step
-    k: int = 200
-    temperature: float = 0.07
-    max_train: int = 10000  # training rows used as the kNN memory (the first N of the task's split)
-    max_test: int = 2000
-
-    def __post_init__(self) -> None:
-        if self.every < 0 or self.k < 1 or self.temperature <= 0 or self.max_train < 1 or self.max_test < 1:
-            raise ValueError("monitor: every >= 0, k >= 1, temperature > 0, max_train >= 1, max_test >= 1 are required")
-        if self.every and not self.task:
-            raise ValueError("monitor.task is required when monitor.every > 0")
-
-
 class KNNMonitor:
     """A trainer step hook: every ``cfg.every`` steps, kNN accuracy of the encoder's frozen features.
+
+    It also runs at the last step (``train.max_steps``) when that is not a multiple of ``cfg.every``,
+    but not in a run shorter than one interval (``mmssl.pretrain`` then leaves the monitor out and says so).
 
     Every process computes it (identical weights give identical results), so that all of them
     take the same logging path, whose reductions are collective. Returns ``{"knn_accuracy": ...}``,
@@ -123,7 +112,8 @@ class KNNMonitor:
         self.encoder_of = encoder_of
 
     def __call__(self, trainer: Any, step: int) -> dict[str, float]:
-        if step % self.cfg.every and step != trainer.cfg.max_steps:
+        last = step == trainer.cfg.max_steps and step >= self.cfg.every
+        if step % self.cfg.every and not last:
             return {}
         encoder = self.encoder_of(trainer.accelerator.unwrap_model(trainer.model))
         train = extract_features(encoder, self.train_rows, self.collate)

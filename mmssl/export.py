@@ -9,6 +9,7 @@ classes and pipelines, without mmssl.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,31 @@ def build_model(recipe: Recipe, processor: Any) -> SSLModel:
     return SSLModel(encoder, objective)
 
 
+def _public_text(text: str) -> str:
+    """``text`` with every local path in it cut to its file name (comma-separated lists piece by piece).
+
+    A path is local when it is absolute, starts at the home folder (``~``) or climbs out of the
+    working folder (``..``): an export is published, and such paths name the machine's users and
+    folders. Relative paths inside a project and Hub names (``org/name``) are kept.
+    """
+    def public(piece: str) -> str:
+        stripped = piece.strip()
+        if os.path.isabs(stripped) or stripped.startswith("~") or ".." in Path(stripped).parts:
+            return piece.replace(stripped, Path(stripped).name or stripped)
+        return piece
+
+    return ",".join(public(p) for p in text.split(","))
+
+
+def public_values(obj: Any) -> Any:
+    """A recipe or summary (nested dicts/lists) with local paths reduced by :func:`_public_text`."""
+    if isinstance(obj, dict):
+        return {k: public_values(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [public_values(v) for v in obj]
+    return _public_text(obj) if isinstance(obj, str) else obj
+
+
 def _model_card(recipe: Recipe, run_dir: Path | None, step: int | None, summary: dict[str, Any], pipeline_tag: str | None) -> str:
     meta = ModelCardData(library_name="transformers", tags=["mmssl", "self-supervised", recipe.name, recipe.domain],
                          pipeline_tag=pipeline_tag)
@@ -54,14 +80,15 @@ def _model_card(recipe: Recipe, run_dir: Path | None, step: int | None, summary:
         lines += [recipe.description.strip(), ""]
     lines += ["## Pretraining", "", f"- recipe: `{recipe.name}` (domain `{recipe.domain}`, objective `{recipe.objective.name}`)",
               f"- optimizer steps: {step}"]
-    lines += [f"- {k}: {v}" for k, v in summary.items()]
+    lines += [f"- {k}: {v}" for k, v in public_values(summary).items()]
     if last:
         lines.append(f"- final training loss: {last['loss']:.4f} (step {last['step']})")
     if results:
         lines += ["", "## Downstream results", "", "| protocol | task | init | result |", "|---|---|---|---|"]
         for r in results:
             lines.append(f"| {r.get('protocol', r['event'])} | {r.get('task')} | {r.get('init', 'pretrained')} | {_result_text(r)} |")
-    lines += ["", "## Recipe (fully resolved)", "", "```yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False).strip(), "```", ""]
+    resolved = yaml.safe_dump(public_values(to_dict(recipe)), sort_keys=False).strip()
+    lines += ["", "## Recipe (fully resolved; local paths cut to file names)", "", "```yaml", resolved, "```", ""]
     return "\n".join(lines)
 
 
@@ -84,7 +111,8 @@ def write_export(model: SSLModel, processor: Any, recipe: Recipe, out_dir: Path,
     summary = dict(summary or {})
     pipeline_tag = getattr(model.encoder, "pipeline_tag", None)
     (out_dir / "README.md").write_text(_model_card(recipe, run_dir, step, summary, pipeline_tag))
-    meta = {"domain": recipe.domain, "recipe": recipe.name, "objective": recipe.objective.name, "step": step, **summary}
+    meta = {"domain": recipe.domain, "recipe": recipe.name, "objective": recipe.objective.name, "step": step,
+            **public_values(summary)}
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir
 

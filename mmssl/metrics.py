@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterator
 
+from mmssl.checkpoint import write_atomically
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -37,13 +39,14 @@ def read_metrics(run_dir: Path) -> Iterator[dict[str, Any]]:
 def truncate_after(run_dir: Path, step: int) -> None:
     """Drop training lines logged after ``step`` (they will be logged again by a resumed run).
 
-    Lines without a ``step`` (evaluation and fine-tuning results) are kept.
+    Lines without a ``step`` (evaluation and fine-tuning results) are kept. The file is replaced
+    atomically, so an interruption leaves either the old or the truncated file, never a partial one.
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return
     kept = [r for r in read_metrics(run_dir) if "event" in r or r.get("step", 0) <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def last_training_record(run_dir: Path) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,24 @@ from accelerate.utils import set_seed
 from mmssl.config import ConfigError, read_yaml, to_dict, write_yaml
 from mmssl.evaluation import KNNMonitor
 from mmssl.export import CONFIG_FILE, EXPORT_DIR, build_model, write_export
+from mmssl.metrics import METRICS_FILE
 from mmssl.recipe import Recipe, load_recipe
 from mmssl.registry import DOMAINS
-from mmssl.trainer import Trainer, latest_checkpoint, use_cpu
+from mmssl.trainer import CHECKPOINT_DIR, TRACKER_DIR, Trainer, use_cpu
 
 log = logging.getLogger(__name__)
 
 # Settings a resumed run may change: they alter neither the model nor the batches it sees.
 RESUMABLE_CHANGES = {"train.max_steps", "train.max_minutes", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.num_workers"}
+
+SUMMARY_FILE = "data_summary.json"
+# A directory holding any of these holds a run: pretrain refuses it without --resume or --overwrite.
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR)
+# Everything a pretraining run writes into its directory, and all that --overwrite removes: the
+# domains add their tokenizer (text) or processor (image, audio, graph, speech-text) and the
+# audio k-means centroids of HuBERT targets.
+RUN_OUTPUTS = (*RUN_MARKERS, SUMMARY_FILE, EXPORT_DIR, TRACKER_DIR, "tokenizer", "processor", "kmeans_centroids.npy")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -44,6 +54,31 @@ def check_resumable(run_dir: Path, recipe: Recipe) -> None:
                           f"({saved.get(changed[0])!r} -> {now.get(changed[0])!r}); start a new --output-dir instead")
 
 
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a directory that cannot take this run (read-only: every process calls it before anything is written)."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --output-dir and --overwrite replaces it: pass one of them")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"--output-dir {run_dir} is a file, not a directory: choose another --output-dir")
+    held = [name for name in RUN_MARKERS if (run_dir / name).exists()]
+    if resume and not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"--resume: {run_dir} has no {CONFIG_FILE}; pass the --output-dir of the run to resume")
+    if held and not (resume or overwrite):
+        raise FileExistsError(f"{run_dir} already holds a run ({', '.join(held)}): pass --resume to continue it, "
+                              "--overwrite to replace it, or choose another --output-dir")
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete what an earlier pretraining run wrote into ``run_dir`` (:data:`RUN_OUTPUTS`), and nothing else."""
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    log.info("--overwrite: removed the earlier run's files from %s", run_dir)
+
+
 def knn_monitor(recipe: Recipe, domain: Any, processor: Any) -> KNNMonitor:
     """The online kNN probe of ``recipe.monitor`` on the domain's task, with the run's processor."""
     from mmssl.finetune import TaskConfig  # local: finetune imports sklearn
@@ -61,22 +96,37 @@ def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def pretrain(recipe_name: str, overrides: list[str] = (), output_dir: Path | None = None, resume: bool = False) -> Path:
+def monitor_hooks(recipe: Recipe, domain: Any, processor: Any, state: PartialState) -> list[KNNMonitor]:
+    """The online kNN probe, unless it is off or no ``monitor.every`` interval fits in ``train.max_steps``."""
+    every, max_steps = recipe.monitor.every, recipe.train.max_steps
+    if not every:
+        return []
+    if max_steps < every:
+        state.print(f"monitor: skipped: train.max_steps={max_steps} is below monitor.every={every}, "
+                    "so no kNN probe runs (lower monitor.every to probe this run)")
+        return []
+    return [knn_monitor(recipe, domain, processor)]
+
+
+def pretrain(recipe_name: str, overrides: list[str] = (), output_dir: Path | None = None, resume: bool = False,
+             overwrite: bool = False) -> Path:
     """Pretrain a recipe; returns the run directory (which holds ``export/`` at the end).
 
-    With ``resume=True`` the latest checkpoint in ``output_dir`` is loaded and training continues
-    exactly where it stopped.
+    With ``resume=True`` the newest intact checkpoint in ``output_dir`` is loaded and training
+    continues exactly where it stopped. A directory that already holds a run is refused unless
+    ``resume`` or ``overwrite`` is set; ``overwrite=True`` first removes the earlier run's files
+    (:data:`RUN_OUTPUTS`) and leaves everything else in the directory alone.
     """
     recipe = load_recipe(recipe_name, list(overrides))
     state = PartialState(cpu=use_cpu())
     run_dir = Path(output_dir) if output_dir else default_run_dir(recipe)
+    check_run_dir(run_dir, resume, overwrite)
     if resume:
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"--resume: {run_dir} has no {CONFIG_FILE}; pass the --output-dir of the run to resume")
         check_resumable(run_dir, recipe)
-    elif latest_checkpoint(run_dir) is not None:
-        raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or another --output-dir")
+    state.wait_for_everyone()  # every process has looked at run_dir before the main process changes it
     if state.is_main_process:
+        if overwrite and any((run_dir / name).exists() for name in RUN_MARKERS):
+            remove_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(recipe, run_dir / CONFIG_FILE)
     state.wait_for_everyone()
@@ -86,10 +136,14 @@ def pretrain(recipe_name: str, overrides: list[str] = (), output_dir: Path | Non
     with state.main_process_first():  # the main process trains and saves the tokenizer; the others load it
         data = domain.pretrain_data(recipe, run_dir, state.process_index, state.num_processes)
     if state.is_main_process:
-        (run_dir / "data_summary.json").write_text(json.dumps(data.summary, indent=2) + "\n")
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(data.summary, indent=2) + "\n")
     set_seed(recipe.train.seed)  # model init does not depend on how much RNG data loading used
     model = build_model(recipe, data.processor)
-    hooks = [knn_monitor(recipe, domain, data.processor)] if recipe.monitor.every else []
+    if state.is_main_process:
+        log.info("data: %s", ", ".join(f"{k} {v:,}" if type(v) is int else f"{k} {v}" for k, v in data.summary.items()))
+        log.info("model: %s encoder, %s objective, %s parameters", type(model.encoder).__name__,
+                 recipe.objective.name, f"{sum(p.numel() for p in model.parameters()):,}")
+    hooks = monitor_hooks(recipe, domain, data.processor, state)
     trainer = Trainer(model, data.dataset, data.collate, recipe.train, run_dir, transform=data.transform,
                       unit_name=domain.unit_name, hooks=hooks)
     trainer.fit(resume=resume)

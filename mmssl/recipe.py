@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mmssl.config import ConfigError, apply_overrides, from_dict, read_yaml
-from mmssl.evaluation import MonitorConfig
 from mmssl.registry import DOMAINS, OBJECTIVES
 
 
@@ -31,7 +30,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)  # RoBERTa (Liu et al. 2019) uses beta2=0.98 for stability
     eps: float = 1e-6
     warmup_steps: int = 100  # linear warmup (capped at max_steps), then cosine decay to 0 at max_steps
-    max_grad_norm: float = 1.0  # clip the global gradient norm; 0 disables clipping
+    max_grad_norm: float = 1.0  # clip the global gradient norm; <= 0 disables clipping (the run logs it)
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"  # auto: bf16 where the hardware runs it natively
     seed: int = 0
     log_every: int = 10
@@ -49,6 +48,24 @@ class TrainConfig:
             raise ValueError("train.lr must be > 0")
         if self.warmup_steps < 0:
             raise ValueError("train.warmup_steps must be >= 0")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """A recipe's ``monitor:`` section: an online kNN probe of the encoder during pretraining."""
+
+    task: str | None = None  # a registered task of the recipe's domain (e.g. fashion-mnist); None: no monitor
+    every: int = 0  # optimizer steps between probes (0: off); also run at the last step, if at least one interval fits
+    k: int = 200
+    temperature: float = 0.07
+    max_train: int = 10000  # training rows used as the kNN memory (the first N of the task's split)
+    max_test: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.k < 1 or self.temperature <= 0 or self.max_train < 1 or self.max_test < 1:
+            raise ValueError("monitor: every >= 0, k >= 1, temperature > 0, max_train >= 1, max_test >= 1 are required")
+        if self.every and not self.task:
+            raise ValueError("monitor.task is required when monitor.every > 0")
 
 
 @dataclass(frozen=True)

@@ -9,27 +9,34 @@ Four registries connect a recipe to code without any ``if/elif`` on names:
 
 Domains are discovered through the ``mmssl.domains`` entry-point group, so a third-party
 package adds a modality by declaring an entry point; mmssl itself never imports ``domains``
-by name (the dependency arrow points from ``domains`` to ``mmssl``).
+by name (the dependency arrow points from ``domains`` to ``mmssl``). Datasets have a group of
+their own, ``mmssl.datasets``, whose modules only describe builders (the code is imported when a
+builder runs), so that ``mmssl data list`` answers without importing torch or any domain.
 """
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from mmssl.config import short_repr
+
 T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "mmssl.domains"
+DATASETS_GROUP = "mmssl.datasets"
 
 
 class Registry(Generic[T]):
     """A named ``dict`` with a decorator, duplicate warnings and helpful lookup errors."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, group: str = ENTRY_POINT_GROUP) -> None:
         self.kind = kind
+        self.group = group  # the entry-point group whose modules fill this registry
         self._items: dict[str, T] = {}
 
     def add(self, name: str, item: T) -> T:
@@ -45,19 +52,21 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
-        load_plugins()
+        load_plugins(self.group)
+        if name not in self._items:  # a domain may also register entries when it is imported
+            load_plugins(ENTRY_POINT_GROUP)
         try:
             return self._items[name]
         except KeyError:
             known = ", ".join(sorted(self._items)) or "none registered"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise KeyError(f"unknown {self.kind} {short_repr(name)}; known: {known}") from None
 
     def names(self) -> list[str]:
-        load_plugins()
+        load_plugins(self.group)
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        load_plugins()
+        load_plugins(self.group)
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
@@ -82,34 +91,49 @@ class DatasetBuilder:
         description: one line for ``mmssl data list``.
         build: ``build(out_dir: Path) -> None`` writes the dataset into ``out_dir``
             (a ``datasets.Dataset.save_to_disk`` folder or plain files) and must be
-            idempotent: ``prepare`` calls it only when ``out_dir`` is incomplete.
+            idempotent: ``prepare`` calls it only when ``out_dir`` is incomplete. Either the
+            function or its ``"module:function"`` name, imported only when the builder runs.
         domain: the domain whose recipes can read it (``text``, ``image``, ...).
+        embedded: a copy ships inside the package (used without preparing it).
     """
 
     name: str
     description: str
-    build: Callable[[Path], None]
+    build: Callable[[Path], None] | str
     domain: str
+    embedded: bool = False
+
+    def resolve(self) -> Callable[[Path], None]:
+        """The build function, its module imported first if it is given by name."""
+        if not isinstance(self.build, str):
+            return self.build
+        module, _, function = self.build.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+    def run(self, out_dir: Path) -> None:
+        """Build the dataset into ``out_dir``."""
+        self.resolve()(out_dir)
 
 
 DOMAINS: Registry[Any] = Registry("domain")
 OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective")
-DATASETS: Registry[DatasetBuilder] = Registry("dataset")
+DATASETS: Registry[DatasetBuilder] = Registry("dataset", DATASETS_GROUP)
 TASKS: Registry[Any] = Registry("task")
 
-_plugins_loaded = False
+_loaded_groups: set[str] = set()
 
 
-def load_plugins() -> None:
-    """Import every package registered under the ``mmssl.domains`` entry-point group once.
+def load_plugins(group: str = ENTRY_POINT_GROUP) -> None:
+    """Import every module registered under the entry-point ``group`` once.
 
-    Importing a domain package fills the registries above as a side effect.
+    Importing a domain (``mmssl.domains``) or a dataset catalog (``mmssl.datasets``) fills the
+    registries above as a side effect.
     """
-    global _plugins_loaded
-    if _plugins_loaded:
+    if group in _loaded_groups:
         return
-    _plugins_loaded = True
-    import mmssl.objectives  # noqa: F401  (the core objectives register themselves)
+    _loaded_groups.add(group)
+    if group == ENTRY_POINT_GROUP:
+        import mmssl.objectives  # noqa: F401  (the core objectives register themselves)
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points(group=group):
         ep.load()

@@ -11,13 +11,18 @@ Exact resume: the RNG is re-seeded from ``(seed, step, micro-batch, rank)`` befo
 micro-batch, the data order comes from Accelerate's seedable sampler, and a resumed run skips
 the micro-batches already consumed in the current epoch, so an interrupted and resumed run
 logs the same losses as an uninterrupted one.
+
+Checkpoints (:mod:`mmssl.checkpoint`) are never unpickled: Accelerate's files are read with torch's
+``weights_only`` loader, the loop counters and registered state are JSON and safetensors, and every
+checkpoint is checked against its manifest before it is resumed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import shutil
+import pickle
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +34,12 @@ from accelerate.state import AcceleratorState
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from mmssl.checkpoint import (CHECKPOINT_DIR, COMPLETE_MARKER, CheckpointError, Stateful, checkpoint_dirs,
+                              checkpoint_path, choose_checkpoint, finish_checkpoint, latest_checkpoint,
+                              load_trainer_state, prepare_checkpoint_dir, rotate_checkpoints, save_trainer_state)
+from mmssl.config import MmsslError
 from mmssl.metrics import append_metrics, truncate_after
 from mmssl.optim import build_optimizer
 from mmssl.recipe import TrainConfig
@@ -37,18 +47,20 @@ from mmssl.types import Batch, ObjectiveOutput
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-COMPLETE_MARKER = "COMPLETE"
+__all__ = ["CHECKPOINT_DIR", "COMPLETE_MARKER", "TRACKER_DIR", "NonFiniteLossError", "Trainer", "TrainState",
+           "checkpoint_dirs", "latest_checkpoint"]  # mmssl.export and the tests import the checkpoint names from here
+
+TRACKER_DIR = "tensorboard"  # TensorBoard event files, under the run directory
 StepHook = Callable[["Trainer", int], "dict[str, float] | None"]
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised after ``train.max_consecutive_nonfinite`` NaN/inf losses in a row."""
+class NonFiniteLossError(MmsslError, RuntimeError):
+    """Raised after ``train.max_consecutive_nonfinite`` NaN/inf losses in a row (the CLI prints its advice)."""
 
 
 @dataclass
 class TrainState:
-    """Loop counters saved with every checkpoint (via ``register_for_checkpointing``)."""
+    """Loop counters saved with every checkpoint (as JSON, under the name ``loop``)."""
 
     step: int = 0  # completed optimizer steps
     epoch: int = 0
@@ -61,18 +73,6 @@ class TrainState:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.__dict__.update(state)
-
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    dirs = [d for d in root.glob("step-*") if (d / COMPLETE_MARKER).exists()] if root.is_dir() else []
-    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[-1] if dirs else None
 
 
 # Objectives may leave some encoder parameters out of a step's graph (a ViT's mask token under
@@ -138,8 +138,7 @@ class Trainer:
                 use_seedable_sampler=True, data_seed=cfg.seed, dispatch_batches=False
             ),
         )
-        if cfg.mixed_precision == "auto":
-            self.accelerator.print(f"train.mixed_precision=auto: {self.mixed_precision} on {self.accelerator.device}")
+        self._announce_settings()
         self.iterable = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
         loader = DataLoader(
             dataset,
@@ -155,37 +154,79 @@ class Trainer:
             model, optimizer, loader, scheduler
         )
         self.state = TrainState()
-        self.accelerator.register_for_checkpointing(self.state)
+        # Saved by mmssl.checkpoint as JSON and safetensors, never through Accelerate's
+        # register_for_checkpointing, whose custom_checkpoint_N.pkl is unpickled with weights_only=False.
+        self.states: dict[str, Stateful] = {"loop": self.state}
         if not self.iterable and len(self.loader) == 0:
             raise ValueError(
                 f"the dataset has {len(dataset)} samples, fewer than one batch of "
                 f"train.batch_size={cfg.batch_size} per process: use more data or a smaller batch"
             )
 
+    def _announce_settings(self) -> None:
+        """One line for each setting that does something other than its name says."""
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.mixed_precision == "auto":
+            self._note(f"train.mixed_precision=auto: {self.mixed_precision} on {acc.device}")
+        if self.mixed_precision == "fp16" and not acc.native_amp:
+            self._note(f"train.mixed_precision=fp16 has no effect on {acc.device.type}: training in fp32 "
+                       "(bf16 is the mixed precision that runs on CPU)")
+        if cfg.max_grad_norm <= 0:
+            self._note(f"train.max_grad_norm={cfg.max_grad_norm}: gradient clipping is off (<= 0 disables it)")
+
+    def _note(self, message: str) -> None:
+        """Print one line once per machine, above the progress bar rather than into it."""
+        if self.accelerator.is_local_main_process:
+            tqdm.write(message)
+
+    def register_state(self, name: str, obj: Stateful) -> None:
+        """Save ``obj.state_dict()`` with every checkpoint and load it on resume (teachers, queues, monitors).
+
+        The values must be tensors or JSON scalars; they are written as safetensors and JSON by the
+        main process, so the state must be the same on every process.
+        """
+        if name in self.states:
+            raise ValueError(f"a trainer state named {name!r} is already registered")
+        self.states[name] = obj
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """``save_state`` into ``checkpoints/step-N``, then keep only the last ``keep_checkpoints``."""
+        """``save_state`` and the registered state into ``checkpoints/step-N``, made durable and marked
+        complete, then keep only the last ``keep_checkpoints``."""
         acc = self.accelerator
-        out = self.run_dir / CHECKPOINT_DIR / f"step-{self.state.step:07d}"
+        out = checkpoint_path(self.run_dir, self.state.step)
+        if acc.is_main_process:
+            prepare_checkpoint_dir(out)
         acc.wait_for_everyone()
         acc.save_state(str(out))
-        acc.wait_for_everyone()
         if acc.is_main_process:
-            (out / COMPLETE_MARKER).write_text(f"{self.state.step}\n")
-            for old in checkpoint_dirs(self.run_dir)[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            save_trainer_state(out, self.states)
+        acc.wait_for_everyone()  # every process has written its random_states_<rank>.pkl
+        if acc.is_main_process:
+            finish_checkpoint(out, self.state.step)
+            rotate_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
         return out
 
     def resume(self) -> Path | None:
-        """Load the latest complete checkpoint of ``run_dir``, if any; returns its path."""
-        ckpt = latest_checkpoint(self.run_dir)
+        """Load the newest intact checkpoint of ``run_dir``, if any; returns its path.
+
+        Without a complete checkpoint the run starts from step 0, and the training lines of
+        ``metrics.jsonl`` are dropped (they will be logged again).
+        """
+        ckpt = choose_checkpoint(self.accelerator, self.run_dir)
         if ckpt is None:
-            return None
-        self.accelerator.load_state(str(ckpt))
+            self._note(f"no complete checkpoint in {self.run_dir}: starting from step 0")
+        else:
+            try:
+                self.accelerator.load_state(str(ckpt))
+            except pickle.UnpicklingError:  # weights_only refused a file the manifest vouched for
+                raise CheckpointError(f"{ckpt} holds a file that is not plain tensors and numbers; it was not "
+                                      "loaded: start this run again with --overwrite") from None
+            load_trainer_state(ckpt, self.states)
+            log.info("resumed from %s (step %d)", ckpt, self.state.step)
         if self.accelerator.is_main_process:
             truncate_after(self.run_dir, self.state.step)
-        log.info("resumed from %s (step %d)", ckpt, self.state.step)
         return ckpt
 
     # ------------------------------------------------------------------ data
@@ -236,17 +277,23 @@ class Trainer:
         else:
             self.state.nonfinite_total += 1
             self.state.nonfinite_streak += 1
-            acc.print(f"step {self.state.step + 1}: non-finite loss or gradient, step skipped "
-                      f"({self.state.nonfinite_streak} in a row, {self.state.nonfinite_total} in total)")
+            self._note(f"step {self.state.step + 1}: non-finite loss or gradient, step skipped "
+                       f"({self.state.nonfinite_streak} in a row, {self.state.nonfinite_total} in total)")
             if self.state.nonfinite_streak >= self.cfg.max_consecutive_nonfinite:
                 raise NonFiniteLossError(
                     f"{self.state.nonfinite_streak} non-finite losses in a row at step {self.state.step + 1} "
-                    f"(train.max_consecutive_nonfinite={self.cfg.max_consecutive_nonfinite}); "
-                    "lower train.lr, raise train.warmup_steps or use train.mixed_precision=bf16 instead of fp16"
+                    f"(train.max_consecutive_nonfinite={self.cfg.max_consecutive_nonfinite}); {self._nonfinite_advice()}"
                 )
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
+
+    def _nonfinite_advice(self) -> str:
+        """What to try against NaN/inf losses, for the precision the run actually computes in."""
+        advice = "lower train.lr or raise train.warmup_steps"
+        if self.mixed_precision == "bf16":
+            return f"{advice}, or train in fp32 (train.mixed_precision=no)"
+        return f"{advice}, and check the data for NaN or infinite values"
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> dict[str, float]:
@@ -255,13 +302,27 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
-        acc.init_trackers("tensorboard")
+        # On resume, TensorBoard hides the points after the checkpoint's step: this run logs them again.
+        writer_kwargs = {"purge_step": self.state.step + 1} if resume else {}
+        acc.init_trackers(TRACKER_DIR, init_kwargs={"tensorboard": writer_kwargs})
+        bar = tqdm(total=self.cfg.max_steps, initial=self.state.step, disable=not acc.is_local_main_process,
+                   desc="train", dynamic_ncols=True)
+        try:
+            # log lines (the kNN monitor's) go above the live bar, not into it
+            with logging_redirect_tqdm(_console_loggers(), tqdm_class=tqdm):
+                return self._train(bar)
+        finally:
+            bar.close()
+            for tracker in acc.trackers:  # flush TensorBoard, also when interrupted; the process group stays up
+                tracker.finish()
+
+    def _train(self, bar: tqdm) -> dict[str, float]:
+        """The loop of :meth:`fit`, from ``state.step`` to the end."""
+        acc = self.accelerator
         unwrapped = acc.unwrap_model(self.model)
         window = _Window()
         last: dict[str, float] = {}
         start = self._fit_start = time.perf_counter()
-        bar = tqdm(total=self.cfg.max_steps, initial=self.state.step, disable=not acc.is_local_main_process,
-                   desc="train", dynamic_ncols=True)
         batches = self._batches()
         self.model.train()
         while self.state.step < self.cfg.max_steps:
@@ -288,11 +349,8 @@ class Trainer:
             if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == self.cfg.max_steps or out_of_time:
                 self.save_checkpoint()
             if out_of_time:
-                acc.print(f"train.max_minutes={self.cfg.max_minutes} reached at step {self.state.step}; stopping")
+                self._note(f"train.max_minutes={self.cfg.max_minutes} reached at step {self.state.step}; stopping")
                 break
-        bar.close()
-        for tracker in acc.trackers:  # flush TensorBoard; the process group stays up for export/eval
-            tracker.finish()
         return last
 
     def close(self) -> None:
@@ -341,6 +399,13 @@ def resolve_mixed_precision(setting: str, cpu: bool) -> str:
     if not cpu and torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def _console_loggers() -> list[logging.Logger]:
+    """The loggers that print to the terminal: the root (``logging.basicConfig``) and mmssl's, if it has its own."""
+    loggers = [logging.root, logging.getLogger("mmssl")]
+    return [lg for lg in loggers if any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+                                        for h in lg.handlers)]
 
 
 def _sync_batch_norm(model: nn.Module, accelerator: Accelerator) -> nn.Module:

@@ -45,7 +45,7 @@ TINY_IMAGE = [
 # A tiny GNN on KarateClub (34 nodes, node-level recipes) or on 24 random PyG graphs (graph-level ones).
 TINY_GRAPH = [
     "data.source=pyg",
-    "data.path=torch_geometric.datasets:KarateClub",
+    "data.name=KarateClub",
     "data.num_neighbors=[3, 2]",
     "data.eval_num_neighbors=[3, 2]",
     "encoder.hidden_size=32",
@@ -58,7 +58,7 @@ TINY_GRAPH = [
 ]
 TINY_GRAPH_LEVEL = [
     "data.source=pyg",
-    "data.path=torch_geometric.datasets:FakeDataset",
+    "data.name=FakeDataset",
     "data.kwargs={num_graphs: 24, avg_num_nodes: 8, avg_degree: 2, num_channels: 8}",
     *TINY_GRAPH[4:],
 ]

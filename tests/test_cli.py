@@ -43,3 +43,57 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "mmssl.cli", "pretrain", "bert", "--set", "train.lr=oops"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "train.lr: expected float" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("1" * 400, "train.lr: 1111111111"),  # an OverflowError traceback before
+        ("inf", "train.lr: must be a finite number, got 'inf'"),  # ran until the NaN guard stopped it
+        (".nan", "train.lr: must be a finite number, got nan"),  # caught only by torch's optimizer, without the key
+    ],
+)
+def test_numbers_that_are_not_finite_floats_are_errors_naming_the_key(value: str, message: str, capsys) -> None:
+    assert main(["pretrain", "bert", "--set", f"train.lr={value}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err) < 400
+
+
+def test_huge_values_are_not_echoed_in_full(capsys) -> None:
+    assert main(["pretrain", "bert", "--set", "data.source=embedded", "--set", f"data.name={'x' * 100_000}",
+                 "--set", "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown embedded corpus 'xxxx" in err and "(100,002 characters)" in err and len(err) < 500
+
+
+def test_integer_settings_must_fit_64_bits(capsys) -> None:
+    assert main(["pretrain", "bert", "--set", f"train.max_steps={'9' * 30}"]) == 2
+    assert "train.max_steps: 999999" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_dir_is_one_line(capsys) -> None:
+    """/sys refuses new folders even to root (CI runs as root, so chmod cannot make a folder read-only)."""
+    assert main(["pretrain", "bert", "--output-dir", "/sys/fs/mmssl-run", "--set", "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmssl: error: /sys/fs/mmssl-run: Operation not permitted (choose a folder you can write to")
+    assert "Traceback" not in err
+
+
+def test_help_and_listings_do_not_import_torch(tmp_path: Path) -> None:
+    code = ("import sys\nfrom mmssl.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    for args in (["recipes"], ["data", "list"], ["--help"], ["pretrain", "--help"]):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0 and "usage: mmssl" in out.stdout if "--help" in args else out.returncode == 0, \
+            f"{args}: {out.stderr}"
+
+
+def test_data_list_has_a_header_and_marks_the_embedded_sets(capsys) -> None:
+    assert main(["data", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "DOMAIN", "STATUS", "DESCRIPTION"]
+    table = lines[1:lines.index("")]
+    rows = {line.split()[0]: line.split()[2] for line in table}
+    assert len(rows) >= 13 and "mmssl data prepare NAME" in lines[-1]
+    assert rows["austen"] == "embedded" and rows["rotten-tomatoes"] == "embedded"
+    assert rows["fashion-mnist"] in ("prepared", "not-prepared")

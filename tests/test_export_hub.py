@@ -104,3 +104,68 @@ def test_push_dry_run_lists_files_and_sends_nothing(tiny_bert_run: Path, monkeyp
 def test_push_rejects_a_bad_repo_id(tiny_bert_run: Path) -> None:
     with pytest.raises(ValueError, match="ORG/NAME"):
         hub.push(tiny_bert_run, "no-slash", dry_run=True)
+
+
+def test_push_offline_says_the_hub_cannot_be_reached(tiny_bert_run: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")  # the real HfApi, under the tests' HF_HUB_OFFLINE=1
+    from mmssl.cli import main
+
+    assert main(["push", str(tiny_bert_run), "--repo-id", "me/tiny-bert"]) == 2
+    err = capsys.readouterr().err
+    assert "mmssl: error: the Hugging Face Hub cannot be reached: HF_HUB_OFFLINE is set" in err
+    assert "Traceback" not in err and "hf_secret_value" not in err and len(err.splitlines()) == 1
+
+
+def test_push_without_network_says_so(tiny_bert_run: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import functools
+
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HfApi", functools.partial(huggingface_hub.HfApi, endpoint="http://127.0.0.1:9"))  # closed port
+    from mmssl.cli import main
+
+    assert main(["push", str(tiny_bert_run), "--repo-id", "me/tiny-bert"]) == 2
+    err = capsys.readouterr().err
+    assert "the Hugging Face Hub cannot be reached (ConnectError" in err and "nothing was uploaded" in err
+    assert "Traceback" not in err and "hf_secret_value" not in err
+
+
+def test_push_without_a_token_says_so_and_dry_run_reports_it(tiny_bert_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys) -> None:
+    monkeypatch.setattr(hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(hub, "get_token", lambda: None)
+    FakeHfApi.calls = []
+    from mmssl.cli import main
+
+    assert main(["push", str(tiny_bert_run), "--repo-id", "me/tiny-bert"]) == 2
+    assert "no Hugging Face token found: run `hf auth login` or set HF_TOKEN" in capsys.readouterr().err
+    assert FakeHfApi.calls == []
+    assert main(["push", str(tiny_bert_run), "--repo-id", "me/tiny-bert", "--dry-run"]) == 0
+    assert "token: none found" in capsys.readouterr().out
+    monkeypatch.setattr(hub, "get_token", lambda: "hf_secret_value")
+    assert main(["push", str(tiny_bert_run), "--repo-id", "me/tiny-bert", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "token: found" in out and "hf_secret_value" not in out
+
+
+def test_exports_name_no_local_path_and_dry_run_shows_the_data_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys) -> None:
+    """A run on the user's own files publishes their names only, never the folders they sit in."""
+    from mmssl.cli import main
+
+    corpus = tmp_path / "private-folder" / "my-notes.txt"
+    corpus.parent.mkdir()
+    corpus.write_text("\n\n".join(f"paragraph {i} about the sea and the ships that sail on it" for i in range(300)))
+    run = pretrain("bert", [*TINY, "data.source=files", f"data.paths=[{corpus}]", "train.max_steps=2"], tmp_path / "run")
+    for f in (run / "export").rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".md", ".txt", ".yaml"):
+            assert str(tmp_path) not in f.read_text(), f"{f.name} names a local folder"
+    assert json.loads((run / "export" / "mmssl.json").read_text())["data_name"] == "my-notes.txt"
+    monkeypatch.setattr(hub, "HfApi", FakeHfApi)
+    assert main(["push", str(run), "--repo-id", "me/notes", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    card_lines = out.split("what the model card (README.md) says about the data:\n")[1]
+    assert "- data_name: my-notes.txt" in card_lines and "- my-notes.txt" in card_lines
+    assert str(tmp_path) not in card_lines

@@ -69,7 +69,8 @@ def test_finetune_with_baseline_writes_both_results(tiny_bert_run: Path, reviews
     assert f"gain             {c['gain']:+.4f}  (95% CI {c['ci95'][0]:+.4f} to" in out
     export = Path(records[0]["output_dir"]) / "export"
     model = AutoModelForSequenceClassification.from_pretrained(export)
-    assert model.config.num_labels == 2
+    assert model.config.id2label == {0: "neg", 1: "pos"}  # the CSV's label names, sorted
+    assert (export / "tokenizer.json").is_file()  # the export carries its tokenizer
 
 
 def test_missing_task_column_is_named(tiny_bert_run: Path, reviews_csv: Path, capsys) -> None:
@@ -82,7 +83,7 @@ def test_missing_task_column_is_named(tiny_bert_run: Path, reviews_csv: Path, ca
 def test_unknown_task_and_missing_path(tiny_bert_run: Path, capsys) -> None:
     assert main(["evaluate", str(tiny_bert_run), "--task", "imdbb"]) == 2
     err = capsys.readouterr().err
-    assert "unknown task 'imdbb'; known: " in err and "fashion-mnist" in err and "rotten-tomatoes" in err
+    assert "unknown task 'imdbb'; the text domain's tasks: rotten-tomatoes, file, hub" in err  # what this export takes
     assert main(["evaluate", str(tiny_bert_run), "--task", "file"]) == 2
     assert "task.path is required" in capsys.readouterr().err
 

@@ -36,7 +36,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from domains.audio.io import AudioClips, decode_file
-from mmssl.registry import DATASETS, DatasetBuilder
 
 SAMPLING_RATE = 16000
 KWS_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -60,11 +59,22 @@ def is_test_voice(voice: str) -> bool:
     return name.split("+")[-1] in TEST_VARIANTS if engine == "espeak" else name in TEST_FLITE
 
 
+RENDER_TOOLS = ("espeak-ng", "flite", "sox")  # Debian packages of the same names
+
+
 def _require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        raise RuntimeError(f"`{tool}` is needed to render audio: apt-get install -y espeak-ng flite sox")
+        raise RuntimeError(f"`{tool}` is needed to render audio: apt-get install -y {' '.join(RENDER_TOOLS)}")
     return path
+
+
+def require_render_tools() -> None:
+    """Fail at once, before any decoding or rendering, when a speech synthesis tool is missing."""
+    missing = [tool for tool in RENDER_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; the audio "
+                           f"datasets are rendered with them: apt-get install -y {' '.join(RENDER_TOOLS)}")
 
 
 def _run(cmd: list[str]) -> None:
@@ -158,6 +168,7 @@ def load_split(split_dir: Path, sampling_rate: int = SAMPLING_RATE) -> AudioClip
 
 def build_kws(out: Path) -> None:
     """Render the keyword-spotting set (see the module docstring)."""
+    require_render_tools()
     jobs = [(v, w, r, random.Random(f"{v}|{w}|{r}").getrandbits(32))  # a stable seed per clip
             for v in kws_voices() for w in KWS_WORDS for r in range(KWS_REPEATS)]
     results = _parallel(_render_kws, jobs, "rendering keywords")
@@ -201,7 +212,11 @@ def _debian_clips(package: str, pattern: str) -> list[tuple[str, np.ndarray]]:
 
 
 def build_speech(out: Path) -> None:
-    """Unlabelled speech: Asterisk prompts, KLettres recordings and espeak-ng-read Austen sentences."""
+    """Unlabelled speech: Asterisk prompts, KLettres recordings and espeak-ng-read Austen sentences.
+
+    Decoding and rendering keep every clip in memory before the split is written: about 5.6 GB at peak.
+    """
+    require_render_tools()
     clips = _debian_clips("asterisk-core-sounds-en-wav", "*.wav") + _debian_clips("klettres-data", "*.ogg")
     voices = [v for v in kws_voices() if v.startswith("espeak:")]
     rng = random.Random(0)
@@ -209,9 +224,3 @@ def build_speech(out: Path) -> None:
     clips += [(f"espeak-austen:{v}", w) for (v, _, _), w in zip(jobs, _parallel(_render_sentence, jobs, "reading sentences"))]
     clips = [(name, w) for name, w in clips if len(w) >= SAMPLING_RATE // 5]
     save_split(out / "train", [w for _, w in clips], {"groups": [name for name, _ in clips]})
-
-
-DATASETS.add("kws", DatasetBuilder("kws", "keyword spotting: 10 Speech Commands words, espeak-ng + flite voices, "
-                                   "split by voice (~3.7k 1 s clips)", build_kws, "audio"))
-DATASETS.add("speech", DatasetBuilder("speech", "unlabelled speech: Asterisk + KLettres recordings and espeak-ng-read "
-                                      "sentences", build_speech, "audio"))

@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import (AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, FeatureExtractionMixin,
                           SeamlessM4TFeatureExtractor, Wav2Vec2FeatureExtractor)
@@ -89,11 +88,13 @@ class AudioClassifier(ClassifierModule):
     """``AutoModelForAudioClassification`` on waveforms (wav2vec2 and data2vec-audio exports), or a conformer encoder with a
     mean-pooled linear head on fbank units (SpecAugment while training)."""
 
-    def __init__(self, model: nn.Module, head: nn.Linear | None = None, mel_bins: int | None = None) -> None:
+    def __init__(self, model: nn.Module, head: nn.Linear | None = None, mel_bins: int | None = None,
+                 label_names: list[str] | None = None) -> None:
         super().__init__()
         self.model = model
         self.head = head
         self.mel_bins = mel_bins  # fbank bins per stacked frame, so a SpecAugment band covers the same bins in each
+        self.label_names = list(label_names or [])  # the head's classes (transformers models keep them in the config)
 
     def logits(self, batch: Batch) -> Tensor:
         if self.head is None:
@@ -104,11 +105,14 @@ class AudioClassifier(ClassifierModule):
                                                      features_per_frame=self.mel_bins))
         return self.head(self.model.encode(batch).pooled())
 
-
     def export(self, out_dir: Path) -> None:
-        self.model.export(out_dir) if self.head is not None else self.model.save_pretrained(str(out_dir))
-        if self.head is not None:
-            save_file(self.head.state_dict(), str(Path(out_dir) / "classifier_head.safetensors"))
+        if self.head is None:
+            self.model.save_pretrained(str(out_dir))
+            return
+        from mmssl.finetune import save_classifier_head  # local: mmssl.finetune loads scikit-learn
+
+        self.model.export(out_dir)
+        save_classifier_head(self.head, self.label_names, out_dir)
 
 
 def _kws_task() -> tuple[AudioClips, AudioClips]:
@@ -164,6 +168,10 @@ class AudioDomain:
         return build_audio_encoder(encoder_config)
 
     # ------------------------------------------------------------------ downstream
+    def task_names(self) -> tuple[str, ...]:
+        """The ``--task`` names an audio export takes (``hub`` and ``folder`` with task.path)."""
+        return ("kws", "hub", "folder")
+
     def task_data(self, task: Any) -> TaskData:
         if task.name in ("hub", "folder"):
             if not task.path:
@@ -172,7 +180,7 @@ class AudioDomain:
                 load = lambda split: load_hf_audio(task.path, split, 16000, task.input_column or "audio",  # noqa: E731
                                                    task.label_column)
             else:  # task.path/train/<label>/*.wav and task.path/test/<label>/*.wav
-                load = lambda split: load_folder(Path(task.path) / split, 16000, labelled=True)  # noqa: E731
+                load = lambda split: load_folder(Path(task.path) / split, 16000, labelled=True, key="task.path")  # noqa: E731
             train, test = load("train"), load(task.test_split or "test")
         else:
             train, test = TASKS.get(task.name)()
@@ -182,15 +190,18 @@ class AudioDomain:
             train = train.subset(range(min(task.max_train_samples, len(train))))
         names = train.label_names or [str(i) for i in range(max(train.labels) + 1)]
         limit = int(TASK_MAX_SECONDS * train.sampling_rate)
-        return TaskData(ClipRows(train, limit), ClipRows(test, limit), list(names))
+        skipped = len(train.skipped) + len(test.skipped)  # undecodable or too short, each logged by the loader
+        return TaskData(ClipRows(train, limit), ClipRows(test, limit), list(names),
+                        {"unreadable_clip": skipped} if skipped else {})
 
     def task_collate(self, processor: FeatureExtractionMixin, task: Any) -> Callable[[list[Any]], Batch]:
         return collator(processor, with_labels=True)
 
-    def classifier(self, export_dir: Path, num_labels: int, init: str) -> AudioClassifier:
+    def classifier(self, export_dir: Path, label_names: list[str], init: str) -> AudioClassifier:
         config = AutoConfig.from_pretrained(str(export_dir))
         if config.model_type in ("wav2vec2", "data2vec-audio"):
-            config = AutoConfig.from_pretrained(str(export_dir), num_labels=num_labels)
+            config = AutoConfig.from_pretrained(str(export_dir), id2label=dict(enumerate(label_names)),
+                                                label2id={name: i for i, name in enumerate(label_names)})
             model = (AutoModelForAudioClassification.from_config(config) if init == "random"
                      else AutoModelForAudioClassification.from_pretrained(str(export_dir), config=config))
             model.freeze_feature_encoder()  # standard wav2vec 2.0 fine-tuning: the conv encoder stays fixed
@@ -199,7 +210,7 @@ class AudioDomain:
         if not isinstance(encoder, ConformerEncoder):
             raise ValueError(f"{export_dir} holds no audio classifier backbone")
         mel_bins = getattr(self.load_processor(export_dir), "num_mel_bins", None)
-        return AudioClassifier(encoder, nn.Linear(encoder.hidden_size, num_labels), mel_bins)
+        return AudioClassifier(encoder, nn.Linear(encoder.hidden_size, len(label_names)), mel_bins, label_names)
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
         return load_audio_encoder(export_dir, random_init)

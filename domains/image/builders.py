@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 from domains.image.data import ImageArrays, load_arrays, read_idx, save_arrays
 from domains.text.debian import extracted_debs
 from mmssl.datasets import prepare
-from mmssl.registry import DATASETS, DatasetBuilder
 
 FASHION_MNIST = "fashion-mnist"
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
@@ -111,14 +110,3 @@ def load_fashion_mnist(split: Literal["train", "test"]) -> ImageArrays:
     if split not in FASHION_MNIST_SPLITS:
         raise ValueError(f"unknown Fashion-MNIST split {split!r}; known: {', '.join(FASHION_MNIST_SPLITS)}")
     return load_arrays(prepare(FASHION_MNIST) / split)
-
-
-DATASETS.add(
-    FASHION_MNIST,
-    DatasetBuilder(
-        FASHION_MNIST,
-        "Fashion-MNIST, 28x28 grayscale, 10 classes, 60k/10k (Debian dataset-fashion-mnist)",
-        build_fashion_mnist,
-        "image",
-    ),
-)

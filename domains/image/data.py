@@ -60,6 +60,8 @@ class ImageArrays:
         labels: ``int64 [N]`` class indices, or ``None`` for an unlabelled set.
         label_names: class names indexed by label (``label_names[labels[i]]``), or ``None``.
         source: where the images came from, for error messages and model cards.
+        skipped: ``(file, reason)`` of every file the reader could not decode and left out
+            (``len(skipped)`` is the count that goes into the run's data summary).
 
     Raises:
         ValueError: a field has the wrong type, dtype, shape or range (the message names it).
@@ -69,6 +71,7 @@ class ImageArrays:
     labels: torch.Tensor | None = None
     label_names: list[str] | None = None
     source: str
+    skipped: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
@@ -293,9 +296,13 @@ def _stack_hwc(pixels: list[np.ndarray], names: list[str], where: str) -> torch.
         if array.shape[:2] != (height, width):
             raise ValueError(
                 f"{where}: {names[0]} is {height}x{width} but {name} is {array.shape[0]}x{array.shape[1]}; "
-                "pass size=(H, W) to resize every image"
+                "resize every image to N x N pixels with --set data.image_size=N"
             )
-    if any(array.shape[2] == 3 for array in pixels):
+    gray = sum(array.shape[2] == 1 for array in pixels)
+    if 0 < gray < len(pixels):
+        logger.info("%s: %d of %d images are grayscale and the others RGB: converted the grayscale ones to RGB "
+                    "(gray copied to all three channels); --set data.channels=1 trains on grayscale instead",
+                    where, gray, len(pixels))
         pixels = [np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array for array in pixels]
     return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
 
@@ -320,13 +327,15 @@ def load_imagefolder(
         ``{path: reason}`` for every unreadable file (``len(skipped)`` is the count).
 
     Raises:
-        NotADirectoryError: ``root`` is not a folder.
-        ValueError: no class subfolders, a class folder without image files, no readable
-            image at all, or images of different sizes with ``size=None``.
+        FileNotFoundError: ``root`` does not exist.
+        ValueError: ``root`` is a file, no class subfolders, a class folder without image
+            files, no readable image at all, or images of different sizes with ``size=None``.
     """
     root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data.path={root}: no such folder (expected root/<class>/<image>)")
     if not root.is_dir():
-        raise NotADirectoryError(f"{root}: not a folder (expected root/<class>/<image>)")
+        raise ValueError(f"data.path={root} is a file, not a folder (expected root/<class>/<image>)")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(f"{root}: no class subfolders (expected root/<class>/<image>)")
@@ -355,7 +364,7 @@ def load_imagefolder(
         raise ValueError(f"{root}: none of the {len(files)} image files could be read")
     arrays = ImageArrays(
         images=_stack_hwc(pixels, kept, str(root)), labels=torch.tensor(labels, dtype=torch.int64),
-        label_names=classes, source=str(root),
+        label_names=classes, source=str(root), skipped=tuple((str(path), why) for path, why in skipped.items()),
     )
     return arrays, skipped
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForImageClassification, ViTImageProcessor, ViTModel
 
@@ -208,11 +207,13 @@ def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[a
 class ImageClassifier(ClassifierModule):
     """A classifier on patch-unit batches: ``AutoModelForImageClassification`` (ViT) or SmallResNet + linear head."""
 
-    def __init__(self, model: nn.Module, patch_size: int, head: nn.Linear | None = None) -> None:
+    def __init__(self, model: nn.Module, patch_size: int, head: nn.Linear | None = None,
+                 label_names: list[str] | None = None) -> None:
         super().__init__()
         self.model = model
         self.head = head
         self.patch_size = patch_size
+        self.label_names = list(label_names or [])  # the head's classes (a ViT keeps them in its config)
 
     def logits(self, batch: Batch) -> Tensor:
         pixels = unpatchify(batch.units, grid_of(batch), self.patch_size)
@@ -220,11 +221,12 @@ class ImageClassifier(ClassifierModule):
             return self.model(pixel_values=pixels).logits
         return self.head(self.model(pixels).mean((2, 3)))
 
-
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))
         if self.head is not None:
-            save_file(self.head.state_dict(), str(Path(out_dir) / "classifier_head.safetensors"))
+            from mmssl.finetune import save_classifier_head  # local: mmssl.finetune loads scikit-learn
+
+            save_classifier_head(self.head, self.label_names, out_dir)
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -261,6 +263,7 @@ class ImageDomain:
         if rank == 0:
             processor.save_pretrained(str(Path(run_dir) / "processor"))
         summary = {"data_source": data.source, "data_name": data.path or data.name, "images": len(arrays),
+                   "skipped_images": len(arrays.skipped),  # unreadable files, logged by the reader
                    "image_shape": [c, h, w], "patch_size": enc.patch_size, "views": data.views}
         transform = None if data.views == "none" else ViewTransform(data, processor)
         return PretrainData(ImageRows(arrays), image_collate(processor, with_labels=False), processor, transform, summary)
@@ -274,6 +277,10 @@ class ImageDomain:
         return build_image_encoder(encoder_config, size, channels=len(processor.image_mean))
 
     # ------------------------------------------------------------------ downstream
+    def task_names(self) -> tuple[str, ...]:
+        """The ``--task`` names an image export takes (``hub``: a Hub dataset or a saved one, with task.path)."""
+        return ("fashion-mnist", "hub")
+
     def task_data(self, task: Any) -> TaskData:
         if task.name == "hub":
             if not task.path:
@@ -295,16 +302,17 @@ class ImageDomain:
     def task_collate(self, processor: ViTImageProcessor, task: Any) -> Callable[[list[Any]], Batch]:
         return image_collate(processor, with_labels=True)
 
-    def classifier(self, export_dir: Path, num_labels: int, init: str) -> ImageClassifier:
+    def classifier(self, export_dir: Path, label_names: list[str], init: str) -> ImageClassifier:
         processor = self.load_processor(export_dir)
         if _is_vit(export_dir):
-            config = AutoConfig.from_pretrained(str(export_dir), num_labels=num_labels)
+            config = AutoConfig.from_pretrained(str(export_dir), id2label=dict(enumerate(label_names)),
+                                                label2id={name: i for i, name in enumerate(label_names)})
             model = (AutoModelForImageClassification.from_config(config) if init == "random"
                      else AutoModelForImageClassification.from_pretrained(str(export_dir), config=config))
             return ImageClassifier(model, int(processor.patch_size))
         backbone = _fresh_resnet(export_dir) if init == "random" else SmallResNet.from_pretrained(str(export_dir))
-        backbone = backbone.to(memory_format=torch.channels_last)  # NHWC convolutions, as in pretraining
-        return ImageClassifier(backbone, int(processor.patch_size), nn.Linear(backbone.out_dim, num_labels))
+        return ImageClassifier(backbone, int(processor.patch_size), nn.Linear(backbone.out_dim, len(label_names)),
+                               label_names)
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
         processor = self.load_processor(export_dir)

@@ -126,9 +126,10 @@ class ResNetEncoder(Encoder):
 
     def __init__(self, model: SmallResNet, patch_size: int) -> None:
         super().__init__()
-        # channels-last weights let oneDNN / cuDNN run the convolutions in NHWC: 1.3-1.7x faster
-        # training steps on CPU for the Fashion-MNIST recipes (same results; exports are unaffected)
-        self.model = model.to(memory_format=torch.channels_last)
+        # Default (NCHW) memory format: with channels-last weights, torch 2.11's oneDNN backward of these
+        # convolutions hangs at random on CPU (grey and RGB inputs alike; 4 of 6 five-step runs of an
+        # 18-layer SmallResNet hung on the 2-core CI machine), and it was no faster there.
+        self.model = model
         self.patch_size = patch_size
         self.hidden_size = model.out_dim
         self.unit_dim = model.in_channels * patch_size**2

@@ -1,7 +1,6 @@
 """Speech-text domain: paired speech and text (espeak-ng reading Austen) for CLIP-style pretraining.
 
-Importing this package registers the ``speech_text`` domain, the ``speech-text`` dataset and
-retrieval task; the ``clip`` objective lives in :mod:`mmssl.objectives.cross_modal`.
+Registered through the ``mmssl.domains`` (:mod:`domains.speech_text.domain`: the ``speech_text``
+domain and the retrieval task) and ``mmssl.datasets`` (:mod:`domains.speech_text.catalog`) entry
+points; the ``clip`` objective lives in :mod:`mmssl.objectives`. This file imports nothing.
 """
-
-from domains.speech_text import builders, domain  # noqa: F401  (registration side effects)

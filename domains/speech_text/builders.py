@@ -26,7 +26,6 @@ from typing import Sequence
 import numpy as np
 
 from domains.audio.builders import _parallel, _render_sentence, save_split
-from mmssl.registry import DATASETS, DatasetBuilder
 
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc")
 VARIANTS = ("f1", "f2", "f3", "f4", "m1", "m2", "m3", "m4", "m5", "m6", "m7")
@@ -103,8 +102,3 @@ def build_speech_text(out: Path) -> None:
     train_voices, test_voices = voices()
     build_pairs(out, sentences[:TRAIN_SENTENCES], sentences[TRAIN_SENTENCES:TRAIN_SENTENCES + TEST_SENTENCES],
                 train_voices, test_voices)
-
-
-DATASETS.add("speech-text", DatasetBuilder(
-    "speech-text", "paired speech and text: Austen sentences read by espeak-ng; test sentences and voices unseen "
-    f"({TRAIN_SENTENCES} + {TEST_SENTENCES} pairs)", build_speech_text, "speech_text"))

@@ -88,6 +88,10 @@ class SpeechTextDomain:
         return build_speech_text_encoder(encoder_config, processor.tokenizer)
 
     # ------------------------------------------------------------------ downstream
+    def task_names(self) -> tuple[str, ...]:
+        """The ``--task`` names a speech-text export takes (``speech-text``, or a folder of pairs with task.path)."""
+        return ("speech-text",)
+
     def task_data(self, task: Any) -> TaskData:
         """Paired rows of ``speech-text`` (or of the folder ``task.path``); ``label_names`` is empty (no classes)."""
         if task.path:  # a folder in the builder's format: train/ and test/ (or task.test_split)
@@ -106,7 +110,7 @@ class SpeechTextDomain:
         return SpeechTextCollator(audio_collator(processor.feature_extractor, False), processor.tokenizer,
                                   min(task.max_length, TASK_MAX_TOKENS))
 
-    def classifier(self, export_dir: Path, num_labels: int, init: str) -> Any:
+    def classifier(self, export_dir: Path, label_names: list[str], init: str) -> Any:
         raise ValueError("a speech-text export is evaluated with --protocol retrieval; to fine-tune one tower, pass "
                          f"{Path(export_dir) / 'text'} with --domain text, or {Path(export_dir) / 'audio'} with --domain audio")
 

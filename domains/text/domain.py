@@ -15,7 +15,7 @@ from mmssl.registry import DOMAINS
 from domains.text.collate import BlockCollator, SentenceOrderTransform, classification_collate
 from domains.text.corpus import TextDataConfig, iter_texts, load_texts, pack_blocks
 from domains.text.encoders import HFTextEncoder, TextEncoderConfig, build_text_encoder, check_vocab
-from domains.text.tasks import sequence_classifier, text_task_data
+from domains.text.tasks import TASK_NAMES, sequence_classifier, text_task_data
 from domains.text.tokenizer import check_tokenizer, load_tokenizer, train_tokenizer
 
 TOKENIZER_DIR = "tokenizer"
@@ -75,14 +75,18 @@ class TextDomain:
         return build_text_encoder(encoder_config, processor)
 
     # ------------------------------------------------------------------ downstream
+    def task_names(self) -> tuple[str, ...]:
+        """The ``--task`` names a text export takes."""
+        return TASK_NAMES
+
     def task_data(self, task: Any) -> TaskData:
         return text_task_data(task)
 
     def task_collate(self, processor: PreTrainedTokenizerBase, task: Any):
         return classification_collate(processor, task.max_length)
 
-    def classifier(self, export_dir: Path, num_labels: int, init: str):
-        return sequence_classifier(export_dir, num_labels, init)
+    def classifier(self, export_dir: Path, label_names: list[str], init: str):
+        return sequence_classifier(export_dir, label_names, init)
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> HFTextEncoder:
         tokenizer = load_tokenizer(export_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Collection, Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
 
 BERT_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
 GPT_EOS = "<|endoftext|>"
@@ -87,7 +90,7 @@ def _bert_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int)
     specials = list(BERT_SPECIALS.values())
     pieces = continuation_pieces(tok, texts)
     trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                        special_tokens=specials + pieces)
+                                        special_tokens=specials + pieces, show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     tok = canonical_ids(tok, extra_specials=pieces)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -105,7 +108,7 @@ def _gpt_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) 
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=[GPT_EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
@@ -117,7 +120,11 @@ def _gpt_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, arch: str, max_length: int) -> PreTrainedTokenizerFast:
     """Train a tokenizer suited to ``arch`` (``bert``: WordPiece, ``gpt2``: byte-level BPE)."""
     texts = islice(texts, cfg.train_texts)
-    return _bert_tokenizer(texts, cfg, max_length) if arch == "bert" else _gpt_tokenizer(texts, cfg, max_length)
+    kind = "WordPiece" if arch == "bert" else "byte-level BPE"
+    log.info("training a %s tokenizer (vocabulary of %d) on up to %d texts", kind, cfg.vocab_size, cfg.train_texts)
+    tokenizer = _bert_tokenizer(texts, cfg, max_length) if arch == "bert" else _gpt_tokenizer(texts, cfg, max_length)
+    log.info("tokenizer trained: %d entries", len(tokenizer))
+    return tokenizer
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:

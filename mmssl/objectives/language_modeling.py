@@ -56,9 +56,9 @@ class MaskedLMConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+            raise ValueError(f"objective.mask_prob must be in (0, 1), got {self.mask_prob}")
         if self.sentence_order_weight < 0:
-            raise ValueError("sentence_order_weight must be >= 0")
+            raise ValueError("objective.sentence_order_weight must be >= 0")
 
 
 class MaskedLM(Objective):

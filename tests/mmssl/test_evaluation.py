@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmssl.evaluation import MonitorConfig, knn_predict
+from mmssl.evaluation import knn_predict
+from mmssl.recipe import MonitorConfig
 from mmssl.metrics import read_metrics
 from mmssl.pretrain import pretrain
 from tests.conftest import TINY

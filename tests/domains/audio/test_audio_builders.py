@@ -45,3 +45,21 @@ def test_kws_builder_renders_and_splits_by_voice(tmp_path: Path, monkeypatch: py
     assert train.label_names == ["yes", "no"] and sorted(set(train.labels)) == [0, 1]
     assert all(len(w) == 16000 for w in train.waves + test.waves)
     assert all(float(w.abs().max()) > 0.05 for w in train.waves)
+
+
+@pytest.mark.parametrize("name", ["kws", "speech"])
+def test_missing_speech_tools_fail_at_once_naming_the_apt_command(name: str, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys) -> None:
+    """No decoding or rendering starts (it took 8 minutes before the failure) when a tool is missing."""
+    from mmssl.cli import main
+
+    real_which = shutil.which
+    monkeypatch.setattr(builders.shutil, "which", lambda tool: None if tool == "sox" else real_which(tool))
+    started = []
+    monkeypatch.setattr(builders, "_debian_clips", lambda *a: started.append(a) or [])
+    monkeypatch.setattr(builders, "_parallel", lambda *a: started.append(a) or [])
+    assert main(["data", "prepare", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mmssl: error: mmssl data prepare {name} failed: sox is not installed")
+    assert "apt-get install -y espeak-ng flite sox" in err and "Traceback" not in err
+    assert started == []

@@ -39,6 +39,15 @@ def test_decode_error_names_the_file(tmp_path: Path) -> None:
         load_folder(tmp_path / "missing", RATE)
 
 
+def test_a_task_folder_is_named_by_the_task_key(tmp_path: Path) -> None:
+    """A fine-tuning task's split folders come from task.path: the errors say so, not data.path."""
+    with pytest.raises(FileNotFoundError, match=r"^task\.path: audio folder .*task/test does not exist$"):
+        load_folder(tmp_path / "task" / "test", RATE, labelled=True, key="task.path")
+    (tmp_path / "task" / "test").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"^task\.path: no audio files"):
+        load_folder(tmp_path / "task" / "test", RATE, labelled=True, key="task.path")
+
+
 def test_hub_dataset_on_disk_and_missing_column(tmp_path: Path) -> None:
     """A saved dataset whose audio column holds encoded file bytes (8 kHz WAV) is decoded with soundfile."""
     import io
@@ -139,3 +148,12 @@ def test_data_config_errors_name_the_key() -> None:
         AudioDataConfig(source="folder")
     with pytest.raises(ValueError, match="data.stream=fbank"):
         AudioDataConfig(targets="mfcc-kmeans")
+
+
+def test_audio_task_folder_without_its_test_split_names_task_path(tmp_path: Path) -> None:
+    from domains.audio.domain import AudioDomain
+    from mmssl.finetune import TaskConfig
+
+    write_clips(tmp_path / "task" / "train", 4, labelled=True)  # no task/test folder
+    with pytest.raises(FileNotFoundError, match=r"^task\.path: "):
+        AudioDomain().task_data(TaskConfig(name="folder", path=str(tmp_path / "task")))

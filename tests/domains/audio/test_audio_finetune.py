@@ -34,8 +34,11 @@ def test_finetune_and_linear_probe_on_a_folder_task(audio_run: Path, tone_task: 
           "--set", "train.batch_size=8", "--set", "train.warmup_steps=4"])
     record = _last_json(capsys.readouterr().out)
     assert record["n_test"] == 24 and record["accuracy"] >= 0.75  # rising low tones vs falling high tones
-    export = Path(record["output_dir"] if "output_dir" in record else audio_run / "finetune" / "folder-pretrained") / "export"
-    assert (audio_run / "finetune" / "folder-pretrained" / "export" / "config.json").is_file() or export.exists()
+    export = audio_run / "finetune" / "folder-pretrained" / "export"
+    assert (export / "config.json").is_file() and (export / "preprocessor_config.json").is_file()  # the feature extractor
+    head = export / "classifier_head.json"  # the conformer's linear head; transformers models keep them in config.json
+    labels = json.loads((head if head.is_file() else export / "config.json").read_text())["id2label"]
+    assert sorted(labels.values()) == ["high", "low"]  # the task's folder names
     main(["evaluate", str(audio_run), "--protocol", "linear", *task])
     probe = _last_json(capsys.readouterr().out)
     assert probe["protocol"] == "linear" and probe["n_train"] == 48 and 0.0 <= probe["accuracy"] <= 1.0

@@ -63,6 +63,6 @@ def test_views_make_two_aligned_views() -> None:
     batch = full_batch(KarateClub()[0])
     for views in ("graphcl", "bgrl"):
         torch.manual_seed(0)
-        out = GraphViews(GraphDataConfig(source="pyg", path="m:f", views=views))(batch)
+        out = GraphViews(GraphDataConfig(source="pyg", name="KarateClub", views=views))(batch)
         v1, v2 = out.extras["views"]
         assert v1.units.shape == v2.units.shape == batch.units.shape

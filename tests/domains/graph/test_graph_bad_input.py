@@ -42,7 +42,7 @@ def test_graph_level_skips_and_counts_bad_graphs(caplog: pytest.LogCaptureFixtur
     bad_edges, no_edges, wide = _graph(edges=((0, 9),)), _graph(edges=()), _graph(f=5)
     with caplog.at_level(logging.WARNING):
         kept = usable_graphs([_graph(), bad_edges, _graph(), no_edges, wide], "mols")
-    assert len(kept) == 2
+    assert len(kept) == 2 and kept.skipped == 3
     assert "mols: graph 1 skipped: edge_index points to node 9" in caplog.text
     assert "mols: graph 4 skipped: it has 5 node features, the dataset's graphs have 3" in caplog.text
     assert "mols: 3 of 5 graphs skipped" in caplog.text
@@ -55,7 +55,7 @@ def test_node_level_source_with_a_dangling_edge_is_an_error(tmp_path) -> None:
 
     path = tmp_path / "graph.pt"
     torch.save(_graph(edges=((0, 1), (3, 4))), path)
-    with pytest.raises(ValueError, match=r"graph .*graph\.pt: edge_index points to node 4"):
+    with pytest.raises(ValueError, match=r"data\.path=.*graph\.pt: edge_index points to node 4"):
         load_source(GraphDataConfig(source="file", path=str(path), level="node", mode="full"))
 
 
@@ -65,3 +65,20 @@ def test_finetuning_on_features_of_another_width_names_both_widths() -> None:
         GraphDomain().task_collate(processor, TaskConfig(name="karate-club"))
     ok = replace(processor, in_channels=34)
     assert callable(GraphDomain().task_collate(ok, TaskConfig(name="karate-club")))
+
+
+def test_skipped_graphs_are_counted_in_the_run_summary(tmp_path) -> None:
+    import json
+
+    import torch
+
+    from mmssl.pretrain import pretrain
+    from tests.conftest import TINY_GRAPH
+
+    graphs = [_graph() for _ in range(10)] + [_graph(edges=((0, 9),)), _graph(edges=())]
+    torch.save(graphs, tmp_path / "mols.pt")
+    run = pretrain("graphcl", [*TINY_GRAPH[4:], "data.source=file", f"data.path={tmp_path / 'mols.pt'}",
+                               "train.max_steps=1", "train.batch_size=4"], tmp_path / "run")
+    summary = json.loads((run / "data_summary.json").read_text())
+    assert summary["graphs"] == 10 and summary["skipped_graphs"] == 2
+    assert json.loads((run / "export" / "mmssl.json").read_text())["skipped_graphs"] == 2

@@ -46,8 +46,9 @@ def test_linear_and_knn_probes_on_karate(karate_run: Path) -> None:
 def test_finetune_on_karate_writes_an_export(karate_run: Path, tmp_path: Path) -> None:
     record = finetune(karate_run, FinetuneConfig(task=TaskConfig(name="karate-club"), train=TINY_TRAIN), tmp_path / "ft")
     assert record["n_test"] == 18 and 0.0 <= record["accuracy"] <= 1.0
-    assert (tmp_path / "ft" / "export" / "classifier_head.safetensors").is_file()
-    assert GraphBackbone.from_pretrained(tmp_path / "ft" / "export").arch == "sage"
+    export = Path(record["output_dir"]) / "export"
+    assert export.is_relative_to(tmp_path / "ft") and (export / "classifier_head.safetensors").is_file()
+    assert GraphBackbone.from_pretrained(export).arch == "sage"
 
 
 def test_cli_evaluate_linear(karate_run: Path, capsys: pytest.CaptureFixture[str]) -> None:

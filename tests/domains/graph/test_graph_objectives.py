@@ -89,7 +89,7 @@ def test_graphmae_remasks_before_the_decoder(karate: Data) -> None:
 
 
 def _views(batch: Batch) -> Batch:
-    return GraphViews(GraphDataConfig(source="pyg", path="m:f", views="bgrl"))(batch)
+    return GraphViews(GraphDataConfig(source="pyg", name="KarateClub", views="bgrl"))(batch)
 
 
 def test_bgrl_loss_and_ema_match_an_independent_computation(karate: Data) -> None:
@@ -140,7 +140,7 @@ def _train(name: str, config: dict, views: str, batches: list[Batch], in_channel
     enc = _encoder("gcn", in_channels, 32)
     spec = OBJECTIVES.get(name)
     obj = spec.cls(spec.config_cls(**config), enc)
-    transform = GraphViews(GraphDataConfig(source="pyg", path="m:f", views=views)) if views != "none" else None
+    transform = GraphViews(GraphDataConfig(source="pyg", name="KarateClub", views=views)) if views != "none" else None
 
     def batch(step: int) -> Batch:
         b = batches[(step - 1) % len(batches)]

@@ -175,6 +175,7 @@ def test_load_imagefolder_skips_and_reports_corrupt_files(tmp_path: Path, caplog
     assert list(skipped) == [broken] and len(skipped) == 1
     assert str(broken) in caplog.text and "skipped 1 of 4 image files" in caplog.text
     assert arrays.label_names == ["cat", "dog"] and arrays.labels.tolist() == [0, 0, 1]
+    assert arrays.skipped == ((str(broken), skipped[broken]),)  # what the run's data summary counts
     assert arrays.images.shape == (3, 3, 6, 5)  # the grayscale dog is repeated to RGB
     assert arrays.images[:, 0, 0, 0].tolist() == [10, 20, 30]
     gray, _ = load_imagefolder(tmp_path / "pets", channels=1, size=(4, 8))
@@ -185,15 +186,17 @@ def test_load_imagefolder_skips_and_reports_corrupt_files(tmp_path: Path, caplog
 def test_load_imagefolder_errors(tmp_path: Path) -> None:
     make_imagefolder(tmp_path / "pets")
     Image.fromarray(np.zeros((7, 7), dtype=np.uint8)).save(tmp_path / "pets" / "dog" / "big.png")
-    with pytest.raises(ValueError, match=r"is 6x5 but .*big\.png is 7x7; pass size"):
+    with pytest.raises(ValueError, match=r"is 6x5 but .*big\.png is 7x7; resize .* with --set data\.image_size=N"):
         load_imagefolder(tmp_path / "pets")
     (tmp_path / "pets" / "empty").mkdir()
     with pytest.raises(ValueError, match=r"empty: class folder has no image files"):
         load_imagefolder(tmp_path / "pets", size=4)
     with pytest.raises(ValueError, match="no class subfolders"):
         load_imagefolder(tmp_path / "pets" / "empty")
-    with pytest.raises(NotADirectoryError, match="missing"):
+    with pytest.raises(FileNotFoundError, match=r"data\.path=.*missing: no such folder"):
         load_imagefolder(tmp_path / "missing")
+    with pytest.raises(ValueError, match=r"data\.path=.*a\.png is a file, not a folder"):
+        load_imagefolder(tmp_path / "pets" / "cat" / "a.png")
 
 
 # --------------------------------------------------------------------------- Hugging Face
@@ -274,7 +277,7 @@ def test_load_arrays_errors(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- Fashion-MNIST
 def test_fashion_mnist_is_registered() -> None:
     builder = DATASETS.get("fashion-mnist")
-    assert builder.domain == "image" and builder.build is builders.build_fashion_mnist
+    assert builder.domain == "image" and builder.resolve() is builders.build_fashion_mnist
     assert len(builders.FASHION_MNIST_CLASSES) == 10
     with pytest.raises(ValueError, match="known: train, test"):
         builders.load_fashion_mnist("validation")  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ without mmssl and predict what the fine-tuned model predicted."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -69,16 +70,19 @@ def test_finetune_learns_and_the_export_reloads_without_mmssl(image_run: Path, b
     test = datasets.load_from_disk(str(bars_dataset))["test"]
     from domains.image.domain import ImageDomain
 
-    processor = ImageDomain().load_processor(image_run)
+    processor = ImageDomain().load_processor(export)  # the export carries the image processor it was tuned with
+    assert processor.to_dict() == ImageDomain().load_processor(image_run).to_dict()
     pixels = processor(images=[im for im in test["image"]], return_tensors="pt")["pixel_values"]
     if (export / "classifier_head.safetensors").exists():  # ResNet: mixin backbone + a plain linear head
         backbone = SmallResNet.from_pretrained(str(export)).eval()
         head = load_file(str(export / "classifier_head.safetensors"))
+        head_config = json.loads((export / "classifier_head.json").read_text())
+        assert head_config["id2label"] == {"0": "horizontal", "1": "vertical"} and head_config["num_labels"] == 2
         with torch.no_grad():
             logits = backbone(pixels).mean((2, 3)) @ head["weight"].T + head["bias"]
     else:
         model = AutoModelForImageClassification.from_pretrained(str(export)).eval()
-        assert model.config.id2label == {0: "horizontal", 1: "vertical"} or model.config.num_labels == 2
+        assert model.config.id2label == {0: "horizontal", 1: "vertical"}
         with torch.no_grad():
             logits = model(pixel_values=pixels).logits
     accuracy = float((logits.argmax(-1) == torch.tensor(test["label"])).float().mean())
@@ -91,3 +95,34 @@ def test_frozen_probes_on_an_image_dataset(image_run: Path, bars_dataset: Path, 
     record = [r for r in read_metrics(image_run) if r.get("event") == "evaluate"][-1]
     assert record["protocol"] == protocol and record["n_test"] == 80 and record["n_train"] == 96
     assert record["accuracy"] >= 0.6  # above chance (0.5) even for an encoder trained 3 steps on noise
+
+
+def test_a_resnet_export_carries_its_processor_and_label_names(bars_dataset: Path, tmp_path: Path) -> None:
+    """A grayscale ResNet export made by hand (no pretraining): the fine-tuned export reloads with the domain's
+    processor, the Hub-mixin backbone and the head's JSON, and predicts what the fine-tuned model predicted."""
+    from transformers import ViTImageProcessor
+
+    from domains.image.domain import ImageDomain
+    from mmssl.finetune import load_predictions
+
+    source = tmp_path / "resnet"
+    torch.manual_seed(0)
+    SmallResNet(in_channels=1, depth=18, width=4).save_pretrained(str(source))
+    ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.2], image_std=[0.3], patch_size=4).save_pretrained(str(source))
+    (source / "mmssl.json").write_text(json.dumps({"domain": "image"}))
+    assert main(["finetune", str(source), *_task(bars_dataset), "--set", "train.max_steps=4", "--set",
+                 "train.batch_size=16", "--output-dir", str(tmp_path / "ft")]) == 0
+    out = tmp_path / "ft" / "hub-pretrained"
+    export = out / "export"
+    head_config = json.loads((export / "classifier_head.json").read_text())
+    assert head_config["id2label"] == {"0": "horizontal", "1": "vertical"} and head_config["in_features"] == 32
+    processor = ImageDomain().load_processor(export)
+    assert processor.to_dict() == ImageDomain().load_processor(source).to_dict()
+    test = datasets.load_from_disk(str(bars_dataset))["test"]
+    pixels = processor(images=list(test["image"]), return_tensors="pt")["pixel_values"]
+    backbone = SmallResNet.from_pretrained(str(export)).eval()
+    head = load_file(str(export / "classifier_head.safetensors"))
+    with torch.no_grad():
+        logits = backbone(pixels).mean((2, 3)) @ head["weight"].T + head["bias"]
+    prediction, label = load_predictions(out)
+    assert np.array_equal(logits.argmax(-1).numpy(), prediction) and label.tolist() == test["label"]

@@ -33,6 +33,7 @@ from domains.text.parsing import (
     split_paragraphs,
 )
 from mmssl import datasets as mmssl_datasets
+from mmssl.config import MmsslError
 from mmssl.registry import DATASETS
 
 BUILDER_NAMES = ["austen", "kjv", "gcide", "python-docs", "fortunes", "rotten-tomatoes"]
@@ -230,7 +231,8 @@ def test_builders_are_registered() -> None:
     for name in BUILDER_NAMES:
         assert name in DATASETS
         builder = DATASETS.get(name)
-        assert builder.domain == "text" and builder.name == name and callable(builder.build)
+        assert builder.domain == "text" and builder.name == name
+        assert builder.resolve() is getattr(builders, f"build_{name.replace('-', '_')}")
 
 
 def test_missing_tool_raises_runtime_error() -> None:
@@ -245,7 +247,7 @@ def test_missing_tool_raises_runtime_error() -> None:
 def test_failed_build_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MMSSL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(shutil, "which", lambda tool: None)  # no apt-get / dpkg on this "system"
-    with pytest.raises(RuntimeError, match="dpkg"):
+    with pytest.raises(MmsslError, match="mmssl data prepare kjv failed: .*dpkg"):  # one line from the CLI
         mmssl_datasets.prepare("kjv")
     assert not mmssl_datasets.is_prepared("kjv")
     assert not mmssl_datasets.dataset_dir("kjv").exists()

@@ -82,8 +82,51 @@ def test_empty_missing_and_columnless_files_are_named(tmp_path: Path) -> None:
 def test_unreadable_file_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "dir.txt"
     bad.mkdir()
-    with pytest.raises(FileNotFoundError, match="dir.txt does not exist"):
+    with pytest.raises(IsADirectoryError, match=r"data.paths: .*dir.txt is a folder; name the files in it \(e.g. .*dir.txt/\*.txt\)"):
         load_texts(TextDataConfig(source="files", paths=[str(bad)]))
+
+
+BAD_SOURCES = {  # file name, content, the sentence `mmssl pretrain` answers with instead of a traceback
+    "binary": ("notes.txt", b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50, "is a binary file, not text (a NUL byte at offset 7)"),
+    "latin1": ("book.txt", "Le caf\u00e9 \u00e9tait fr\u00e9quent\u00e9.\n\nUn autre paragraphe.\n".encode("latin1"),
+               "is not UTF-8 text (byte 0xE9 at offset 6); convert it to UTF-8 first, e.g. iconv -f latin1 -t utf-8"),
+    "jsonl": ("rows.jsonl", b'{"text": "one"}\n{"text": "two"}\n{"text": three}\n',
+              "line 3 is not valid JSON (Expecting value at column 10)"),
+    "empty": ("empty.csv", b"", "is empty"),
+    "header": ("header.csv", b"text\n", "has a header but no rows"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SOURCES))
+def test_unreadable_pretraining_sources_are_one_sentence(tmp_path: Path, capsys, case: str) -> None:
+    from mmssl.cli import main
+
+    name, content, message = BAD_SOURCES[case]
+    (tmp_path / name).write_bytes(content)
+    assert main(["pretrain", "bert", "--output-dir", str(tmp_path / "run"), "--set", "data.source=files",
+                 "--set", f"data.paths=[{tmp_path / name}]"]) == 2
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "mmssl: error:" in line)
+    assert f"mmssl: error: data.paths: " in line and str(tmp_path / name) in line and message in line
+    assert "Traceback" not in err
+
+
+def test_a_bad_byte_past_the_first_megabyte_is_found_when_loading(tmp_path: Path) -> None:
+    """Only the first megabyte is checked up front; a later bad byte is located once `datasets` fails on it."""
+    path = tmp_path / "long.txt"
+    path.write_bytes(b"A plain paragraph of text.\n\n" * 40_000 + "na\u00efve\n".encode("latin1"))
+    offset = 28 * 40_000 + 2
+    with pytest.raises(ValueError, match=f"data.paths: .*long.txt is not UTF-8 text \\(byte 0xEF at offset {offset:,}\\)"):
+        load_texts(TextDataConfig(source="files", paths=[str(path)]))
+
+
+def test_utf16_and_fake_parquet_files_are_named(tmp_path: Path) -> None:
+    (tmp_path / "wide.txt").write_bytes("\ufeffSome text.\n".encode("utf-16-le"))
+    with pytest.raises(ValueError, match="wide.txt is UTF-16 text; convert it to UTF-8 first, e.g. iconv -f utf-16"):
+        load_texts(TextDataConfig(source="files", paths=[str(tmp_path / "wide.txt")]))
+    (tmp_path / "table.parquet").write_text("text\nnot a parquet file\n")
+    with pytest.raises(ValueError, match="table.parquet is not a Parquet file"):
+        load_texts(TextDataConfig(source="files", paths=[str(tmp_path / "table.parquet")]))
 
 
 def test_pretrain_on_a_users_gzip_free_text_folder(tmp_path: Path) -> None:
