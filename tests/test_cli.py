@@ -97,3 +97,34 @@ def test_data_list_has_a_header_and_marks_the_embedded_sets(capsys) -> None:
     assert len(rows) >= 13 and "mmssl data prepare NAME" in lines[-1]
     assert rows["austen"] == "embedded" and rows["rotten-tomatoes"] == "embedded"
     assert rows["fashion-mnist"] in ("prepared", "not-prepared")
+
+
+def test_objective_errors_keep_their_section_prefix(capsys) -> None:
+    assert main(["pretrain", "bert", "--set", "objective.mask_prob=1.5"]) == 2
+    assert "objective.mask_prob must be in (0, 1), got 1.5" in capsys.readouterr().err
+
+
+def test_other_libraries_are_quiet_unless_verbose(tmp_path: Path) -> None:
+    """The first command's output is mmssl's own lines and bar, not tokenizers' or transformers' reports."""
+    import os
+
+    from mmssl.cli import QUIET_ENV
+    from tests.conftest import TINY
+
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV}  # main() in this process set them
+    sets = [a for s in [*TINY, "train.max_steps=2", "data.max_texts=200"] for a in ("--set", s)]
+    run = [sys.executable, "-m", "mmssl.cli", "pretrain", "bert", "--output-dir", str(tmp_path / "run"), *sets]
+    out = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    for noise in ("Pre-processing sequences", "Compute merges", "Count pairs", "Writing model shards", "INFO "):
+        assert noise not in text
+    assert "training a WordPiece tokenizer" in text and "model: HFTextEncoder encoder" in text and "train:" in text
+    finetune = [sys.executable, "-m", "mmssl.cli", "finetune", str(tmp_path / "run"), "--task", "rotten-tomatoes",
+                "--set", "train.max_steps=1", "--set", "task.max_train_samples=64"]
+    quiet = subprocess.run(finetune, capture_output=True, text=True, cwd=tmp_path, env=env)
+    loud = subprocess.run([*finetune[:3], "-v", *finetune[3:], "--overwrite"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env)
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    report = "newly initialized"  # transformers' report of the classifier head's fresh weights
+    assert report not in quiet.stdout + quiet.stderr and report in (loud.stdout + loud.stderr).replace("\n", " ")
