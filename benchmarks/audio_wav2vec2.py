@@ -3,7 +3,7 @@
 Both train the same model (the recipe's sizes; the transformers model starts from a copy
 of mmssl's weights) on the same batches (``batch_size`` clips of ``max_seconds`` of audio):
 
-* mmssl: :class:`mmssl.objectives.quantized_contrastive.Wav2Vec2Objective` on the audio
+* mmssl: :class:`mmssl.objectives.wav2vec2.Wav2Vec2Objective` on the audio
   domain's ``Wav2Vec2ForPreTraining`` encoder (span masks and distractors drawn on the
   device; the contrastive logits of a row come from one ``[M, M]`` similarity matrix).
 * transformers: the loop of ``examples/pytorch/speech-pretraining/run_wav2vec2_pretraining_no_trainer.py``:
@@ -13,6 +13,8 @@ of mmssl's weights) on the same batches (``batch_size`` clips of ``max_seconds``
 Each step is forward + backward + AdamW update. Rounds interleave the two (alternating which
 goes first); the figure per path is the median over rounds of seconds of audio per second.
 The last line printed is one JSON object with both figures and ``ratio`` (mmssl / transformers).
+The rounds, clock, medians and JSON line are ``benchmarks/harness.py``'s, shared by every
+side-by-side script.
 
     flock /tmp/mmssl-cpu.lock nice -n 19 python benchmarks/audio_wav2vec2.py --rounds 5 --steps 3
 """
@@ -20,10 +22,11 @@ The last line printed is one JSON object with both figures and ``ratio`` (mmssl 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import harness  # benchmarks/harness.py: this script's folder comes first on sys.path
 import numpy as np
 import torch
 from transformers import Wav2Vec2ForPreTraining
@@ -31,8 +34,8 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from domains.audio.domain import make_processor
 from domains.audio.encoders import wav2vec2_config
-from mmssl.export import build_model
-from mmssl.objectives.quantized_contrastive import gumbel_temperature
+from mmssl.model import build_model
+from mmssl.objectives.wav2vec2 import gumbel_temperature
 from mmssl.recipe import load_recipe
 
 
@@ -108,16 +111,17 @@ class TransformersPath:
 
 def timed(path, waves: list[torch.Tensor]) -> float:
     """Seconds for one step per batch in ``waves`` (each step ends in a host sync: its loss is read)."""
-    start = time.perf_counter()
+    start = harness.stamp()
     for w in waves:
         path.step(w)
-    return time.perf_counter() - start
+    return harness.span(start, harness.stamp()).wall
 
 
 def profile(path, waves: list[torch.Tensor], device: str, top: int = 10) -> str:
     """torch.profiler table of ``len(waves)`` steps: the ops with the most self time on the device
     (on the CPU when there is no GPU)."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -126,7 +130,7 @@ def profile(path, waves: list[torch.Tensor], device: str, top: int = 10) -> str:
     return prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=top)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="wav2vec2")
     parser.add_argument("--set", action="append", default=[], help="recipe overrides, e.g. train.batch_size=8")
@@ -136,7 +140,30 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="also profile N steps of each path")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both paths (losses as each path computes them)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def measure_rounds(paths: Mapping[str, Any], rounds: int, steps: int, batch: int, seconds: float,
+                   samples: int) -> dict[str, list[float]]:
+    """Seconds of audio per second of each path, ``rounds`` rounds alternating which path goes first;
+    both paths of a round step through the same ``steps`` batches."""
+    @functools.lru_cache(maxsize=1)  # made once per round, before either path's clock starts
+    def round_waves(r: int) -> list[torch.Tensor]:
+        return [speech_like(batch, samples, 1000 * r + i) for i in range(steps)]
+
+    def side(path: Any) -> Callable[[int], float]:
+        return lambda r: batch * seconds * steps / timed(path, round_waves(r))
+
+    def report(r: int, rates: Mapping[str, list[float]]) -> None:
+        print(f"round {r + 1}/{rounds}: mmssl {rates['mmssl'][-1]:.2f}, transformers "
+              f"{rates['transformers'][-1]:.2f} s of audio per s", flush=True)
+
+    return harness.interleave({name: side(path) for name, path in paths.items()}, rounds, alternate=True,
+                              after_round=report)
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe, args.set)
     batch, seconds = recipe.train.batch_size, recipe.data.max_seconds
@@ -146,25 +173,20 @@ def main() -> None:
     np.random.seed(0)
     for path in (ours, theirs):  # warm-up (allocator, first-call overheads)
         timed(path, [speech_like(batch, samples, 99)])
-    rates: dict[str, list[float]] = {"mmssl": [], "transformers": []}
-    for r in range(args.rounds):
-        waves = [speech_like(batch, samples, 1000 * r + i) for i in range(args.steps)]
-        order = [("mmssl", ours), ("transformers", theirs)]
-        for name, path in order if r % 2 == 0 else order[::-1]:
-            elapsed = timed(path, waves)
-            rates[name].append(batch * seconds * args.steps / elapsed)
-        print(f"round {r + 1}/{args.rounds}: mmssl {rates['mmssl'][-1]:.2f}, transformers "
-              f"{rates['transformers'][-1]:.2f} s of audio per s", flush=True)
+    paths = {"mmssl": ours, "transformers": theirs}
+    rates = measure_rounds(paths, args.rounds, args.steps, batch, seconds, samples)
     if args.profile:
         waves = [speech_like(batch, samples, 7000 + i) for i in range(args.profile)]
-        for name, path in (("mmssl", ours), ("transformers", theirs)):
+        for name, path in paths.items():
             print(f"--- {name}: {args.profile} profiled steps\n{profile(path, waves, args.device)}", flush=True)
-    m, t = statistics.median(rates["mmssl"]), statistics.median(rates["transformers"])
-    print(json.dumps({"benchmark": "audio_wav2vec2", "recipe": recipe.name, "batch_size": batch, "clip_seconds": seconds,
-                      "num_negatives": recipe.objective.num_negatives, "threads": args.threads,
-                      "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "bf16": args.bf16, "rounds": args.rounds,
-                      "steps_per_round": args.steps, "mmssl_audio_s_per_s": round(m, 3),
-                      "transformers_audio_s_per_s": round(t, 3), "ratio": round(m / t, 3)}))
+    medians = harness.medians(rates, float)
+    harness.print_record({
+        "benchmark": "audio_wav2vec2", "recipe": recipe.name, "batch_size": batch, "clip_seconds": seconds,
+        "num_negatives": recipe.objective.num_negatives, "threads": args.threads,
+        "device": harness.device_name(args.device), "bf16": args.bf16, "rounds": args.rounds,
+        "steps_per_round": args.steps, "mmssl_audio_s_per_s": round(medians["mmssl"], 3),
+        "transformers_audio_s_per_s": round(medians["transformers"], 3),
+        "ratio": round(harness.ratio(medians, "mmssl", "transformers"), 3)})
 
 
 if __name__ == "__main__":

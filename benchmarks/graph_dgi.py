@@ -15,7 +15,8 @@ run of each side (``--probe-epochs``) is probed: logistic regression on the froz
 embeddings, on the seeded 5,000 / 20,000 split of the ``wordnet-graph`` task (the same
 split and probe for both). The mini-batch path (the ``dgi`` recipe as shipped: GraphSAGE,
 ego networks of [10, 5] neighbours) reports its peak memory and throughput on the full graph.
-The last line is one JSON object with every figure and ``ratio`` (mmssl / PyG nodes/s).
+The last line is one JSON object with every figure and ``ratio`` (mmssl / PyG nodes/s). The
+rounds, medians and JSON lines are ``benchmarks/harness.py``'s, shared by every side-by-side script.
 
     flock /tmp/mmssl-cpu.lock python benchmarks/graph_dgi.py --repeats 3 --epochs 3 --probe-epochs 40
 """
@@ -30,7 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import harness  # benchmarks/harness.py: this script's folder comes first on sys.path
 
 HIDDEN = 512
 TINY = "--tiny" in sys.argv  # smoke check on KarateClub (seconds), not a measurement
@@ -53,7 +57,8 @@ def _graph():
 
 def _probe(z, graph) -> float:
     from domains.graph.domain import node_split
-    from mmssl.finetune import ProbeConfig, fit_linear_probe
+    from mmssl.probes import fit_linear_probe
+    from mmssl.tasks import ProbeConfig
 
     train, test = node_split(graph.y, *((16, 18) if TINY else (5000, 20000)))  # the wordnet-graph task's split
     return fit_linear_probe((z[train], graph.y[train]), (z[test], graph.y[test]), ProbeConfig())["accuracy"]
@@ -152,7 +157,7 @@ def run_side(side: str, epochs: int, probe: bool) -> dict:
     return result
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=3, help="timed full-batch steps per throughput run")
@@ -161,31 +166,40 @@ def main() -> None:
     p.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
     p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tiny", action="store_true", help="smoke check on KarateClub (seconds), not a measurement")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def throughput_rounds(repeats: int, epochs: int) -> dict[str, list[dict]]:
+    """``repeats`` rounds of a throughput run of each side, alternating which goes first."""
+    def throughput(side: str) -> Callable[[int], dict]:
+        return lambda _round: run_side(side, epochs, probe=False)
+
+    return harness.interleave({side: throughput(side) for side in ("pyg", "mmssl")}, repeats, alternate=True,
+                              before_round=lambda r: print(f"repeat {r + 1}/{repeats}", flush=True))
+
+
+def main() -> None:
+    args = parse_args()
     if args.side:  # a subprocess: one side, one JSON line
-        print(json.dumps(SIDES[args.side](args.epochs, args.probe)))
+        harness.print_record(SIDES[args.side](args.epochs, args.probe))
         return
-    runs: dict[str, list[dict]] = {"pyg": [], "mmssl": []}
-    for i in range(args.repeats):
-        print(f"repeat {i + 1}/{args.repeats}", flush=True)
-        for side in ("pyg", "mmssl") if i % 2 == 0 else ("mmssl", "pyg"):
-            runs[side].append(run_side(side, args.epochs, probe=False))
+    runs = throughput_rounds(args.repeats, args.epochs)
     print("probe runs", flush=True)
     probes = {side: run_side(side, args.probe_epochs, probe=True) for side in ("pyg", "mmssl")}
     print("mini-batch path", flush=True)
     mini = run_side("minibatch", args.minibatch_steps, probe=False)
-    med = {side: {k: statistics.median(r[k] for r in rs) for k in ("nodes_per_s", "peak_mb")} for side, rs in runs.items()}
-    result = {
+    speed = harness.medians(runs, lambda r: r["nodes_per_s"])
+    peak = harness.medians(runs, lambda r: r["peak_mb"])
+    harness.print_record({
         "graph": "karate-club" if TINY else "wordnet-graph", "nodes": 34 if TINY else 82115, "encoder": f"GCN 1 layer x {HIDDEN}", "repeats": args.repeats,
-        "pyg_nodes_per_s": round(med["pyg"]["nodes_per_s"]), "mmssl_nodes_per_s": round(med["mmssl"]["nodes_per_s"]),
-        "pyg_peak_mb": round(med["pyg"]["peak_mb"]), "mmssl_peak_mb": round(med["mmssl"]["peak_mb"]),
+        "pyg_nodes_per_s": round(speed["pyg"]), "mmssl_nodes_per_s": round(speed["mmssl"]),
+        "pyg_peak_mb": round(peak["pyg"]), "mmssl_peak_mb": round(peak["mmssl"]),
         "probe_epochs": args.probe_epochs, "pyg_probe_accuracy": round(probes["pyg"]["probe_accuracy"], 4),
         "mmssl_probe_accuracy": round(probes["mmssl"]["probe_accuracy"], 4),
         "minibatch_peak_mb": round(mini["peak_mb"]), "minibatch_seeds_per_s": round(mini["seeds_per_s"]),
         "minibatch_nodes_per_s": round(mini["nodes_per_s"]),
-        "ratio": round(med["mmssl"]["nodes_per_s"] / med["pyg"]["nodes_per_s"], 3),
-    }
-    print(json.dumps(result))
+        "ratio": round(harness.ratio(speed, "mmssl", "pyg"), 3),
+    })
 
 
 if __name__ == "__main__":

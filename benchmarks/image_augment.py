@@ -22,7 +22,9 @@ How it is timed: one untimed warm-up call per side, then rounds alternate betwee
 (mmssl, loop, mmssl, ...). Each round times ``--calls`` calls, and the figure reported is the
 median over rounds of the per-call time. ``speedup`` is loop ms / mmssl ms. ``cpu`` is process
 CPU time over wall time per thread; a measurement below 80% was slowed by another process on a
-shared machine, so it is flagged ``contended``.
+shared machine, so it is flagged ``contended`` (never on a GPU, where the host thread waits for
+kernels). The rounds, clocks, medians and flags are ``benchmarks/harness.py``'s, shared by every
+side-by-side script.
 
 Usage::
 
@@ -35,12 +37,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
+import harness  # benchmarks/harness.py: this script's folder comes first on sys.path
 import torch
 import torchvision.transforms.v2 as T
 from torch import Tensor
@@ -55,8 +55,6 @@ from domains.image.views import (
     fashion_mnist_views,
     make_views,
 )
-
-CONTENDED = 0.8  # below this share of its threads in CPU time, a measurement was slowed down by another process
 
 
 @dataclass(frozen=True)
@@ -101,21 +99,21 @@ def per_sample_loop(configs: Sequence[ViewConfig], channels: int) -> Callable[[T
     return lambda images: [torch.stack([pipeline(image) for image in images]) for pipeline in pipelines]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass(frozen=True)
+class Timing:
+    """One measurement: ``calls`` calls of one side."""
+
+    ms: float  # wall milliseconds per call
+    cpu: float  # share of the torch threads the process got in CPU time
 
 
-def time_calls(fn: Callable[[], object], calls: int, device: torch.device) -> tuple[float, float]:
-    """Milliseconds per call and the share of the torch threads the process got in CPU time
-    (on a GPU, the clock stops once the queued kernels have finished)."""
-    _sync(device)
-    wall, cpu = time.perf_counter(), time.process_time()
+def time_calls(fn: Callable[[], object], calls: int, device: torch.device) -> Timing:
+    """Time ``calls`` calls of ``fn`` (on a GPU, the clock stops once the queued kernels have finished)."""
+    first = harness.stamp(device)
     for _ in range(calls):
         fn()
-    _sync(device)
-    wall = time.perf_counter() - wall
-    return 1e3 * wall / calls, (time.process_time() - cpu) / wall / torch.get_num_threads()
+    timed = harness.span(first, harness.stamp(device))
+    return Timing(1e3 * timed.wall / calls, timed.cpu / torch.get_num_threads())
 
 
 def run_case(case: Case, rounds: int, calls: int, device: torch.device) -> dict[str, object]:
@@ -125,25 +123,28 @@ def run_case(case: Case, rounds: int, calls: int, device: torch.device) -> dict[
     sides = {"mmssl": lambda: make_views(images, case.configs), "torchvision_loop": lambda: loop(images)}
     for fn in sides.values():
         fn()  # warm-up: allocator, kernels, lazy imports
-    runs: dict[str, list[float]] = {name: [] for name in sides}
-    contended = 0
-    for round_ in range(rounds):
-        for name, fn in sides.items():
-            ms, cpu = time_calls(fn, calls, device)
-            runs[name].append(ms)
-            if device.type == "cuda":
-                cpu = 1.0  # the host thread waits on the GPU: its CPU share says nothing about contention
-            contended += cpu < CONTENDED
-            print(f"  {case.name} round {round_ + 1} {name:>16}: {ms:9.2f} ms/call  cpu {cpu:4.0%}"
-                  + ("  contended" if cpu < CONTENDED else ""))
-    mmssl_ms, loop_ms = statistics.median(runs["mmssl"]), statistics.median(runs["torchvision_loop"])
-    print(f"{case.name}: mmssl {mmssl_ms:.2f} ms, torchvision loop {loop_ms:.2f} ms, "
-          f"speedup {loop_ms / mmssl_ms:.1f}x ({len(case.configs)} views per call)")
-    return {"shape": list(case.shape), "views": len(case.configs), "mmssl_ms": round(mmssl_ms, 3),
-            "torchvision_loop_ms": round(loop_ms, 3), "speedup": round(loop_ms / mmssl_ms, 2),
-            "mmssl_runs": [round(ms, 3) for ms in runs["mmssl"]],
-            "torchvision_loop_runs": [round(ms, 3) for ms in runs["torchvision_loop"]],
-            "contended_measurements": contended}
+    gpu = device.type == "cuda"
+
+    def timed(name: str, fn: Callable[[], object]) -> Callable[[int], Timing]:
+        def run(r: int) -> Timing:
+            t = time_calls(fn, calls, device)
+            # cpu is a share of the threads: contended below 80% of one
+            print(f"  {case.name} round {r + 1} {name:>16}: {t.ms:9.2f} ms/call  cpu {t.cpu:4.0%}"
+                  f"{harness.flags(t.cpu, 1, gpu=gpu)}")
+            return t
+
+        return run
+
+    runs = harness.interleave({name: timed(name, fn) for name, fn in sides.items()}, rounds)
+    medians = harness.medians(runs, lambda t: t.ms)
+    speedup = harness.ratio(medians, "torchvision_loop", "mmssl")
+    print(f"{case.name}: mmssl {medians['mmssl']:.2f} ms, torchvision loop {medians['torchvision_loop']:.2f} ms, "
+          f"speedup {speedup:.1f}x ({len(case.configs)} views per call)")
+    return {"shape": list(case.shape), "views": len(case.configs), "mmssl_ms": round(medians["mmssl"], 3),
+            "torchvision_loop_ms": round(medians["torchvision_loop"], 3), "speedup": round(speedup, 2),
+            "mmssl_runs": [round(t.ms, 3) for t in runs["mmssl"]],
+            "torchvision_loop_runs": [round(t.ms, 3) for t in runs["torchvision_loop"]],
+            "contended_measurements": sum(harness.contended(t.cpu, 1, gpu) for ts in runs.values() for t in ts)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
@@ -157,12 +158,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    record = {"benchmark": "image_augment",
-              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    record = {"benchmark": "image_augment", "device": harness.device_name(device),
               "torch_threads": torch.get_num_threads(), "rounds": args.rounds, "calls": args.calls,
               "cases": {case.name: run_case(case, args.rounds, args.calls, device) for case in CASES}}
-    print(json.dumps(record))
-    return record
+    return harness.print_record(record)
 
 
 if __name__ == "__main__":

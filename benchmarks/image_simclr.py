@@ -44,11 +44,12 @@ side did not get (or could not use) the machine and the measurement is flagged `
 ``other`` is the CPU per second that other processes used meanwhile (machine-wide busy time
 minus ours), which tells the two apart: above 10% of the cores the measurement is flagged
 ``busy`` (another process ran; a side whose workers and threads already fill the cores can
-lose more than that share). Both flags are counted in the JSON line.
+lose more than that share). Both flags are counted in the JSON line. The rounds, clocks, medians
+and flags are ``benchmarks/harness.py``'s, shared by every side-by-side script.
 
 Then each side trains once more from scratch for ``--budget-minutes`` of wall time (the
 schedule of the recipe's ``train.max_steps`` on both sides, cut by the budget), and its frozen
-backbone is probed with mmssl's weighted kNN (``mmssl.evaluation``: k=200, InstDisc votes
+backbone is probed with mmssl's weighted kNN (``mmssl.probes``: k=200, InstDisc votes
 ``exp(s / 0.07)``) on ``--knn-train`` training and ``--knn-test`` test images; the same probe
 of the untrained initial backbone is the floor.
 
@@ -67,19 +68,17 @@ import gzip
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import psutil
+import harness  # benchmarks/harness.py: this script's folder comes first on sys.path
 import torch
+from harness import Stamp
 from torch import Tensor, nn
-
-CONTENDED = 0.8  # a measurement with less than this share of the cores in CPU time is flagged
-BUSY = 0.1  # ... and one during which other processes used more than this share of the cores
 
 # --quick: a few hundred images and a tiny ResNet, so that the whole run takes seconds
 QUICK_OVERRIDES = ["data.max_images=256", "train.batch_size=32", "encoder.resnet_width=4",
@@ -208,7 +207,7 @@ def mmssl_fit(setup: Setup, train: Any, out_dir: Path, on_step: Callable[[], Non
     """``mmssl.trainer.Trainer.fit`` on the recipe's model; returns the model, the steps and the last logged loss."""
     from accelerate.utils import set_seed
 
-    from mmssl.export import build_model
+    from mmssl.model import build_model
     from mmssl.trainer import Trainer
 
     set_seed(train.seed)
@@ -220,28 +219,9 @@ def mmssl_fit(setup: Setup, train: Any, out_dir: Path, on_step: Callable[[], Non
 
 
 # ---------------------------------------------------------------------------------------- timing
-def cpu_seconds(proc: psutil.Process) -> float:
-    """CPU seconds of ``proc`` and its DataLoader workers, live (``children()``) or ended (``children_*``)."""
-    t = proc.cpu_times()
-    total = t.user + t.system + t.children_user + t.children_system
-    for child in proc.children(recursive=True):
-        try:
-            total += sum(child.cpu_times()[:2])
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-@dataclass(frozen=True)
-class Stamp:
-    wall: float
-    cpu: float  # ours: process + workers
-    busy: float  # machine-wide busy CPU seconds
-
-
-def stamp(proc: psutil.Process = psutil.Process()) -> Stamp:
-    t = psutil.cpu_times()
-    return Stamp(time.perf_counter(), cpu_seconds(proc), t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
+def stamp() -> Stamp:
+    """The clocks after an optimizer step: wall, our CPU (process + DataLoader workers), the machine's busy CPU."""
+    return harness.stamp(children=True, machine=True)
 
 
 @dataclass(frozen=True)
@@ -255,11 +235,8 @@ class Measurement:
 
 def measure(stamps: list[Stamp], first: int, last: int, images_per_step: int, loss: float) -> Measurement:
     """Throughput between stamps ``first`` and ``last`` (0-based indices into ``stamps``)."""
-    a, b = stamps[first], stamps[last]
-    wall = b.wall - a.wall
-    cpu = (b.cpu - a.cpu) / wall
-    return Measurement((last - first) * images_per_step / wall, cpu, max((b.busy - a.busy) / wall - cpu, 0.0), loss,
-                       last - first)
+    timed = harness.span(stamps[first], stamps[last])
+    return Measurement((last - first) * images_per_step / timed.wall, timed.cpu, timed.other, loss, last - first)
 
 
 def run_side(side: str, setup: Setup, skip: int, steps: int, out_dir: Path) -> Measurement:
@@ -280,8 +257,8 @@ def run_side(side: str, setup: Setup, skip: int, steps: int, out_dir: Path) -> M
 # ---------------------------------------------------------------------------------------- quality
 def knn_rows(setup: Setup, n_train: int, n_test: int) -> tuple[Any, Any, Callable]:
     """The first ``n_train`` / ``n_test`` labelled Fashion-MNIST rows and the task collate (the training normalisation)."""
-    from mmssl.finetune import TaskConfig
     from mmssl.registry import DOMAINS
+    from mmssl.tasks import TaskConfig
 
     domain = DOMAINS.get("image")
     task = TaskConfig(name="fashion-mnist", max_train_samples=n_train)
@@ -293,7 +270,7 @@ def knn_rows(setup: Setup, n_train: int, n_test: int) -> tuple[Any, Any, Callabl
 def knn_of(backbone: nn.Module, setup: Setup, rows: tuple[Any, Any, Callable]) -> float:
     """mmssl's weighted kNN (k=200, T=0.07) on the globally pooled features of a ``SmallResNet``, in fp32."""
     from domains.image.encoders import ResNetEncoder
-    from mmssl.evaluation import extract_features, knn_accuracy
+    from mmssl.probes import extract_features, knn_accuracy
 
     encoder = ResNetEncoder(backbone, int(setup.data.processor.patch_size))  # the project's feature path
     train_rows, test_rows, collate = rows
@@ -336,7 +313,7 @@ def profile(setup: Setup, n: int) -> dict[str, float]:
     """ms per batch of each part of the two steps, measured apart (same batch size and precision)."""
     from lightly.loss import NTXentLoss
 
-    from mmssl.export import build_model
+    from mmssl.model import build_model
 
     train, bs = setup.train, setup.train.batch_size
     out: dict[str, float] = {}
@@ -348,7 +325,7 @@ def profile(setup: Setup, n: int) -> dict[str, float]:
     batches = iter(loader)
     out[f"lightly: DataLoader alone ({setup.workers} workers)"] = per_call_ms(lambda: next(batches), n)
     (x0, x1), _ = next(batches)
-    del batches
+    batches = None  # drops the iterator: its workers shut down
     rows = [setup.data.dataset[i] for i in range(bs)]
     out["mmssl: collate"] = per_call_ms(lambda: setup.data.collate(rows), n)
     batch = setup.data.collate(rows)
@@ -406,7 +383,7 @@ def check_same_init(ours: dict[str, Tensor], theirs: dict[str, Tensor]) -> None:
     extra = set(theirs) - set(shared.values())
     if any(not any(k.startswith(x) for x in HEAD_ONLY["lightly"]) for k in extra):
         raise RuntimeError(f"lightly's model has unexpected tensors: {sorted(extra)}")
-    for k, v in shared.items():
+    for k in shared:
         if k not in ours or shared[k] not in theirs or not torch.equal(ours[k], theirs[shared[k]]):
             raise RuntimeError(f"mmssl's {k} and lightly's {shared[k]} start from different weights")
 
@@ -414,7 +391,7 @@ def check_same_init(ours: dict[str, Tensor], theirs: dict[str, Tensor]) -> None:
 def build_setup(args: argparse.Namespace, work: Path) -> Setup:
     from accelerate.utils import set_seed
 
-    from mmssl.export import build_model
+    from mmssl.model import build_model
     from mmssl.recipe import load_recipe
     from mmssl.registry import DOMAINS
     from mmssl.trainer import resolve_mixed_precision, use_cpu
@@ -465,6 +442,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def measure_rounds(setup: Setup, args: argparse.Namespace, work: Path, threads: int,
+                   cores: int) -> dict[str, list[Measurement]]:
+    """``args.repeats`` interleaved rounds (mmssl, lightly, mmssl, lightly, ...), every measurement printed."""
+    def side(name: str) -> Callable[[int], Measurement]:
+        def run(r: int) -> Measurement:
+            out_dir = work / f"round{r + 1}-{name}"
+            shutil.rmtree(out_dir, ignore_errors=True)
+            m = run_side(name, setup, args.skip, args.steps, out_dir)
+            harness.check_threads(name, threads)
+            print(f"round {r + 1}/{args.repeats} {name:>7}: {m.images_per_s:7.1f} images/s  cpu {m.cpu:.2f}  "
+                  f"other {m.other:.2f}  loss {m.loss:.3f}{harness.flags(m.cpu, cores, m.other)}", flush=True)
+            return m
+
+        return run
+
+    def round_ratio(r: int, runs: Mapping[str, list[Measurement]]) -> None:
+        print(f"round {r + 1}/{args.repeats} ratio: {runs['mmssl'][-1].images_per_s / runs['lightly'][-1].images_per_s:.2f}x",
+              flush=True)
+
+    return harness.interleave({name: side(name) for name in ("mmssl", "lightly")}, args.repeats, after_round=round_ratio)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Each side's budget run and the kNN accuracy of its backbone (and of the untrained one, ``random_init``)."""
+
+    knn: dict[str, float]
+    budget: dict[str, Measurement]
+    warmup: dict[str, float]  # seconds of each budget run's first ``skip`` steps
+    knn_train: int
+    knn_test: int
+
+
+def measure_quality(setup: Setup, args: argparse.Namespace, work: Path) -> Quality:
+    """Train each side for ``args.budget_minutes`` from scratch, then probe every backbone with the same kNN."""
+    rows = knn_rows(setup, args.knn_train, args.knn_test)
+    torch.manual_seed(setup.train.seed)
+    knn = {"random_init": knn_of(lightly_model(setup.recipe).backbone[0], setup, rows)}
+    budget: dict[str, Measurement] = {}
+    warmup: dict[str, float] = {}
+    for side in ("mmssl", "lightly"):
+        backbone, budget[side], warmup[side] = budget_run(side, setup, args.budget_minutes, work / f"budget-{side}",
+                                                          args.skip)
+        knn[side] = knn_of(backbone, setup, rows)
+        b = budget[side]
+        print(f"budget {args.budget_minutes:g} min {side:>7}: {b.steps} steps, {b.images_per_s:.1f} images/s overall "
+              f"(first {args.skip} steps {warmup[side]:.1f} s), cpu {b.cpu:.2f}, other {b.other:.2f}, loss {b.loss:.3f}; "
+              f"kNN accuracy {knn[side]:.4f}", flush=True)
+    print(f"kNN accuracy (k=200, {len(rows[0])} train / {len(rows[1])} test): mmssl {knn['mmssl']:.4f}, "
+          f"lightly {knn['lightly']:.4f}, untrained backbone {knn['random_init']:.4f}")
+    return Quality(knn, budget, warmup, len(rows[0]), len(rows[1]))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; prints a report ending with one JSON line, which is also returned as a dict."""
     import lightly
@@ -482,42 +512,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{len(setup.data.dataset)} images, {precision} on both sides; lightly {lightly.__version__} with "
               f"{setup.workers} DataLoader workers; torch {torch.__version__}, {threads} threads, {cores} cores; "
               f"{args.skip} untimed + {args.steps} timed steps", flush=True)
-        runs: dict[str, list[Measurement]] = {"mmssl": [], "lightly": []}
-        for r in range(args.repeats):
-            for side in runs:
-                out_dir = work / f"round{r + 1}-{side}"
-                shutil.rmtree(out_dir, ignore_errors=True)
-                m = run_side(side, setup, args.skip, args.steps, out_dir)
-                if torch.get_num_threads() != threads:
-                    raise RuntimeError(f"the {side} side changed torch threads from {threads} to {torch.get_num_threads()}")
-                runs[side].append(m)
-                flag = ("  <- contended" if m.cpu < CONTENDED * cores else "") + ("  <- busy" if m.other > BUSY * cores else "")
-                print(f"round {r + 1}/{args.repeats} {side:>7}: {m.images_per_s:7.1f} images/s  cpu {m.cpu:.2f}  "
-                      f"other {m.other:.2f}  loss {m.loss:.3f}{flag}", flush=True)
-            print(f"round {r + 1}/{args.repeats} ratio: {runs['mmssl'][-1].images_per_s / runs['lightly'][-1].images_per_s:.2f}x",
-                  flush=True)
-        medians = {side: statistics.median(m.images_per_s for m in ms) for side, ms in runs.items()}
-        ratio = medians["mmssl"] / medians["lightly"]
+        runs = measure_rounds(setup, args, work, threads, cores)
+        medians = harness.medians(runs, lambda m: m.images_per_s)
+        ratio = harness.ratio(medians, "mmssl", "lightly")
         print(f"median: mmssl {medians['mmssl']:.1f} images/s, lightly {medians['lightly']:.1f} images/s, ratio {ratio:.2f}x")
-        contended = sum(m.cpu < CONTENDED * cores for ms in runs.values() for m in ms)
-        busy = sum(m.other > BUSY * cores for ms in runs.values() for m in ms)
-        if contended or busy:
-            print(f"warning: {contended} measurement(s) used less than {CONTENDED:.0%} of {cores} cores, during {busy} "
-                  f"other processes used more than {BUSY:.0%}; the medians may be off, rerun on a quiet machine")
-        rows = knn_rows(setup, args.knn_train, args.knn_test)
-        torch.manual_seed(t.seed)
-        knn = {"random_init": knn_of(lightly_model(setup.recipe).backbone[0], setup, rows)}
-        budget: dict[str, Measurement] = {}
-        warmup: dict[str, float] = {}
-        for side in runs:
-            backbone, budget[side], warmup[side] = budget_run(side, setup, args.budget_minutes, work / f"budget-{side}",
-                                                              args.skip)
-            knn[side] = knn_of(backbone, setup, rows)
-            b = budget[side]
-            print(f"budget {args.budget_minutes:g} min {side:>7}: {b.steps} steps, {b.images_per_s:.1f} images/s overall "
-                  f"(first {args.skip} steps {warmup[side]:.1f} s), cpu {b.cpu:.2f}, other {b.other:.2f}, loss {b.loss:.3f}; kNN accuracy {knn[side]:.4f}", flush=True)
-        print(f"kNN accuracy (k=200, {len(rows[0])} train / {len(rows[1])} test): mmssl {knn['mmssl']:.4f}, "
-              f"lightly {knn['lightly']:.4f}, untrained backbone {knn['random_init']:.4f}")
+        contended = sum(harness.contended(m.cpu, cores) for ms in runs.values() for m in ms)
+        busy = sum(harness.busy(m.other, cores) for ms in runs.values() for m in ms)
+        harness.warn_if_contended(contended, cores, busy)
+        quality = measure_quality(setup, args, work)
         parts = profile(setup, args.profile) if args.profile else None
     record = {
         "benchmark": "image_simclr", "mmssl_images_per_s": round(medians["mmssl"], 1),
@@ -527,23 +529,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "projector": [setup.recipe.objective.projector_hidden_dim, setup.recipe.objective.projector_dim]},
         "precision": t.mixed_precision, "lightly_workers": setup.workers, "torch_threads": threads, "cores": cores,
         "torch": torch.__version__, "lightly": lightly.__version__,
-        "mmssl_runs": [round(m.images_per_s, 1) for m in runs["mmssl"]],
-        "lightly_runs": [round(m.images_per_s, 1) for m in runs["lightly"]],
-        "mmssl_cpu": [round(m.cpu, 2) for m in runs["mmssl"]], "lightly_cpu": [round(m.cpu, 2) for m in runs["lightly"]],
-        "mmssl_other": [round(m.other, 2) for m in runs["mmssl"]],
-        "lightly_other": [round(m.other, 2) for m in runs["lightly"]], "contended": contended, "busy": busy,
-        "budget_minutes": args.budget_minutes,
+        **side_figures(runs, contended, busy), **budget_figures(args.budget_minutes, quality),
+    }
+    if parts:
+        record["profile_ms"] = parts
+    return harness.print_record(record)
+
+
+def side_figures(runs: Mapping[str, list[Measurement]], contended: int, busy: int) -> dict[str, Any]:
+    """The JSON line's per-measurement figures of the timed rounds and their flag counts."""
+    return {
+        **{f"{side}_runs": [round(m.images_per_s, 1) for m in ms] for side, ms in runs.items()},
+        **{f"{side}_cpu": [round(m.cpu, 2) for m in ms] for side, ms in runs.items()},
+        **{f"{side}_other": [round(m.other, 2) for m in ms] for side, ms in runs.items()},
+        "contended": contended, "busy": busy,
+    }
+
+
+def budget_figures(minutes: float, quality: Quality) -> dict[str, Any]:
+    """The JSON line's figures of the budget runs and the kNN probes."""
+    budget = quality.budget
+    return {
+        "budget_minutes": minutes,
         "budget_steps": {side: b.steps for side, b in budget.items()},
         "budget_images_per_s": {side: round(b.images_per_s, 1) for side, b in budget.items()},
         "budget_cpu": {side: round(b.cpu, 2) for side, b in budget.items()},
         "budget_other": {side: round(b.other, 2) for side, b in budget.items()},
-        "budget_warmup_s": {side: round(w, 1) for side, w in warmup.items()},
-        "knn": {k: round(v, 4) for k, v in knn.items()}, "knn_train": len(rows[0]), "knn_test": len(rows[1]),
+        "budget_warmup_s": {side: round(w, 1) for side, w in quality.warmup.items()},
+        "knn": {k: round(v, 4) for k, v in quality.knn.items()}, "knn_train": quality.knn_train,
+        "knn_test": quality.knn_test,
     }
-    if parts:
-        record["profile_ms"] = parts
-    print(json.dumps(record), flush=True)
-    return record
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ building, the warm-up steps and the end-of-run checkpoint of mmssl, and includes
 logging and everything else a step does. The sides alternate (mmssl, HF, mmssl, HF, ...) and the
 ratio is of the medians. ``cpu`` is process CPU time over wall time during the timed steps:
 below 80% of the thread count, another process took the cores and the measurement is flagged
-``contended`` (it still counts; rerun on a quiet machine).
+``contended`` (it still counts; rerun on a quiet machine). The rounds, clocks, medians and flags
+are ``benchmarks/harness.py``'s, shared by every side-by-side script.
 
 Usage::
 
@@ -42,20 +43,20 @@ import argparse
 import copy
 import dataclasses
 import functools
-import json
 import shutil
-import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import harness  # benchmarks/harness.py: this script's folder comes first on sys.path
 import torch
+from harness import Stamp
 
-# A measurement whose process got less than this share of its torch threads in CPU time was slowed
-# down by another process (shared machines): it is flagged, and counted in the JSON line.
-CONTENDED = 0.8
+# where both sides train; the clock waits for a GPU's queued kernels before each stamp
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # --quick: tiny data and model, so that the whole run takes seconds.
 QUICK_OVERRIDES = [
@@ -91,7 +92,7 @@ def build_setup(overrides: list[str], run_dir: Path, total_steps: int) -> Setup:
     from accelerate.utils import set_seed
     from transformers import BertForMaskedLM
 
-    from mmssl.export import build_model
+    from mmssl.model import build_model
     from mmssl.recipe import load_recipe
     from mmssl.registry import DOMAINS
 
@@ -125,33 +126,27 @@ class Measurement:
     loss: float  # last logged training loss (a sanity check that the side trains)
 
 
-def stamp() -> tuple[float, float]:
-    """``(wall, process CPU)`` time after an optimizer step; on a GPU, after its queued kernels finish."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter(), time.process_time()
+def stamp() -> Stamp:
+    """The clocks (wall, process CPU) after an optimizer step; on a GPU, after its queued kernels finish."""
+    return harness.stamp(DEVICE)
 
 
-def device_name() -> str:
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-
-
-def measure(stamps: list[tuple[float, float]], skip: int, steps: int, tokens_per_step: int, loss: float) -> Measurement:
-    """Throughput between the stamps ``(wall, cpu)`` of optimizer steps ``skip`` and ``skip + steps`` (1-based)."""
+def measure(stamps: list[Stamp], skip: int, steps: int, tokens_per_step: int, loss: float) -> Measurement:
+    """Throughput between the stamps of optimizer steps ``skip`` and ``skip + steps`` (1-based)."""
     if len(stamps) < skip + steps:
         raise RuntimeError(f"only {len(stamps)} steps were stamped, expected {skip + steps}")
-    (w0, c0), (w1, c1) = stamps[skip - 1], stamps[skip + steps - 1]
-    return Measurement(steps * tokens_per_step / (w1 - w0), (c1 - c0) / (w1 - w0), loss)
+    timed = harness.span(stamps[skip - 1], stamps[skip + steps - 1])
+    return Measurement(steps * tokens_per_step / timed.wall, timed.cpu, loss)
 
 
 def run_mmssl(setup: Setup, skip: int, steps: int, out_dir: Path) -> Measurement:
     """One measurement of ``mmssl.trainer.Trainer.fit``."""
     from accelerate.utils import set_seed
 
-    from mmssl.export import build_model
+    from mmssl.model import build_model
     from mmssl.trainer import Trainer
 
-    stamps: list[tuple[float, float]] = []
+    stamps: list[Stamp] = []
     set_seed(setup.train.seed)
     model = build_model(setup.recipe, setup.tokenizer)
     trainer = Trainer(model, setup.blocks, setup.collate, setup.train, out_dir,
@@ -192,13 +187,13 @@ def run_hf(setup: Setup, skip: int, steps: int, out_dir: Path) -> Measurement:
     """One measurement of ``transformers.Trainer.train``."""
     from transformers import TrainerCallback
 
-    stamps: list[tuple[float, float]] = []
+    stamps: list[Stamp] = []
 
-    class Stamp(TrainerCallback):
+    class StampSteps(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             stamps.append(stamp())
 
-    trainer = hf_trainer(setup, out_dir, [Stamp()])
+    trainer = hf_trainer(setup, out_dir, [StampSteps()])
     result = trainer.train()
     logged = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return measure(stamps, skip, steps, setup.tokens_per_step, float(logged[-1] if logged else result.training_loss))
@@ -229,9 +224,9 @@ def mmssl_step_fn(setup: Setup, out_dir: Path):
     """A step of mmssl's ``MaskedLM.forward`` (bert_mask, encoder, head on masked positions) + clip + AdamW."""
     from accelerate.utils import set_seed
 
-    from mmssl.export import build_model
     from mmssl.masking import bert_mask
-    from mmssl.objectives.language_modeling import unit_classification_loss
+    from mmssl.model import build_model
+    from mmssl.objectives.losses import unit_classification_loss
     from mmssl.optim import build_optimizer
 
     set_seed(setup.train.seed)
@@ -294,12 +289,11 @@ def profile_both(setup: Setup, n: int, out_dir: Path, medians: dict[str, float],
     ops: dict[str, list[tuple[str, float]]] = {}
     # the trainers' precision: bf16 autocast around forward and backward where the recipe resolves to bf16
     bf16 = uses_bf16(setup)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     for side, (make_step, rows) in sources.items():
         plain_step, clock = make_step(setup, out_dir / side), Clock()
 
         def step(batch_rows, clk, plain_step=plain_step):
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
                 plain_step(batch_rows, clk)
 
         for i, idx in enumerate(picks):
@@ -346,6 +340,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def measure_rounds(setup: Setup, args: argparse.Namespace, work: Path, threads: int) -> dict[str, list[Measurement]]:
+    """``args.repeats`` interleaved rounds (mmssl, HF, mmssl, HF, ...), every measurement printed."""
+    gpu = DEVICE == "cuda"
+
+    def side(name: str) -> Callable[[int], Measurement]:
+        def run(r: int) -> Measurement:
+            out_dir = work / f"round{r + 1}-{name}"
+            shutil.rmtree(out_dir, ignore_errors=True)  # a reused --work-dir starts each run afresh
+            m = SIDES[name](setup, args.skip, args.steps, out_dir)
+            harness.check_threads(name, threads)
+            print(f"round {r + 1}/{args.repeats} {name:>5}: {m.tokens_per_s:8.1f} tokens/s  cpu {m.cpu:.2f}  "
+                  f"loss {m.loss:.3f}{harness.flags(m.cpu, threads, gpu=gpu)}", flush=True)
+            return m
+
+        return run
+
+    def round_ratio(r: int, runs: Mapping[str, list[Measurement]]) -> None:
+        print(f"round {r + 1}/{args.repeats} ratio: {runs['mmssl'][-1].tokens_per_s / runs['hf'][-1].tokens_per_s:.2f}x",
+              flush=True)
+
+    return harness.interleave({name: side(name) for name in SIDES}, args.repeats, after_round=round_ratio)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; prints a report ending with one JSON line, which is also returned as a dict."""
     args = parse_args(argv)
@@ -359,35 +376,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = {"hidden_size": cfg.hidden_size, "num_layers": cfg.num_hidden_layers, "num_heads": cfg.num_attention_heads,
                  "intermediate_size": cfg.intermediate_size, "vocab_size": cfg.vocab_size}
         print(f"bert recipe {model}, batch {setup.train.batch_size} x {setup.seq_len} tokens, {len(setup.blocks)} blocks; "
-              f"torch {torch.__version__}, {device_name()}, {threads} threads; {args.skip} untimed + {args.steps} timed steps", flush=True)
-        runs: dict[str, list[Measurement]] = {side: [] for side in SIDES}
-        for r in range(args.repeats):
-            for side, run in SIDES.items():
-                out_dir = work / f"round{r + 1}-{side}"
-                shutil.rmtree(out_dir, ignore_errors=True)  # a reused --work-dir starts each run afresh
-                m = run(setup, args.skip, args.steps, out_dir)
-                if torch.get_num_threads() != threads:
-                    raise RuntimeError(f"the {side} side changed torch threads from {threads} to {torch.get_num_threads()}")
-                runs[side].append(m)
-                flag = "  <- contended" if m.cpu < CONTENDED * threads and not torch.cuda.is_available() else ""
-                print(f"round {r + 1}/{args.repeats} {side:>5}: {m.tokens_per_s:8.1f} tokens/s  cpu {m.cpu:.2f}  "
-                      f"loss {m.loss:.3f}{flag}", flush=True)
-            print(f"round {r + 1}/{args.repeats} ratio: {runs['mmssl'][-1].tokens_per_s / runs['hf'][-1].tokens_per_s:.2f}x",
-                  flush=True)
-        medians = {side: statistics.median(m.tokens_per_s for m in ms) for side, ms in runs.items()}
-        ratio = medians["mmssl"] / medians["hf"]
+              f"torch {torch.__version__}, {harness.device_name(DEVICE)}, {threads} threads; {args.skip} untimed + "
+              f"{args.steps} timed steps", flush=True)
+        runs = measure_rounds(setup, args, work, threads)
+        medians = harness.medians(runs, lambda m: m.tokens_per_s)
+        ratio = harness.ratio(medians, "mmssl", "hf")
         print(f"median: mmssl {medians['mmssl']:.1f} tokens/s, HF {medians['hf']:.1f} tokens/s, ratio {ratio:.2f}x")
-        # on a GPU the host thread mostly waits for kernels: its CPU share says nothing about contention
-        contended = 0 if torch.cuda.is_available() else sum(m.cpu < CONTENDED * threads for ms in runs.values() for m in ms)
-        if contended:
-            print(f"warning: {contended} measurement(s) got less than {CONTENDED:.0%} of {threads} cores (another "
-                  "process was busy); the medians may be off, rerun on a quiet machine")
+        contended = sum(harness.contended(m.cpu, threads, gpu=DEVICE == "cuda") for ms in runs.values() for m in ms)
+        harness.warn_if_contended(contended, threads)
         profile = profile_both(setup, args.profile, work / "profile", medians) if args.profile else None
     record = {
         "benchmark": "text_mlm", "mmssl_tokens_per_s": round(medians["mmssl"], 1), "hf_tokens_per_s": round(medians["hf"], 1),
         "ratio": round(ratio, 3), "repeats": args.repeats, "steps": args.steps, "skip": args.skip,
         "batch_size": setup.train.batch_size, "seq_len": setup.seq_len, "model": model, "torch_threads": threads,
-        "torch": torch.__version__, "device": device_name(),
+        "torch": torch.__version__, "device": harness.device_name(DEVICE),
         "mixed_precision": setup.train.mixed_precision, "mmssl_runs": [round(m.tokens_per_s, 1) for m in runs["mmssl"]],
         "hf_runs": [round(m.tokens_per_s, 1) for m in runs["hf"]],
         "mmssl_cpu": [round(m.cpu, 2) for m in runs["mmssl"]], "hf_cpu": [round(m.cpu, 2) for m in runs["hf"]],
@@ -395,8 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if profile:
         record["profile_ms"] = profile
-    print(json.dumps(record), flush=True)
-    return record
+    return harness.print_record(record)
 
 
 if __name__ == "__main__":

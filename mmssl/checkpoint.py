@@ -1,4 +1,8 @@
-"""Checkpoints of a run: ``checkpoints/step-N/`` folders that are complete, verified and never unpickled.
+"""The layout of a run directory, and its checkpoints: ``checkpoints/step-N/`` folders that are complete,
+verified and never unpickled.
+
+A run directory holds ``config.yaml`` (the fully resolved recipe), ``metrics.jsonl``, ``data_summary.json``,
+``checkpoints/``, ``tensorboard/`` and ``export/`` (:data:`RUN_OUTPUTS`), and the domain's processor.
 
 A checkpoint folder holds, in the order they are written:
 
@@ -36,7 +40,21 @@ from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
+# ---------------------------------------------------------------------------- the run directory
+CONFIG_FILE = "config.yaml"  # the fully resolved recipe
+METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step, and one per evaluation or fine-tune
+SUMMARY_FILE = "data_summary.json"  # the pretraining data's facts (PretrainData.summary)
 CHECKPOINT_DIR = "checkpoints"
+TRACKER_DIR = "tensorboard"  # TensorBoard event files
+EXPORT_DIR = "export"  # the encoder in its library's format (mmssl.export)
+# A directory holding any of these holds a run: pretrain refuses it without --resume or --overwrite.
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR)
+# Everything a pretraining run writes into its directory, and all that --overwrite removes: the
+# domains add their tokenizer (text) or processor (image, audio, graph, speech-text) and the
+# audio k-means centroids of HuBERT targets.
+RUN_OUTPUTS = (*RUN_MARKERS, SUMMARY_FILE, EXPORT_DIR, TRACKER_DIR, "tokenizer", "processor", "kmeans_centroids.npy")
+
+# ---------------------------------------------------------------------------- a checkpoint folder
 COMPLETE_MARKER = "COMPLETE"
 MANIFEST_FILE = "manifest.json"
 STATE_JSON = "trainer_state.json"

@@ -13,11 +13,17 @@ from typing import Any
 from mmssl.config import ConfigError, MmsslError, apply_overrides, from_dict, to_dict
 
 
-def _finetune_config(overrides: list[str], task: str):
-    from mmssl.finetune import FinetuneConfig
+def _finetune_config(overrides: list[str], task: str, init: str | None = None):
+    """The ``FinetuneConfig`` of ``--task``, the ``--set`` overrides and ``--init`` (it wins over ``--set init=``)."""
+    from mmssl.tasks import FinetuneConfig
 
-    raw = apply_overrides(to_dict(FinetuneConfig()), [f"task.name={task}", *overrides])
+    init_override = [f"init={init}"] if init else []
+    raw = apply_overrides(to_dict(FinetuneConfig()), [f"task.name={task}", *overrides, *init_override])
     return from_dict(FinetuneConfig, raw)
+
+
+def _with_init(cfg: Any, init: str) -> Any:
+    return from_dict(type(cfg), {**to_dict(cfg), "init": init})
 
 
 def cmd_recipes(args: argparse.Namespace) -> None:
@@ -39,14 +45,21 @@ def _print_result(record: dict) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from mmssl.finetune import finetune
+    from mmssl.tasks import check_init
 
     cfg = _finetune_config(args.set, args.task)
+    check_init(cfg.init, "finetune")
+    _finetunes(args, cfg, args.output_dir, args.overwrite)
+
+
+def _finetunes(args: argparse.Namespace, cfg: Any, output_dir: Path | None, overwrite: bool) -> None:
+    """Fine-tune ``cfg.init``, or with ``--baseline`` the pretrained and a random-init copy, and compare them."""
+    from mmssl.finetune import finetune
+
     inits = ["pretrained", "random"] if args.baseline else [cfg.init]
     results = []
     for init in inits:
-        run_cfg = from_dict(type(cfg), {**to_dict(cfg), "init": init})
-        results.append(finetune(args.run, run_cfg, args.output_dir, args.domain, overwrite=args.overwrite))
+        results.append(finetune(args.run, _with_init(cfg, init), output_dir, args.domain, overwrite=overwrite))
         _print_result(results[-1])
         print(f"fine-tuned model: {Path(results[-1]['output_dir']) / 'export'}")
     if args.baseline:
@@ -60,30 +73,64 @@ def _gain_summary(pretrained: dict, random: dict) -> str:
     """The gain with its paired 95% interval and McNemar's test (both models scored on the same test rows)."""
     import numpy as np
 
-    from mmssl.finetune import load_predictions, paired_comparison
+    from mmssl.finetune import load_predictions
 
     (pred_a, label_a), (pred_b, label_b) = (load_predictions(Path(r["output_dir"])) for r in (pretrained, random))
     if not np.array_equal(label_a, label_b):
         raise RuntimeError("the two fine-tuning runs were scored on different test rows")
-    c = paired_comparison(pred_a == label_a, pred_b == label_b)
+    return _paired_lines(pred_a == label_a, pred_b == label_b, "the random one")
+
+
+def _paired_lines(correct_a: Any, correct_b: Any, other: str) -> str:
+    """The pretrained init's gain over ``other`` from per-row 0/1 outcomes on the same test rows: the gain,
+    its paired 95% interval and McNemar's exact test (:func:`mmssl.finetune.paired_comparison`)."""
+    from mmssl.finetune import paired_comparison
+
+    c = paired_comparison(correct_a, correct_b)
     verdict = "significant" if c["p_value"] < 0.05 else "not significant"
     return (f"  {'gain':<16} {c['gain']:+.4f}  (95% CI {c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f})\n"
             f"  {'McNemar p':<16} {c['p_value']:.3f}   {verdict} at 0.05: {c['only_a']} rows right only with the "
-            f"pretrained init, {c['only_b']} only with the random one")
+            f"pretrained init, {c['only_b']} only with {other}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from mmssl.finetune import finetune, knn_probe, linear_probe
+    from mmssl.tasks import check_init
 
-    cfg = _finetune_config(args.set, args.task)
-    if args.protocol == "finetune":
-        _print_result(finetune(args.run, cfg, None, args.domain))
-    elif args.protocol == "retrieval":  # paired (two-tower) exports: recall@k both ways
-        from mmssl.evaluation import retrieval_probe
+    cfg = _finetune_config(args.set, args.task, args.init)
+    check_init(cfg.init, args.protocol)
+    if args.protocol in ("linear", "knn"):
+        _probes(args, cfg)
+    elif args.protocol == "finetune":
+        _finetunes(args, cfg, None, False)
+    else:  # retrieval: paired (two-tower) exports, recall@k both ways
+        from mmssl.probes import retrieval_probe
 
-        _print_result(retrieval_probe(args.run, cfg, args.domain))
-    else:
-        _print_result({"linear": linear_probe, "knn": knn_probe}[args.protocol](args.run, cfg, args.domain))
+        for init in ("pretrained", "random") if args.baseline else (cfg.init,):
+            _print_result(retrieval_probe(args.run, _with_init(cfg, init), domain=args.domain))
+
+
+def _probes(args: argparse.Namespace, cfg: Any) -> None:
+    """``--protocol linear|knn`` with the features of ``cfg.init``, or with ``--baseline`` those of the pretrained
+    encoder, the random-init one and the domain's raw features side by side, each compared with the pretrained."""
+    from mmssl.probes import run_probe
+
+    results = []
+    for init in ("pretrained", "random", "raw") if args.baseline else (cfg.init,):
+        results.append(run_probe(args.protocol, args.run, _with_init(cfg, init), domain=args.domain))
+        _print_result(results[-1].record)
+    if not args.baseline:
+        return
+    if any(not r.labels.equal(results[0].labels) for r in results):
+        raise RuntimeError("the probes were scored on different test rows")
+    names = [f"raw {r.record['baseline']}" if r.record["init"] == "raw" else f"{r.record['init']} init"
+             for r in results]
+    width = max(16, *map(len, names))
+    print(f"\n{cfg.task.name} test accuracy of the {args.protocol} probe ({len(results[0].labels)} held-out examples)")
+    for name, r in zip(names, results):
+        print(f"  {name:<{width}} {r.record['accuracy']:.4f}")
+    correct = [(r.predictions == r.labels).numpy() for r in results]
+    for name, other, outcome in zip(names[1:], ("the random one", "the raw-feature baseline"), correct[1:]):
+        print(f"pretrained init against {name}:\n{_paired_lines(correct[0], outcome, other)}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -171,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--baseline", action="store_true", help="also fine-tune a random-init copy and compare")
         else:
             sp.add_argument("--protocol", choices=["linear", "knn", "finetune", "retrieval"], default="linear")
+            sp.add_argument("--init", choices=["pretrained", "random", "raw"], default=None,
+                            help="the export's weights, the same architecture untrained, or (linear, knn) the "
+                                 "task's raw features instead of an encoder: pixels, MFCC statistics, ... "
+                                 "(default: pretrained)")
+            sp.add_argument("--baseline", action="store_true",
+                            help="also evaluate random init and (linear, knn) the raw features, each compared "
+                                 "with pretrained")
         sp.set_defaults(func=func)
 
     sp = add("export", help="export a run's encoder in Hugging Face format")
@@ -225,7 +279,7 @@ def configure_output(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-    # save_state keeps one name per tied tensor; mmssl.export.load_weights re-ties them on load
+    # save_state keeps one name per tied tensor; mmssl.model.load_weights re-ties them on load
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 

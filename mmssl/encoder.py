@@ -1,13 +1,35 @@
-"""The encoder protocol: one ``encode`` for every backbone, HF model or PyG GNN."""
+"""The encoder protocol: one ``encode`` for every backbone, HF model or PyG GNN, and its optional capabilities.
+
+Every capability an objective may need beyond ``encode`` is declared here with a default, and
+objectives call it directly (never ``hasattr``): a default either gives the behaviour that is
+right for any encoder (:meth:`Encoder.encode_at`, :meth:`Encoder.output_padding_mask`), says
+"none" (:attr:`Encoder.causal`, :meth:`Encoder.prediction_head`, :meth:`Encoder.unit_decoder`),
+or raises :class:`CapabilityError` naming the objective that needs the capability
+(:meth:`Encoder.encode_visible`, :meth:`Encoder.encode_with_features`, :meth:`Encoder.quantizer_head`).
+Domain encoders override what they have.
+
+:class:`TwoTowerEncoder` puts two encoders of paired inputs (speech and the text it reads)
+behind one :class:`Encoder`, for cross-modal objectives (CLIP).
+"""
 
 from __future__ import annotations
 
 import abc
 from pathlib import Path
+from typing import Protocol
 
 from torch import Tensor, nn
 
 from mmssl.types import Batch, EncoderOutput
+
+
+class CapabilityError(NotImplementedError, ValueError):
+    """An objective needs an optional encoder capability this encoder does not have.
+
+    A ``NotImplementedError`` (the encoder does not implement it) and a ``ValueError`` (the
+    recipe paired an objective with an encoder that does not fit), so ``mmssl`` reports it in
+    one sentence.
+    """
 
 
 class Encoder(nn.Module, abc.ABC):
@@ -22,12 +44,18 @@ class Encoder(nn.Module, abc.ABC):
         mask_token_id: id of the mask token for token encoders, else None.
         unit_dim: ``C`` of ``[B, T, C]`` feature units (e.g. ``channels * patch_size**2`` for
             image patches), for objectives that reconstruct units; None for id units.
+        causal: True when the output at unit ``t`` depends on units ``<= t`` only (a
+            unidirectional encoder); APC needs one. Default False.
+        pipeline_tag: the Hub task of the export (``feature-extraction``, ``graph-ml``, ...)
+            for its model card, or None.
     """
 
     hidden_size: int
     vocab_size: int | None = None
     mask_token_id: int | None = None
     unit_dim: int | None = None
+    causal: bool = False
+    pipeline_tag: str | None = None
 
     @abc.abstractmethod
     def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
@@ -63,17 +91,121 @@ class Encoder(nn.Module, abc.ABC):
         """Encode only the units at ``visible`` (``[B, K]`` indices, the same ``K`` per row), as MAE's encoder does.
 
         Only encoders that can drop units (transformers) implement it.
+
+        Raises:
+            CapabilityError: By default.
         """
-        raise NotImplementedError(f"{type(self).__name__} cannot encode a subset of units (MAE needs a ViT-style encoder)")
+        raise CapabilityError(f"{type(self).__name__} cannot encode a subset of units (MAE needs a ViT-style encoder)")
+
+    def output_padding_mask(self, batch: Batch) -> Tensor:
+        """``[B, T_out]`` bool, True at padding of the output grid that :meth:`encode` returns.
+
+        The default is ``batch.padding_mask``: the encoder keeps the unit grid (tokens,
+        patches, frames, nodes). An encoder that maps units onto another grid (a waveform's
+        samples to conv frames) overrides it, so that objectives can mask on the output grid
+        before encoding (wav2vec 2.0).
+        """
+        return batch.padding_mask
+
+    def encode_with_features(self, batch: Batch, mask: Tensor | None = None,
+                             all_layers: bool = False) -> tuple[EncoderOutput, Tensor]:
+        """Encode, and also return the local features ``[B, T_out, C]`` the context network reads (wav2vec 2.0).
+
+        Args:
+            batch: as for :meth:`encode`.
+            mask: ``[B, T_out]`` bool on the output grid (:meth:`output_padding_mask`).
+            all_layers: as for :meth:`encode`.
+
+        Raises:
+            CapabilityError: By default.
+        """
+        raise CapabilityError(f"{type(self).__name__} does not return local features beside its output "
+                              "(wav2vec2 needs them, e.g. the audio domain's encoder.arch=wav2vec2)")
+
+    def quantizer_head(self) -> nn.Module:
+        """The module that holds wav2vec 2.0's quantizer and projections, saved with the backbone.
+
+        It has ``quantizer(features, mask_time_indices) -> (codes [B, T, Dq], perplexity)``
+        (with ``temperature``, ``num_groups``, ``num_vars``) and the modules ``project_hid``,
+        ``project_q`` and ``dropout_features``, as transformers' ``Wav2Vec2ForPreTraining`` does.
+
+        Raises:
+            CapabilityError: By default.
+        """
+        raise CapabilityError(f"wav2vec2 needs an encoder with a quantizer head and local features "
+                              f"(e.g. the audio domain's encoder.arch=wav2vec2), got {type(self).__name__}")
 
     def prediction_head(self) -> nn.Module | None:
         """The backbone's own pretraining head (e.g. BERT's tied vocabulary projection), if any.
 
         Objectives call it at forward time instead of registering it, so its weights live
-        (and export) in one place only.
+        (and export) in one place only. Default None: the objective builds its own head.
+        """
+        return None
+
+    def unit_decoder(self, in_dim: int, out_dim: int) -> nn.Module | None:
+        """A fresh one-layer decoder ``(hidden [B, T, in_dim], batch) -> [B, T, out_dim]`` that uses the batch's structure.
+
+        GraphMAE (Hou et al. 2022, sec. 3.3) decodes with one GNN layer over the batch's graph.
+        Default None: the objective decodes each unit with a linear map.
         """
         return None
 
     @abc.abstractmethod
     def export(self, out_dir: Path) -> None:
         """Write the backbone in its library's native format (``save_pretrained``) to ``out_dir``."""
+
+
+class ExportExtra(Protocol):
+    """A module saved beside a two-tower export (e.g. CLIP's projection heads)."""
+
+    def save(self, out_dir: Path) -> None: ...
+
+
+class TwoTowerEncoder(Encoder, abc.ABC):
+    """Two encoders of paired inputs behind one :class:`Encoder`.
+
+    ``encode(batch)`` is the main tower's; :attr:`paired` encodes ``batch.pair``.
+    Subclasses write both towers in their libraries' formats (:meth:`export_towers`); modules
+    attached with :meth:`attach_export` (the objective's projection heads) are saved beside them.
+
+    Attributes:
+        main: tower of ``batch`` itself; paired: tower of ``batch.pair``.
+        tower_names: names of the two modalities (``("speech", "text")``), for logs and metrics.
+    """
+
+    tower_names: tuple[str, str] = ("main", "paired")
+
+    def __init__(self, main: Encoder, paired: Encoder) -> None:
+        super().__init__()
+        self.main = main
+        self.paired = paired
+        self.hidden_size = main.hidden_size
+        self._export_extras: dict[str, ExportExtra] = {}  # a plain dict: not registered as submodules
+
+    def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
+        return self.main.encode(batch, mask, all_layers)
+
+    def encode_pair(self, batch: Batch) -> tuple[EncoderOutput, EncoderOutput]:
+        """Both towers' outputs on a paired batch.
+
+        Raises:
+            ValueError: If the batch has no paired :class:`Batch` (``batch.pair``).
+        """
+        if batch.pair is None:
+            raise ValueError(f"a two-tower encoder needs the paired {self.tower_names[1]} inputs in Batch.pair, "
+                             "which this data does not give")
+        return self.main.encode(batch), self.paired.encode(batch.pair)
+
+    def attach_export(self, name: str, extra: ExportExtra) -> None:
+        """Save ``extra`` (owned elsewhere, e.g. the objective's heads) with every export of this encoder."""
+        self._export_extras[name] = extra
+
+    @abc.abstractmethod
+    def export_towers(self, out_dir: Path) -> None:
+        """Write both towers (and their processors' folders) under ``out_dir``."""
+
+    def export(self, out_dir: Path) -> None:
+        self.export_towers(Path(out_dir))
+        for extra in self._export_extras.values():
+            extra.save(Path(out_dir))

@@ -15,33 +15,16 @@ from typing import Any
 
 import yaml
 from huggingface_hub import ModelCardData
-from safetensors.torch import load_file
 
-from mmssl.config import read_yaml, to_dict
+from mmssl.checkpoint import CONFIG_FILE, EXPORT_DIR, SUMMARY_FILE, latest_checkpoint
+from mmssl.config import to_dict
 from mmssl.metrics import last_training_record, read_metrics
+from mmssl.model import build_model, load_run_recipe, load_weights
 from mmssl.objectives.base import SSLModel
-from mmssl.recipe import Recipe, recipe_from_dict
-from mmssl.registry import DOMAINS, OBJECTIVES
-from mmssl.trainer import latest_checkpoint
+from mmssl.recipe import Recipe
+from mmssl.registry import DOMAINS
 
-EXPORT_DIR = "export"
 META_FILE = "mmssl.json"
-CONFIG_FILE = "config.yaml"
-
-
-def load_run_recipe(run_dir: Path) -> Recipe:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not an mmssl run: {CONFIG_FILE} is missing")
-    return recipe_from_dict(read_yaml(path))
-
-
-def build_model(recipe: Recipe, processor: Any) -> SSLModel:
-    """Encoder + objective exactly as the run built them (weights freshly initialised)."""
-    domain = DOMAINS.get(recipe.domain)
-    encoder = domain.build_encoder(recipe.encoder, processor)
-    objective = OBJECTIVES.get(recipe.objective.name).cls(recipe.objective, encoder)
-    return SSLModel(encoder, objective)
 
 
 def _public_text(text: str) -> str:
@@ -117,22 +100,6 @@ def write_export(model: SSLModel, processor: Any, recipe: Recipe, out_dir: Path,
     return out_dir
 
 
-def load_weights(model: SSLModel, path: Path) -> None:
-    """Load a checkpoint's weights strictly, allowing only keys of tied (aliased) tensors to be absent.
-
-    ``save_state`` stores one name per shared tensor (e.g. BERT's decoder weight is the word
-    embedding), and loading either alias fills both.
-    """
-    by_ptr: dict[int, list[str]] = {}
-    for name, tensor in model.state_dict().items():
-        by_ptr.setdefault(tensor.data_ptr(), []).append(name)
-    aliased = {n for names in by_ptr.values() if len(names) > 1 for n in names}
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-    if unexpected or set(missing) - aliased:
-        raise ValueError(f"checkpoint {path} does not match the recipe's model: "
-                         f"missing {sorted(set(missing) - aliased)[:5]}, unexpected {sorted(unexpected)[:5]}")
-
-
 def export_run(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Export the latest checkpoint of ``run_dir`` (default destination ``run_dir/export``)."""
     run_dir = Path(run_dir)
@@ -144,7 +111,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None) -> Path:
     model = build_model(recipe, processor)
     load_weights(model, ckpt / "model.safetensors")
     step = int((ckpt / "COMPLETE").read_text())
-    summary = json.loads((run_dir / "data_summary.json").read_text()) if (run_dir / "data_summary.json").exists() else {}
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text()) if (run_dir / SUMMARY_FILE).exists() else {}
     return write_export(model, processor, recipe, out_dir or run_dir / EXPORT_DIR, run_dir, step, summary)
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from mmssl.checkpoint import write_atomically
-
-METRICS_FILE = "metrics.jsonl"
+from mmssl.checkpoint import METRICS_FILE, write_atomically
 
 
 def _clean(value: Any) -> Any:

@@ -12,27 +12,21 @@ from typing import Any
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
+from mmssl.checkpoint import CONFIG_FILE, EXPORT_DIR, RUN_MARKERS, RUN_OUTPUTS, SUMMARY_FILE
 from mmssl.config import ConfigError, read_yaml, to_dict, write_yaml
-from mmssl.evaluation import KNNMonitor
-from mmssl.export import CONFIG_FILE, EXPORT_DIR, build_model, write_export
-from mmssl.metrics import METRICS_FILE
+from mmssl.export import write_export
+from mmssl.model import build_model
+from mmssl.probes import KNNMonitor
 from mmssl.recipe import Recipe, load_recipe
 from mmssl.registry import DOMAINS
-from mmssl.trainer import CHECKPOINT_DIR, TRACKER_DIR, Trainer, use_cpu
+from mmssl.tasks import TaskConfig
+from mmssl.trainer import Trainer, use_cpu
 
 log = logging.getLogger(__name__)
 
 # Settings a resumed run may change: they alter neither the model nor the batches it sees.
 RESUMABLE_CHANGES = {"train.max_steps", "train.max_minutes", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.num_workers"}
-
-SUMMARY_FILE = "data_summary.json"
-# A directory holding any of these holds a run: pretrain refuses it without --resume or --overwrite.
-RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR)
-# Everything a pretraining run writes into its directory, and all that --overwrite removes: the
-# domains add their tokenizer (text) or processor (image, audio, graph, speech-text) and the
-# audio k-means centroids of HuBERT targets.
-RUN_OUTPUTS = (*RUN_MARKERS, SUMMARY_FILE, EXPORT_DIR, TRACKER_DIR, "tokenizer", "processor", "kmeans_centroids.npy")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -81,8 +75,6 @@ def remove_run(run_dir: Path) -> None:
 
 def knn_monitor(recipe: Recipe, domain: Any, processor: Any) -> KNNMonitor:
     """The online kNN probe of ``recipe.monitor`` on the domain's task, with the run's processor."""
-    from mmssl.finetune import TaskConfig  # local: finetune imports sklearn
-
     task = TaskConfig(name=recipe.monitor.task)
     try:
         rows = domain.task_data(task)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mmssl.config import ConfigError, apply_overrides, from_dict, read_yaml
-from mmssl.registry import DOMAINS, OBJECTIVES
+from mmssl.registry import DOMAINS
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,35 @@ def list_recipes() -> list[tuple[str, str]]:
     return sorted(seen.items())
 
 
+def with_derived(objective: dict[str, Any], derived: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+    """The recipe's ``objective`` section with the values its data determines filled in.
+
+    Args:
+        objective: the raw ``objective`` mapping.
+        derived: ``{key: (value, why)}`` from :meth:`mmssl.domain.Domain.derived_objective_settings`,
+            ``why`` naming the data key the value comes from (``"data.jigsaw_permutations=24"``).
+
+    Raises:
+        ConfigError: If the recipe sets one of those keys to another value.
+    """
+    filled = dict(objective)
+    for key, (value, why) in derived.items():
+        if key in filled and filled[key] != value:
+            raise ConfigError(f"objective.{key}={filled[key]!r} does not match the data: {why} gives {value!r}; "
+                              f"leave objective.{key} out and it is computed")
+        filled[key] = value
+    return filled
+
+
 def recipe_from_dict(raw: dict) -> Recipe:
-    """Validate a raw recipe mapping (after overrides) into a :class:`Recipe`."""
+    """Validate a raw recipe mapping (after overrides) into a :class:`Recipe`.
+
+    Each section is checked by its dataclass; objective values that the data determines (a pretext
+    head's classes, HuBERT's clusters) are computed from it
+    (:meth:`mmssl.domain.Domain.derived_objective_settings`); then the domain checks the settings that
+    must agree across sections (:meth:`mmssl.domain.Domain.check_recipe`), so a bad recipe fails
+    before anything is written.
+    """
     for key in ("name", "domain", "objective"):
         if key not in raw:
             raise ConfigError(f"missing required key {key!r}")
@@ -128,24 +155,32 @@ def recipe_from_dict(raw: dict) -> Recipe:
     objective = raw.get("objective")
     if not isinstance(objective, dict) or "name" not in objective:
         raise ConfigError("missing required key 'objective.name'")
+    from mmssl.objectives import objective_spec  # imports torch: only when a recipe is validated, not listed
+
     try:
-        spec = OBJECTIVES.get(objective["name"])
+        spec = objective_spec(objective["name"])
     except KeyError as e:
         raise ConfigError(f"objective.name: {e.args[0]}") from None
     sections = {"name", "domain", "description", "data", "encoder", "objective", "train", "monitor"}
     unknown = sorted(set(raw) - sections)
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(sections))}")
-    return Recipe(
+    data = from_dict(domain.data_config, raw.get("data"), "data")
+    recipe = Recipe(
         name=str(raw["name"]),
         domain=raw["domain"],
         description=str(raw.get("description", "")),
-        data=from_dict(domain.data_config, raw.get("data"), "data"),
+        data=data,
         encoder=from_dict(domain.encoder_config, raw.get("encoder"), "encoder"),
-        objective=from_dict(spec.config_cls, objective, "objective"),
+        objective=from_dict(spec.config_cls, with_derived(objective, domain.derived_objective_settings(data, objective["name"])), "objective"),
         train=from_dict(TrainConfig, raw.get("train"), "train"),
         monitor=from_dict(MonitorConfig, raw.get("monitor"), "monitor"),
     )
+    try:  # what one section's dataclass cannot see: settings that must agree across sections
+        domain.check_recipe(recipe)
+    except ValueError as e:  # the domain's messages name the dotted keys
+        raise ConfigError(str(e)) from e
+    return recipe
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -1,11 +1,11 @@
 """Plain dict registries: the one place where names in a recipe become code.
 
-Four registries connect a recipe to code without any ``if/elif`` on names:
+Three registries here connect a recipe to code without any ``if/elif`` on names (the fourth,
+``OBJECTIVES``, is a plain dict in :mod:`mmssl.objectives`, next to the objectives it lists):
 
 * ``DOMAINS``    -- ``domain:`` field of a recipe -> :class:`mmssl.domain.Domain` instance
-* ``OBJECTIVES`` -- ``objective.name`` -> :class:`ObjectiveSpec` (module class + config dataclass)
 * ``DATASETS``   -- ``mmssl data prepare NAME`` -> :class:`DatasetBuilder`
-* ``TASKS``      -- ``--task NAME`` of finetune/evaluate -> :class:`mmssl.tasks.TaskSpec`
+* ``TASKS``      -- ``--task NAME`` of finetune/evaluate -> :class:`TaskSpec` (a loader and its domain)
 
 Domains are discovered through the ``mmssl.domains`` entry-point group, so a third-party
 package adds a modality by declaring an entry point; mmssl itself never imports ``domains``
@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 from mmssl.config import short_repr
 
@@ -74,15 +75,6 @@ class Registry(Generic[T]):
 
 
 @dataclass(frozen=True)
-class ObjectiveSpec:
-    """An objective module class and the dataclass that configures it."""
-
-    cls: type
-    config_cls: type
-    description: str = ""
-
-
-@dataclass(frozen=True)
 class DatasetBuilder:
     """An offline dataset builder for ``mmssl data prepare NAME``.
 
@@ -115,10 +107,34 @@ class DatasetBuilder:
         self.resolve()(out_dir)
 
 
+@dataclass(frozen=True)
+class TaskSpec:
+    """A downstream task for ``--task NAME``: its loader, and the domain whose exports it fits.
+
+    Attributes:
+        load: ``load() -> rows`` in the domain's own format (a ``datasets.Dataset`` for text,
+            train/test arrays for images, ...); the domain's ``task_data`` reads them.
+        domain: the domain that registers the task (``text``, ``image``, ...); ``mmssl finetune``
+            refuses the task for an export of another domain, and names the domain's tasks.
+    """
+
+    load: Callable[[], Any]
+    domain: str
+
+    def __call__(self) -> Any:
+        """The task's rows (``TASKS.get(name)()`` reads as loading the task)."""
+        return self.load()
+
+
 DOMAINS: Registry[Any] = Registry("domain")
-OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective")
 DATASETS: Registry[DatasetBuilder] = Registry("dataset", DATASETS_GROUP)
-TASKS: Registry[Any] = Registry("task")
+TASKS: Registry[TaskSpec] = Registry("task")
+
+
+def registered_tasks(domain: str) -> tuple[str, ...]:
+    """The names of the tasks registered for ``domain`` (:attr:`TaskSpec.domain`), sorted."""
+    return tuple(name for name in TASKS.names() if TASKS.get(name).domain == domain)
+
 
 _loaded_groups: set[str] = set()
 
@@ -132,8 +148,5 @@ def load_plugins(group: str = ENTRY_POINT_GROUP) -> None:
     if group in _loaded_groups:
         return
     _loaded_groups.add(group)
-    if group == ENTRY_POINT_GROUP:
-        import mmssl.objectives  # noqa: F401  (the core objectives register themselves)
-
     for ep in entry_points(group=group):
         ep.load()

@@ -24,9 +24,10 @@ import math
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
@@ -36,9 +37,21 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mmssl.checkpoint import (CHECKPOINT_DIR, COMPLETE_MARKER, CheckpointError, Stateful, checkpoint_dirs,
-                              checkpoint_path, choose_checkpoint, finish_checkpoint, latest_checkpoint,
-                              load_trainer_state, prepare_checkpoint_dir, rotate_checkpoints, save_trainer_state)
+from mmssl.checkpoint import (
+    CHECKPOINT_DIR,
+    COMPLETE_MARKER,
+    CheckpointError,
+    Stateful,
+    checkpoint_dirs,
+    checkpoint_path,
+    choose_checkpoint,
+    finish_checkpoint,
+    latest_checkpoint,
+    load_trainer_state,
+    prepare_checkpoint_dir,
+    rotate_checkpoints,
+    save_trainer_state,
+)
 from mmssl.config import MmsslError
 from mmssl.metrics import append_metrics, truncate_after
 from mmssl.optim import build_optimizer
@@ -371,7 +384,7 @@ class Trainer:
             extra.update(hook(self, self.state.step) or {})
         return extra
 
-    def _log(self, window: "_Window", extra: dict[str, float]) -> dict[str, float]:
+    def _log(self, window: _Window, extra: dict[str, float]) -> dict[str, float]:
         acc = self.accelerator
         stats = window.reduce(acc)
         record: dict[str, Any] = {"step": self.state.step, "epoch": self.state.epoch, **stats}

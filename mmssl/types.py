@@ -7,8 +7,10 @@ in terms of that grid, which is what lets one objective layer serve every modali
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from enum import StrEnum
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,11 +21,31 @@ def _to(value: Any, device: torch.device | str, non_blocking: bool) -> Any:
         return value.to(device, non_blocking=non_blocking)
     if isinstance(value, Mapping):
         return {k: _to(v, device, non_blocking) for k, v in value.items()}
-    if isinstance(value, Batch):  # multi-view batches hold their views in extras["views"]
+    if isinstance(value, Batch):  # a paired batch (Batch.pair)
         return value.to(device, non_blocking)
     if isinstance(value, (tuple, list)) and any(isinstance(v, (Tensor, Batch)) for v in value):
         return type(value)(_to(v, device, non_blocking) for v in value)
     return value  # plain metadata, e.g. an image batch's (rows, cols) grid
+
+
+class Extra(StrEnum):
+    """The keys of :attr:`Batch.extras`: per-unit or per-sample tensors one domain (or a few) gives.
+
+    A ``StrEnum``, so ``batch.extras[Extra.LABELS]`` and ``batch.extras["labels"]`` are the same
+    entry. What every domain may give has a typed field on :class:`Batch` instead (``views``,
+    ``grid``, ``pair``, ``layout``).
+    """
+
+    LABELS = "labels"  # [B] int64 class ids of a fine-tuning or probe batch (every domain's tasks)
+    PRETEXT_LABELS = "pretext_labels"  # [B] int64 id of the transformation applied (rotation, jigsaw)
+    TARGETS = "targets"  # [B, T] int64 per-unit targets, -100 at padding (HuBERT's cluster ids)
+    TOKEN_TYPE_IDS = "token_type_ids"  # [B, T] int64 segment ids (text)
+    SOP_LABELS = "sop_labels"  # [B] int64, 1 where the two segments were swapped (text, ALBERT's SOP)
+    PIXELS = "pixels"  # [B, C, H, W] images before the per-step transform (image)
+    EDGE_INDEX = "edge_index"  # [2, E] int64 edges in flat grid coordinates b * T + t (graph)
+    NODE_ID = "node_id"  # [B, T] int64 node of each unit in its source graph, -1 at padding (graph)
+    GEN_ATTR = "gen_attr"  # [B, T] bool: units whose attributes GPT-GNN regenerates (graph)
+    GEN_PAIRS = "gen_pairs"  # [2, P] flat unit indices of the removed links GPT-GNN regenerates (graph)
 
 
 @dataclass(frozen=True)
@@ -31,20 +53,32 @@ class Batch:
     """A collated batch of units on a ``[B, T]`` grid.
 
     Attributes:
-        units: ``[B, T]`` integer ids (tokens, codes) or ``[B, T, C]`` unit features
-            (patch pixels, frames, node features).
+        units: ``[B, T]`` integer ids (tokens, codes), ``[B, T, C]`` unit features
+            (patch pixels, frames, node features), or ``[B, S]`` float samples of a waveform for an
+            encoder that maps them onto its own grid of frames (:meth:`Encoder.output_padding_mask`).
         padding_mask: ``[B, T]`` bool, True at padding positions (never masked, never in a loss).
         special_mask: ``[B, T]`` bool or None, True at units that may not be masked
             (e.g. ``[CLS]``/``[SEP]``); padding is excluded separately.
-        extras: named tensors the encoder or objective needs besides the units
-            (``token_type_ids``, ``sop_labels``, ``edge_index``, ...). Keys are documented
-            by the domain that produces them.
+        extras: named tensors the encoder or objective needs besides the units, keyed by
+            :class:`Extra` (``token_type_ids``, ``edge_index``, ``labels``, ...).
+        views: augmented views of the same samples, each a :class:`Batch` of its own (joint-embedding
+            objectives: SimCLR, BYOL, BGRL, ...); None when the data gives no views.
+        grid: ``(rows, cols)`` when the units are a row-major 2-D grid (image patches), for
+            block masking and unpatchifying; None otherwise.
+        pair: the paired input of another modality (the sentence a clip reads), for two-tower
+            encoders and cross-modal objectives (CLIP); None otherwise.
+        layout: how graph units sit on the ``[B, T]`` grid (``"ego"``, ``"full"``, ``"graphs"``;
+            see ``domains/graph/units.py``); None for every other domain.
     """
 
     units: Tensor
     padding_mask: Tensor
     special_mask: Tensor | None = None
     extras: Mapping[str, Tensor] = field(default_factory=dict)
+    views: tuple[Batch, ...] | None = None
+    grid: tuple[int, int] | None = None
+    pair: Batch | None = None
+    layout: str | None = None
 
     def __post_init__(self) -> None:
         if self.padding_mask.shape != self.units.shape[:2]:
@@ -52,6 +86,15 @@ class Batch:
                 f"Batch.padding_mask has shape {tuple(self.padding_mask.shape)}, "
                 f"expected the unit grid {tuple(self.units.shape[:2])}"
             )
+        typed = sorted({"views", "grid", "pair", "layout"} & set(self.extras))
+        if typed:
+            raise ValueError(f"Batch.extras[{typed[0]!r}]: {typed[0]} is a field of Batch; pass {typed[0]}=... instead")
+        if self.views is not None and not all(isinstance(v, Batch) for v in self.views):
+            raise ValueError(f"Batch.views must be a tuple of Batch, got {[type(v).__name__ for v in self.views]}")
+        if self.pair is not None and not isinstance(self.pair, Batch):
+            raise ValueError(f"Batch.pair must be a Batch, got {type(self.pair).__name__}")
+        if self.grid is not None and (len(self.grid) != 2 or not all(isinstance(n, int) for n in self.grid)):
+            raise ValueError(f"Batch.grid must be (rows, cols) of two ints, got {self.grid!r}")
 
     @property
     def batch_size(self) -> int:
@@ -68,11 +111,11 @@ class Batch:
         keep_out = self.padding_mask if self.special_mask is None else self.padding_mask | self.special_mask
         return ~keep_out
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move every tensor to ``device`` (Accelerate calls this through ``send_to_device``)."""
         return Batch(**{f.name: _to(getattr(self, f.name), device, non_blocking) for f in fields(self)})
 
-    def replace(self, **changes: Any) -> "Batch":
+    def replace(self, **changes: Any) -> Batch:
         return replace(self, **changes)
 
 

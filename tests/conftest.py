@@ -3,65 +3,42 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from mmssl.registry import DOMAINS
+
+# the data fixtures of the audio and speech-text tests (clips rendered once per session), for every test
+# that names them: the domains' own tests, the recipe smoke test and the contract tests
+pytest_plugins = ["tests.domains.audio.audio_fixtures", "tests.domains.speech_text.speech_text_fixtures"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach the Hub from the tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# A BERT/GPT-2 of a few thousand parameters on a few hundred paragraphs: seconds per run.
-TINY = [
-    "data.max_texts=400",
-    "data.block_size=32",
-    "data.tokenizer.vocab_size=300",
-    "encoder.hidden_size=32",
-    "encoder.num_layers=2",
-    "encoder.num_heads=2",
-    "encoder.intermediate_size=64",
-    "encoder.max_position_embeddings=64",
-    "train.batch_size=8",
-    "train.warmup_steps=2",
-    "train.log_every=1",
-]
+# A domain's smoke_overrides name the file a test fixture writes as "{fixture_name}" (data.path={tiny_images}).
+FIXTURE_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
+
+def tiny_overrides(domain: str, **data: Any) -> list[str]:
+    """The ``--set`` strings of ``DOMAINS.get(domain).smoke_overrides`` for a ``data:`` section with ``data``'s
+    values, less those naming a fixture's file (each test adds its own ``data.path``), at 2 layers deep."""
+    spec = DOMAINS.get(domain)
+    overrides = spec.smoke_overrides(spec.data_config(**data))
+    return [o for o in overrides if not FIXTURE_PLACEHOLDER.search(o)] + ["encoder.num_layers=2"]
+
+
+# A BERT/GPT-2 of a few thousand parameters on a few hundred paragraphs: seconds per run.
+TINY = tiny_overrides("text")
 
 # A tiny ViT / ResNet on 32 random 28x28 grayscale images (data.path is added by tiny_images).
-TINY_IMAGE = [
-    "data.source=numpy",
-    "encoder.hidden_size=32",
-    "encoder.num_layers=2",
-    "encoder.num_heads=2",
-    "encoder.intermediate_size=64",
-    "encoder.resnet_width=4",
-    "train.batch_size=8",
-    "train.warmup_steps=2",
-    "train.log_every=1",
-    "train.max_minutes=null",
-    "monitor.every=0",
-]
-
+TINY_IMAGE = tiny_overrides("image")
 
 # A tiny GNN on KarateClub (34 nodes, node-level recipes) or on 24 random PyG graphs (graph-level ones).
-TINY_GRAPH = [
-    "data.source=pyg",
-    "data.name=KarateClub",
-    "data.num_neighbors=[3, 2]",
-    "data.eval_num_neighbors=[3, 2]",
-    "encoder.hidden_size=32",
-    "encoder.num_layers=2",
-    "train.batch_size=8",
-    "train.warmup_steps=2",
-    "train.log_every=1",
-    "train.max_minutes=null",
-    "monitor.every=0",
-]
-TINY_GRAPH_LEVEL = [
-    "data.source=pyg",
-    "data.name=FakeDataset",
-    "data.kwargs={num_graphs: 24, avg_num_nodes: 8, avg_degree: 2, num_channels: 8}",
-    *TINY_GRAPH[4:],
-]
+TINY_GRAPH = tiny_overrides("graph")
+TINY_GRAPH_LEVEL = tiny_overrides("graph", level="graph")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Worker for tests/test_distributed.py: one training step (and a few EMA updates) of masked LM, SimCLR's
+"""Worker for tests/test_torchrun.py: one training step (and a few EMA updates) of masked LM, SimCLR's
 NT-Xent and data2vec on a fixed *global* batch, each process taking its slice, under Accelerate (DDP
 on gloo). Saves the synchronised gradients, losses and EMA teachers of every case to OUT (rank 0) so
 the test can compare a 2-process run with a 1-process run of the same global batch.
@@ -26,8 +26,8 @@ from domains.text.encoders import HFTextEncoder
 from mmssl.masking import bert_mask, random_mask
 from mmssl.objectives.base import SSLModel
 from mmssl.objectives.data2vec import Data2Vec, Data2VecConfig
-from mmssl.objectives.joint_embedding import SimCLR, SimCLRConfig
-from mmssl.objectives.language_modeling import MaskedLM, MaskedLMConfig
+from mmssl.objectives.mlm import MaskedLM, MaskedLMConfig
+from mmssl.objectives.simclr import SimCLR, SimCLRConfig
 from mmssl.trainer import DDP_KWARGS
 from mmssl.types import Batch
 
@@ -35,20 +35,18 @@ GLOBAL_BATCH, EMA_STEPS = 8, 3
 
 
 def rows(batch: Batch, rank: int, world: int) -> Batch:
-    """This process's contiguous slice of a global batch (views in extras included)."""
+    """This process's contiguous slice of a global batch (its views and paired batch included)."""
     n = batch.batch_size // world
     sl = slice(rank * n, (rank + 1) * n)
 
     def cut(v):
-        if isinstance(v, Batch):
-            return rows(v, rank, world)
-        if isinstance(v, tuple) and v and isinstance(v[0], Batch):
-            return tuple(rows(x, rank, world) for x in v)
         return v[sl] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == batch.batch_size else v
 
-    return Batch(units=batch.units[sl], padding_mask=batch.padding_mask[sl],
-                 special_mask=None if batch.special_mask is None else batch.special_mask[sl],
-                 extras={k: cut(v) for k, v in batch.extras.items()})
+    views = None if batch.views is None else tuple(rows(v, rank, world) for v in batch.views)
+    return batch.replace(units=batch.units[sl], padding_mask=batch.padding_mask[sl],
+                         special_mask=None if batch.special_mask is None else batch.special_mask[sl],
+                         extras={k: cut(v) for k, v in batch.extras.items()}, views=views,
+                         pair=None if batch.pair is None else rows(batch.pair, rank, world))
 
 
 def tiny_bert() -> HFTextEncoder:
@@ -75,7 +73,7 @@ def text_batch() -> Batch:
 def image_views() -> Batch:
     g = torch.Generator().manual_seed(2)
     views = tuple(image_batch(torch.rand(GLOBAL_BATCH, 1, 16, 16, generator=g), 4) for _ in range(2))
-    return views[0].replace(extras={**views[0].extras, "views": views})
+    return views[0].replace(views=views)
 
 
 def run_case(acc: Accelerator, name: str) -> dict:
@@ -89,7 +87,7 @@ def run_case(acc: Accelerator, name: str) -> dict:
         mask, corrupted = bert_mask(batch.units, batch.maskable, mask_token_id=4, vocab_size=80,
                                     generator=torch.Generator().manual_seed(3))
         n = GLOBAL_BATCH // world
-        patches.append(mock.patch("mmssl.objectives.language_modeling.bert_mask",
+        patches.append(mock.patch("mmssl.objectives.mlm.bert_mask",
                                   lambda *a, **k: (mask[rank * n:(rank + 1) * n], corrupted[rank * n:(rank + 1) * n])))
         local_masked = int(mask[rank * n:(rank + 1) * n].sum())
     elif name == "simclr":

@@ -20,7 +20,6 @@ in ``MMSSL_AUDIO_WORKERS`` processes (default 2) with a progress bar.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import random
@@ -36,6 +35,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from domains.audio.io import AudioClips, decode_file
+from domains.packages import extracted_debs
+from domains.text.builders import embedded_corpus_text
 
 SAMPLING_RATE = 16000
 KWS_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -188,16 +189,12 @@ def _render_sentence(job: tuple[str, str, int]) -> np.ndarray:
 
 def austen_sentences(count: int, seed: int = 0) -> list[str]:
     """``count`` sentences of 4-30 words from the text domain's embedded Austen corpus."""
-    corpus = Path(__file__).resolve().parents[1] / "text" / "data" / "austen.txt.gz"
-    with gzip.open(corpus, "rt", encoding="utf-8") as f:
-        text = re.sub(r"\s+", " ", f.read())
+    text = re.sub(r"\s+", " ", embedded_corpus_text("austen"))
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if 4 <= len(s.split()) <= 30]
     return random.Random(seed).sample(sentences, min(count, len(sentences)))
 
 
 def _debian_clips(package: str, pattern: str) -> list[tuple[str, np.ndarray]]:
-    from domains.text.debian import extracted_debs
-
     clips = []
     with extracted_debs([package]) as root:
         files = sorted(root.rglob(pattern))

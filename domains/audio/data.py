@@ -10,8 +10,9 @@ with ``padding_mask``) -> the per-step :class:`SpecAugmentTransform` (optional) 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torch.utils.data import IterableDataset
 
 from domains.audio.features import fbank_units, mfcc_with_deltas, normalise_waveform, spec_augment
 from domains.audio.io import AudioClips
-from mmssl.types import Batch
+from mmssl.types import Batch, Extra
 
 STREAMS = ("waveform", "fbank")
 
@@ -162,12 +163,12 @@ class AudioCollator:
 
     ``waveform``: ``units [B, S]`` normalised samples, ``padding_mask [B, S]``.
     ``fbank``: ``units [B, T, n_mels * stride]``, ``padding_mask [B, T]``; with a k-means
-    model, ``extras["targets"]`` ``[B, T]`` int64 cluster ids (-100 at padding).
-    ``extras["labels"]`` holds the rows' labels when ``with_labels``.
+    model, ``extras[Extra.TARGETS]`` ``[B, T]`` int64 cluster ids (-100 at padding).
+    ``extras[Extra.LABELS]`` holds the rows' labels when ``with_labels``.
     """
 
     def __init__(self, stream: str, sampling_rate: int, num_mel_bins: int = 80, frame_stride: int = 2,
-                 with_labels: bool = False, kmeans: "MFCCKMeans | None" = None) -> None:
+                 with_labels: bool = False, kmeans: MFCCKMeans | None = None) -> None:
         if stream not in STREAMS:
             raise ValueError(f"data.stream must be one of {STREAMS}, got {stream!r}")
         self.stream = stream
@@ -187,9 +188,9 @@ class AudioCollator:
             if self.kmeans is not None:
                 ids = [self.kmeans.unit_targets(r["wave"], len(f), self.frame_stride) for r, f in zip(rows, frames)]
                 targets, _ = _pad(ids)
-                extras["targets"] = targets.masked_fill(pad, -100)
+                extras[Extra.TARGETS] = targets.masked_fill(pad, -100)
         if self.with_labels:
-            extras["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
+            extras[Extra.LABELS] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         return Batch(units=units, padding_mask=pad, extras=extras)
 
 
@@ -205,7 +206,7 @@ class MFCCKMeans:
         self.sampling_rate = sampling_rate
 
     @classmethod
-    def fit(cls, clips: AudioClips, num_clusters: int, max_clips: int, seed: int = 0) -> "MFCCKMeans":
+    def fit(cls, clips: AudioClips, num_clusters: int, max_clips: int, seed: int = 0) -> MFCCKMeans:
         from sklearn.cluster import MiniBatchKMeans
 
         feats = torch.cat([mfcc_with_deltas(w, clips.sampling_rate) for w in clips.waves[:max_clips]]).numpy()

@@ -10,24 +10,38 @@ used without mmssl exactly as it was trained.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
-from transformers import (AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, FeatureExtractionMixin,
-                          SeamlessM4TFeatureExtractor, Wav2Vec2FeatureExtractor)
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModelForAudioClassification,
+    FeatureExtractionMixin,
+    SeamlessM4TFeatureExtractor,
+    Wav2Vec2FeatureExtractor,
+)
 
+from domains.audio.baselines import mfcc_baseline
 from domains.audio.builders import load_split
-from domains.audio.data import (AudioCollator, AudioDataConfig, BucketedClips, ClipRows, MFCCKMeans,
-                                SpecAugmentTransform, max_samples)
+from domains.audio.data import (
+    AudioCollator,
+    AudioDataConfig,
+    BucketedClips,
+    ClipRows,
+    MFCCKMeans,
+    SpecAugmentTransform,
+    max_samples,
+)
 from domains.audio.encoders import AudioEncoderConfig, ConformerEncoder, build_audio_encoder, load_audio_encoder
 from domains.audio.features import spec_augment
 from domains.audio.io import AudioClips, load_folder, load_hf_audio
-from mmssl.domain import ClassifierModule, PretrainData, TaskData
+from mmssl.domain import ClassifierModule, PretrainData, RawFeatures, TaskData, needs_overrides, save_classifier_head
 from mmssl.encoder import Encoder
-from mmssl.registry import DOMAINS, TASKS
+from mmssl.registry import DOMAINS, TASKS, TaskSpec, registered_tasks
 from mmssl.types import Batch
 
 PROCESSOR_DIR = "processor"
@@ -109,8 +123,6 @@ class AudioClassifier(ClassifierModule):
         if self.head is None:
             self.model.save_pretrained(str(out_dir))
             return
-        from mmssl.finetune import save_classifier_head  # local: mmssl.finetune loads scikit-learn
-
         self.model.export(out_dir)
         save_classifier_head(self.head, self.label_names, out_dir)
 
@@ -122,7 +134,7 @@ def _kws_task() -> tuple[AudioClips, AudioClips]:
     return load_split(root / "train"), load_split(root / "test")
 
 
-TASKS.add("kws", _kws_task)  # 10 keywords, test voices never seen in training
+TASKS.add("kws", TaskSpec(_kws_task, domain="audio"))  # 10 keywords, test voices never seen in training
 
 
 class AudioDomain:
@@ -133,10 +145,36 @@ class AudioDomain:
 
     name = "audio"
     unit_name = "units"
+    unit_kind = "features"
     data_config = AudioDataConfig
     encoder_config = AudioEncoderConfig
 
-    def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
+    def smoke_overrides(self, data: AudioDataConfig) -> tuple[str, ...]:
+        """``--set`` strings that make an audio recipe a seconds-long run (the recipe smoke test, ``tests/recipes``):
+        1 s crops of the synthetic clips of the test fixture ``audio_folder`` (``{audio_folder}`` is its path),
+        k-means on 20 clips, every architecture 32 wide at the recipe's depth (narrow conv stacks, small codebooks)."""
+        return ("data.source=folder", "data.path={audio_folder}", "data.max_seconds=1.0", "data.bucket_batches=2",
+                "data.kmeans_clips=20", "encoder.hidden_size=32", "encoder.num_heads=2", "encoder.intermediate_size=64",
+                "encoder.conv_dim=[16,16,16,16,16,16,16]", "encoder.num_conv_pos_embeddings=16",
+                "encoder.num_conv_pos_embedding_groups=2", "encoder.num_conv_pos_layers=2", "encoder.conv_pos_kernel_size=5",
+                "encoder.num_codevectors_per_group=8", "encoder.codevector_dim=16", "encoder.proj_codevector_dim=16",
+                "encoder.conv_depthwise_kernel_size=3", "train.batch_size=4", "train.warmup_steps=2", "train.log_every=1")
+
+    def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
+        """Fbank units read by a conformer; ``causal``: its causal variant, ``targets``: MFCC k-means ids per
+        unit, ``quantizer_head``: wav2vec 2.0 on the waveform (whose conv frames are then the feature units)."""
+        given = {"causal": ("encoder.causal=true",), "targets": ("data.targets=mfcc-kmeans",),
+                 "quantizer_head": ("data.stream=waveform", "encoder.arch=wav2vec2")}
+        return needs_overrides(needs, given, base=("data.stream=fbank", "encoder.arch=conformer"))
+
+    def derived_objective_settings(self, data: AudioDataConfig, objective: str) -> dict[str, tuple[Any, str]]:
+        """HuBERT predicts the cluster ids of the data's offline targets (``objective.num_classes``)."""
+        if objective != "hubert" or data.targets != "mfcc-kmeans":
+            return {}
+        return {"num_classes": (data.num_clusters, f"data.num_clusters={data.num_clusters}")}
+
+    def check_recipe(self, recipe: Any) -> None:
+        """The encoder reads the stream the data computes: waveform samples, or stacked fbank frames of its width."""
         data, enc = recipe.data, recipe.encoder
         wants = "fbank" if enc.arch == "conformer" else "waveform"
         if data.stream != wants:
@@ -144,6 +182,9 @@ class AudioDomain:
         if enc.arch == "conformer" and enc.input_dim != data.num_mel_bins * data.frame_stride:
             raise ValueError(f"encoder.input_dim={enc.input_dim} must be data.num_mel_bins * data.frame_stride = "
                              f"{data.num_mel_bins * data.frame_stride}")
+
+    def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
+        data = recipe.data
         clips = load_clips(data)
         processor = make_processor(data)
         if rank == 0:
@@ -169,8 +210,8 @@ class AudioDomain:
 
     # ------------------------------------------------------------------ downstream
     def task_names(self) -> tuple[str, ...]:
-        """The ``--task`` names an audio export takes (``hub`` and ``folder`` with task.path)."""
-        return ("kws", "hub", "folder")
+        """The ``--task`` names an audio export takes: the audio tasks, then ``hub`` and ``folder`` (with task.path)."""
+        return (*registered_tasks(self.name), "hub", "folder")
 
     def task_data(self, task: Any) -> TaskData:
         if task.name in ("hub", "folder"):
@@ -214,6 +255,11 @@ class AudioDomain:
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
         return load_audio_encoder(export_dir, random_init)
+
+    def raw_features(self, data: TaskData, task: Any) -> RawFeatures:
+        """The ``mfcc-statistics`` baseline: mean and std of each clip's 39-dim MFCCs
+        (:mod:`domains.audio.baselines`)."""
+        return mfcc_baseline(data.train, data.test)
 
 
 DOMAINS.add("audio", AudioDomain())

@@ -26,8 +26,15 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from transformers import (Data2VecAudioConfig, Data2VecAudioModel, PreTrainedModel, Wav2Vec2BertConfig,
-                          Wav2Vec2BertModel, Wav2Vec2Config, Wav2Vec2ForPreTraining)
+from transformers import (
+    Data2VecAudioConfig,
+    Data2VecAudioModel,
+    PreTrainedModel,
+    Wav2Vec2BertConfig,
+    Wav2Vec2BertModel,
+    Wav2Vec2Config,
+    Wav2Vec2ForPreTraining,
+)
 from transformers.masking_utils import causal_mask_function, create_bidirectional_mask
 
 from mmssl.encoder import Encoder
@@ -168,6 +175,16 @@ class Wav2Vec2Encoder(Encoder):
     def prediction_head(self) -> nn.Module | None:
         return self.model if isinstance(self.model, Wav2Vec2ForPreTraining) else None
 
+    def quantizer_head(self) -> nn.Module:
+        """``Wav2Vec2ForPreTraining`` itself: its quantizer and projections export with the backbone.
+
+        Raises:
+            mmssl.encoder.CapabilityError: For ``Data2VecAudioModel``, which has no quantizer.
+        """
+        if isinstance(self.model, Wav2Vec2ForPreTraining):
+            return self.model
+        return super().quantizer_head()
+
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))
 
@@ -199,12 +216,10 @@ class ConformerEncoder(Encoder):
         self.hidden_size = model.config.hidden_size
         self.unit_dim = model.config.feature_projection_input_dim
 
-    def output_padding_mask(self, batch: Batch) -> Tensor:
-        return batch.padding_mask
-
     def encode_with_features(self, batch: Batch, mask: Tensor | None = None,
                              all_layers: bool = False) -> tuple[EncoderOutput, Tensor]:
-        """Encode, and also return the layer-normed input units ``[B, T, C]``."""
+        """Encode, and also return the layer-normed input units ``[B, T, C]`` (on the unit grid, the
+        protocol's default :meth:`output_padding_mask`)."""
         if batch.units.ndim != 3 or batch.units.shape[-1] != self.unit_dim:
             raise ValueError(f"the conformer encoder reads fbank units [B, T, {self.unit_dim}], got "
                              f"{tuple(batch.units.shape)} (data.stream=fbank; encoder.input_dim = n_mels * stride)")

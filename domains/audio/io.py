@@ -11,9 +11,10 @@ skipped and counted in :attr:`AudioClips.skipped`, so one corrupt file never sto
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ class AudioClips:
     def seconds(self) -> float:
         return sum(len(w) for w in self.waves) / self.sampling_rate
 
-    def subset(self, index: Iterable[int]) -> "AudioClips":
+    def subset(self, index: Iterable[int]) -> AudioClips:
         index = list(index)
         pick = lambda xs: None if xs is None else [xs[i] for i in index]  # noqa: E731
         return AudioClips([self.waves[i] for i in index], self.sampling_rate, pick(self.labels),

@@ -22,11 +22,11 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import dropout_edge, dropout_node, k_hop_subgraph, mask_feature
 
-from mmssl.types import Batch
+from mmssl.types import Batch, Extra
 
 
 def _edges(batch: Batch) -> Tensor:
-    return batch.extras["edge_index"]
+    return batch.extras[Extra.EDGE_INDEX]
 
 
 def _with(batch: Batch, **extras: object) -> dict:
@@ -91,10 +91,10 @@ def generation_split(batch: Batch, attr_ratio: float, edge_ratio: float) -> Batc
     """GPT-GNN's generation task (Hu et al. 2020, sec. 3.3) on one batch.
 
     A random permutation of each row's nodes puts the first ``attr_ratio`` of them in the
-    *attribute generation* set (``extras["gen_attr"]``, ``[B, T]`` bool: their features are
+    *attribute generation* set (``extras[Extra.GEN_ATTR]``, ``[B, T]`` bool: their features are
     replaced by the mask token when encoded and must be regenerated); the other nodes are
     *edge generation* nodes, each of whose edges is removed with probability ``edge_ratio``
-    (both directions) and must be regenerated: ``extras["gen_pairs"]`` (``[2, P]`` grid
+    (both directions) and must be regenerated: ``extras[Extra.GEN_PAIRS]`` (``[2, P]`` grid
     indices: the edge generation node, then the removed neighbour). The full model
     duplicates attribute nodes so that their real features serve as context; this one
     keeps them masked for every node (no leak, less context).

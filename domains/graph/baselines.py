@@ -1,13 +1,15 @@
-"""Reference points for graph tasks: linear probes on features that involve no learning.
+"""The raw-feature baselines of graph tasks: features that involve no learning.
 
-* ``raw``: each node's (or, for graph-level tasks, the mean of each graph's) input features;
-* ``propagated`` (node tasks): SGC-style mean aggregation (Wu et al. 2019), the node's
+* ``propagated-features`` (node tasks): SGC-style mean aggregation (Wu et al. 2019), the node's
   features concatenated with their 1-hop and 2-hop neighbourhood means
   ``[X, A_hat X, A_hat^2 X]`` where ``A_hat`` is the row-normalised adjacency of the
-  undirected graph with self-loops.
+  undirected graph with self-loops;
+* ``mean-node-features`` (graph tasks): the mean of each graph's input node features;
+* ``node-features`` (node tasks, a second reference): each node's own input features.
 
-Both use the same probe as ``mmssl evaluate --protocol linear`` (standardised features,
-logistic regression)::
+:meth:`domains.graph.domain.GraphDomain.raw_features` gives the first two, so
+``mmssl evaluate RUN --protocol linear|knn --task TASK --init raw`` fits the same probe on them as on
+an encoder's pooled features. Without a run, the linear probe on every baseline of a task::
 
     python -m domains.graph.baselines --task wordnet-graph
     python -m domains.graph.baselines --task solubility
@@ -18,19 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import add_self_loops, to_undirected
 
-
-def _dense_rows(x: Tensor, rows: Tensor) -> Tensor:
-    """``[len(rows), F]`` float32 rows of a dense or sparse (CSR/COO) feature matrix."""
-    if x.layout == torch.strided:
-        return x[rows].float()
-    return torch.stack([x[int(r)].to_dense() for r in rows]).float() if x.layout == torch.sparse_csr \
-        else x.index_select(0, rows).to_dense().float()
+from domains.graph.data import Items
+from mmssl.domain import RawFeatures
 
 
 def mean_propagate(graph: Data, hops: int = 2) -> list[Tensor]:
@@ -50,48 +49,60 @@ def mean_propagate(graph: Data, hops: int = 2) -> list[Tensor]:
     return out
 
 
-def node_baselines(task) -> dict[str, dict]:
-    """Raw-feature and propagated-feature probes of a node-level :class:`GraphTask`."""
-    from mmssl.finetune import ProbeConfig, fit_linear_probe
+def _labels(rows: Items) -> Tensor:
+    return torch.tensor(rows.labels, dtype=torch.long)
 
-    graph = task.graph
-    train_ids, test_ids = torch.tensor(task.train.items), torch.tensor(task.test.items)
-    y_train, y_test = torch.tensor(task.train.labels), torch.tensor(task.test.labels)
-    results = {}
-    start = time.perf_counter()
-    x = graph.x
-    results["raw"] = fit_linear_probe((_dense_rows(x, train_ids), y_train), (_dense_rows(x, test_ids), y_test),
-                                      ProbeConfig())
-    results["raw"]["seconds"] = round(time.perf_counter() - start, 1)
-    start = time.perf_counter()
-    hops = torch.cat(mean_propagate(graph, hops=2), dim=1)
-    results["propagated_2hop"] = fit_linear_probe((hops[train_ids], y_train), (hops[test_ids], y_test), ProbeConfig())
-    results["propagated_2hop"]["seconds"] = round(time.perf_counter() - start, 1)
+
+def propagated_baseline(graph: Data, train: Items, test: Items, hops: int = 2) -> RawFeatures:
+    """Node rows (ids into ``graph``) as ``[len(rows), (hops + 1) * F]`` propagated features
+    (``hops=0``: the ``node-features`` alone)."""
+    propagated = mean_propagate(graph, hops)
+
+    def rows_of(rows: Items) -> Tensor:
+        ids = torch.tensor(rows.items, dtype=torch.long)
+        return torch.cat([h[ids] for h in propagated], dim=1)
+
+    name = "propagated-features" if hops else "node-features"
+    return RawFeatures(name, (rows_of(train), _labels(train)), (rows_of(test), _labels(test)))
+
+
+def mean_features_baseline(train: Items, test: Items) -> RawFeatures:
+    """Graph rows as ``[len(rows), F]``: the mean of each graph's node features."""
+
+    def means(rows: Items) -> Tensor:
+        return torch.stack([g.x.float().mean(0) for g in rows.items])
+
+    return RawFeatures("mean-node-features", (means(train), _labels(train)), (means(test), _labels(test)))
+
+
+def baseline_probes(task_name: str) -> list[dict[str, Any]]:
+    """The linear probe (:func:`mmssl.probes.fit_linear_probe`) on the task's raw-feature baseline
+    (:meth:`GraphDomain.raw_features`) and, for a node task, on the node features alone."""
+    from mmssl.probes import fit_linear_probe
+    from mmssl.registry import DOMAINS
+    from mmssl.tasks import ProbeConfig, TaskConfig
+
+    task, domain = TaskConfig(name=task_name), DOMAINS.get("graph")
+    data = domain.task_data(task)
+    graph = domain.load_task(task_name).graph  # None for a graph-level task
+    baselines: list[Callable[[], RawFeatures]] = [lambda: domain.raw_features(data, task)]
+    if graph is not None:
+        baselines.append(lambda: propagated_baseline(graph, data.train, data.test, hops=0))
+    results = []
+    for baseline in baselines:
+        start = time.perf_counter()
+        raw = baseline()
+        result = fit_linear_probe(raw.train, raw.test, ProbeConfig())
+        results.append({"baseline": raw.name, **result, "seconds": round(time.perf_counter() - start, 1)})
     return results
-
-
-def graph_baselines(task) -> dict[str, dict]:
-    """The probe on each graph's mean node features (a graph-level :class:`GraphTask`)."""
-    from mmssl.finetune import ProbeConfig, fit_linear_probe
-
-    def means(graphs: list[Data]) -> Tensor:
-        return torch.stack([g.x.float().mean(0) for g in graphs])
-
-    train = (means(task.train.items), torch.tensor(task.train.labels))
-    test = (means(task.test.items), torch.tensor(task.test.labels))
-    return {"raw_mean": fit_linear_probe(train, test, ProbeConfig())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="linear probes on raw and propagated graph features")
     parser.add_argument("--task", default="wordnet-graph")
     args = parser.parse_args()
-    from mmssl.registry import TASKS
-
-    task = TASKS.get(args.task)()
-    results = node_baselines(task) if task.level == "node" else graph_baselines(task)
-    for name, r in results.items():
-        print(json.dumps({"task": args.task, "baseline": name, **r}))
+    for result in baseline_probes(args.task):
+        print(json.dumps({"task": args.task, **result}))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,7 +34,7 @@ from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
 from domains.graph.molecules import ATOM_FEATURES, mol_to_graph
 from domains.graph.units import csr_features
-from domains.text.debian import extracted_debs, read_wheel_member
+from domains.packages import extracted_debs, read_wheel_member
 from mmssl.datasets import prepare
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,11 @@ import inspect
 import json
 import logging
 import pickle
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch_geometric.data import Data, Dataset, HeteroData, InMemoryDataset
@@ -34,7 +35,7 @@ from domains.graph.sampling import EgoNetSampler
 from domains.graph.units import csr_features, ego_batch, full_batch, graphs_batch
 from mmssl.config import ConfigError, short_repr
 from mmssl.datasets import cache_root
-from mmssl.types import Batch
+from mmssl.types import Batch, Extra
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class GraphProcessor:
         (Path(path) / PROCESSOR_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "GraphProcessor":
+    def from_pretrained(cls, path: str | Path) -> GraphProcessor:
         file = Path(path) / PROCESSOR_FILE
         if not file.is_file():
             raise FileNotFoundError(f"{path} has no {PROCESSOR_FILE} (not a graph run or export)")
@@ -382,7 +383,7 @@ def ego_collate(graph: Data, num_neighbors: Sequence[int], with_labels: bool) ->
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash(tuple(seeds.tolist())) % (2**31))
             sample = sampler.sample_from_nodes(NodeSamplerInput(input_id=torch.arange(len(seeds)), node=seeds))
-        extras = {"labels": torch.tensor([r["label"] for r in rows])} if with_labels else {}
+        extras = {Extra.LABELS: torch.tensor([r["label"] for r in rows])} if with_labels else {}
         return ego_batch(sample, graph.x, **extras)
 
     return collate
@@ -398,7 +399,7 @@ def graphs_collate(with_labels: bool) -> Callable[[list[dict]], Batch]:
     """Rows of graphs -> one grid row per graph (PyG's ``Batch.from_data_list``)."""
 
     def collate(rows: list[dict]) -> Batch:
-        extras = {"labels": torch.tensor([r["label"] for r in rows])} if with_labels else {}
+        extras = {Extra.LABELS: torch.tensor([r["label"] for r in rows])} if with_labels else {}
         return graphs_batch([r["item"] for r in rows], **extras)
 
     return collate
@@ -433,4 +434,4 @@ class GraphViews:
         else:
             views = tuple(augment.drop_edges(augment.mask_features(batch, pf), pe)
                           for pf, pe in zip(cfg.mask_feature_p, cfg.drop_edge_p))
-        return batch.replace(extras={**batch.extras, "views": views})
+        return batch.replace(views=views)

@@ -11,14 +11,16 @@ classification), ``solubility`` (graph classification) and ``karate-club`` (test
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from domains.graph.baselines import mean_features_baseline, propagated_baseline
 from domains.graph.data import (
     GraphDataConfig,
     GraphProcessor,
@@ -31,9 +33,9 @@ from domains.graph.data import (
 )
 from domains.graph.encoders import GraphEncoderConfig, build_graph_encoder
 from domains.graph.gnn import GNNEncoder, GraphBackbone
-from mmssl.domain import ClassifierModule, PretrainData, TaskData
+from mmssl.domain import ClassifierModule, PretrainData, RawFeatures, TaskData, needs_overrides, save_classifier_head
 from mmssl.encoder import Encoder
-from mmssl.registry import DOMAINS, TASKS
+from mmssl.registry import DOMAINS, TASKS, TaskSpec, registered_tasks
 from mmssl.types import Batch
 
 
@@ -89,9 +91,9 @@ def _karate_task() -> GraphTask:
     return node_task(graph, 16, 18, [f"community-{i}" for i in range(4)])
 
 
-TASKS.add("wordnet-graph", _wordnet_task)
-TASKS.add("solubility", _solubility_task)
-TASKS.add("karate-club", _karate_task)
+TASKS.add("wordnet-graph", TaskSpec(_wordnet_task, domain="graph"))
+TASKS.add("solubility", TaskSpec(_solubility_task, domain="graph"))
+TASKS.add("karate-club", TaskSpec(_karate_task, domain="graph"))
 
 
 class GraphClassifier(ClassifierModule):
@@ -107,8 +109,6 @@ class GraphClassifier(ClassifierModule):
         return self.head(self.encoder.encode(batch).pooled())
 
     def export(self, out_dir: Path) -> None:
-        from mmssl.finetune import save_classifier_head  # local: mmssl.finetune loads scikit-learn
-
         self.encoder.model.save_pretrained(str(out_dir))
         save_classifier_head(self.head, self.label_names, out_dir)
 
@@ -126,8 +126,35 @@ class GraphDomain:
 
     name = "graph"
     unit_name = "nodes"
+    unit_kind = "graph"
     data_config = GraphDataConfig
     encoder_config = GraphEncoderConfig
+
+    def smoke_overrides(self, data: GraphDataConfig) -> tuple[str, ...]:
+        """``--set`` strings that make a graph recipe a seconds-long run (the recipe smoke test, ``tests/recipes``) on
+        PyG's built-in graphs: KarateClub (34 nodes) at node level, 24 random graphs at graph level; 32 wide."""
+        source = ("data.source=pyg", "data.name=KarateClub", "data.num_neighbors=[3, 2]", "data.eval_num_neighbors=[3, 2]")
+        if data.level == "graph":
+            source = ("data.source=pyg", "data.name=FakeDataset",
+                      "data.kwargs={num_graphs: 24, avg_num_nodes: 8, avg_degree: 2, num_channels: 8}")
+        return (*source, "encoder.hidden_size=32", "train.batch_size=8", "train.warmup_steps=2", "train.log_every=1",
+                "monitor.every=0")
+
+    def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
+        """Ego networks of seed nodes read by GraphSAGE; ``views``: BGRL's two views (feature masking, edge
+        dropping, every node kept in place), ``generation``: GPT-GNN's hidden attributes and removed links."""
+        given = {"views": ("data.views=bgrl",), "generation": ("data.views=gpt_gnn",)}
+        return needs_overrides(needs, given, base=("data.level=node", "data.mode=sampled", "data.views=none",
+                                                   "encoder.arch=sage"))
+
+    def derived_objective_settings(self, data: Any, objective: str) -> dict[str, tuple[Any, str]]:
+        """None: no objective setting follows from this domain's data."""
+        return {}
+
+    def check_recipe(self, recipe: Any) -> None:
+        """Full-graph mode has one item to batch: the whole graph."""
+        if recipe.data.level == "node" and recipe.data.mode == "full" and recipe.train.batch_size != 1:
+            raise ValueError("data.mode=full trains on the whole graph at every step: set train.batch_size=1")
 
     def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
         cfg: GraphDataConfig = recipe.data
@@ -136,8 +163,6 @@ class GraphDomain:
             graph = source
             ids = list(range(graph.num_nodes))[: cfg.max_items]
             if cfg.mode == "full":
-                if recipe.train.batch_size != 1:
-                    raise ValueError("data.mode=full trains on the whole graph at every step: set train.batch_size=1")
                 dataset, collate = Items([0]), full_collate(graph)
             else:
                 dataset, collate = Items(ids), ego_collate(graph, cfg.num_neighbors, with_labels=False)
@@ -166,17 +191,17 @@ class GraphDomain:
 
     # ------------------------------------------------------------------ downstream
     def task_names(self) -> tuple[str, ...]:
-        """The ``--task`` names a graph export takes (tasks registered without a domain are also tried)."""
-        return ("wordnet-graph", "solubility", "karate-club")
+        """The ``--task`` names a graph export takes: the graph tasks (registered names only, no user files)."""
+        return registered_tasks(self.name)
 
-    @functools.lru_cache(maxsize=4)
     def load_task(self, name: str) -> GraphTask:
-        return TASKS.get(name)()
+        """The registered graph task ``name``, loaded once per process (probes and fine-tunes reuse it)."""
+        return _load_task(name)
 
     def task_data(self, task: Any) -> TaskData:
         if task.name in ("file", "hub"):
-            raise ValueError("graph tasks are registered names (wordnet-graph, solubility, karate-club); "
-                             "register your own PyG task in mmssl.registry.TASKS")
+            raise ValueError(f"graph tasks are registered names ({', '.join(self.task_names())}); register your "
+                             "own PyG task in mmssl.registry.TASKS as TaskSpec(loader, domain='graph')")
         t = self.load_task(task.name)
         train = t.train
         if task.max_train_samples:
@@ -203,12 +228,25 @@ class GraphDomain:
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
         return GNNEncoder(_backbone(Path(export_dir), random_init))
 
+    def raw_features(self, data: TaskData, task: Any) -> RawFeatures:
+        """Node tasks: the ``propagated-features`` ``[X, A_hat X, A_hat^2 X]`` of each node; graph tasks: the
+        ``mean-node-features`` of each graph (:mod:`domains.graph.baselines`)."""
+        graph = self.load_task(task.name).graph
+        if graph is None:
+            return mean_features_baseline(data.train, data.test)
+        return propagated_baseline(graph, data.train, data.test)
+
 
 def _check_width(width: int, processor: GraphProcessor, task: str) -> None:
     """A task's node features must be as wide as those the encoder was pretrained on."""
     if width != processor.in_channels:
         raise ValueError(f"task {task} has {width} node features but the encoder was pretrained on "
                          f"{processor.in_channels} ({processor.source}); the GNN's first layer cannot read them")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_task(name: str) -> GraphTask:
+    return TASKS.get(name)()
 
 
 DOMAINS.add("graph", GraphDomain())

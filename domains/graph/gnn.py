@@ -9,7 +9,7 @@ export loads back without mmssl's training code::
 
 :class:`GNNEncoder` adapts it to mmssl's :class:`~mmssl.encoder.Encoder` protocol on the
 unit grid of :mod:`domains.graph.units`: the real units are flattened, run through the
-GNN over ``extras["edge_index"]`` and put back on the grid.
+GNN over ``extras[Extra.EDGE_INDEX]`` and put back on the grid.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ Three layouts, one contract (what every graph :class:`~mmssl.types.Batch` holds)
   ``Batch.from_data_list`` (what its ``DataLoader`` does) and ``to_dense_batch``.
 
 ``units`` are ``[B, T, C]`` node features, ``padding_mask`` marks the empty cells, and
-``extras["edge_index"]`` (``[2, E]`` int64) holds the edges in *grid coordinates*: unit
+``extras[Extra.EDGE_INDEX]`` (``[2, E]`` int64) holds the edges in *grid coordinates*: unit
 ``(b, t)`` is node ``b * T + t``. Grid coordinates survive any change of the padding, so
 a view drops a node by marking it as padding, and its edges vanish with it
-(:func:`compact_graph`). ``extras["layout"]`` names the layout; ``extras["node_id"]``
+(:func:`compact_graph`). ``Batch.layout`` names the layout; ``extras[Extra.NODE_ID]``
 (``[B, T]``, -1 at padding) the nodes' ids in the source graph where there is one.
 """
 
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,7 +31,7 @@ from torch_geometric.data import Data
 from torch_geometric.sampler import SamplerOutput
 from torch_geometric.utils import subgraph, to_dense_batch
 
-from mmssl.types import Batch
+from mmssl.types import Batch, Extra
 
 LAYOUTS = ("ego", "full", "graphs")
 
@@ -95,7 +96,7 @@ def ego_batch(sample: SamplerOutput, x: Tensor, **extras: Any) -> Batch:
     special = torch.zeros_like(padding)
     special[:, 0] = True
     return Batch(units=units, padding_mask=padding, special_mask=special,
-                 extras={"edge_index": edge_index, "layout": "ego", "node_id": node_id, **extras})
+                 extras={Extra.EDGE_INDEX: edge_index, Extra.NODE_ID: node_id, **extras}, layout="ego")
 
 
 def full_batch(data: Data, **extras: Any) -> Batch:
@@ -104,7 +105,7 @@ def full_batch(data: Data, **extras: Any) -> Batch:
     padding = torch.zeros(1, data.num_nodes, dtype=torch.bool)
     node_id = torch.arange(data.num_nodes).unsqueeze(0)
     return Batch(units=x.unsqueeze(0), padding_mask=padding,
-                 extras={"edge_index": data.edge_index, "layout": "full", "node_id": node_id, **extras})
+                 extras={Extra.EDGE_INDEX: data.edge_index, Extra.NODE_ID: node_id, **extras}, layout="full")
 
 
 def graphs_batch(graphs: Sequence[Data], **extras: Any) -> Batch:
@@ -112,7 +113,7 @@ def graphs_batch(graphs: Sequence[Data], **extras: Any) -> Batch:
     pyg = PyGBatch.from_data_list([Data(x=g.x, edge_index=g.edge_index, num_nodes=g.num_nodes) for g in graphs])
     units, padding, index = _grid(node_rows(pyg.x, torch.arange(pyg.num_nodes)), pyg.batch, len(graphs))
     return Batch(units=units, padding_mask=padding,
-                 extras={"edge_index": index[pyg.edge_index], "layout": "graphs", **extras})
+                 extras={Extra.EDGE_INDEX: index[pyg.edge_index], **extras}, layout="graphs")
 
 
 def compact_graph(batch: Batch) -> tuple[Tensor, Tensor]:
@@ -125,7 +126,7 @@ def compact_graph(batch: Batch) -> tuple[Tensor, Tensor]:
     b, t = batch.padding_mask.shape
     present = ~batch.padding_mask.reshape(-1)
     keep = present.nonzero().squeeze(1)
-    edge_index = batch.extras["edge_index"]
+    edge_index = batch.extras[Extra.EDGE_INDEX]
     if len(keep) == b * t:
         return keep, edge_index
     edge_index, _ = subgraph(present, edge_index, relabel_nodes=True, num_nodes=b * t)
@@ -133,8 +134,8 @@ def compact_graph(batch: Batch) -> tuple[Tensor, Tensor]:
 
 
 def layout_of(batch: Batch) -> str:
-    layout = batch.extras.get("layout")
-    if layout not in LAYOUTS or "edge_index" not in batch.extras:
-        raise ValueError("a graph batch needs extras['edge_index'] and extras['layout'] in "
+    layout = batch.layout
+    if layout not in LAYOUTS or Extra.EDGE_INDEX not in batch.extras:
+        raise ValueError("a graph batch needs extras['edge_index'] and Batch.layout in "
                          f"{LAYOUTS}; build it with domains.graph.units (got layout {layout!r})")
     return layout

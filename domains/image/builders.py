@@ -4,7 +4,7 @@
 (Xiao, Rasul & Vollgraf 2017, "Fashion-MNIST: a Novel Image Dataset for Benchmarking
 Machine Learning Algorithms", arXiv:1708.07747; MIT licence): from
 ``/usr/share/datasets/fashion-mnist`` when the package is installed, otherwise from the
-``.deb`` fetched and unpacked without installing it (:mod:`domains.text.debian`). It writes
+``.deb`` fetched and unpacked without installing it (:mod:`domains.packages`). It writes
 ``train/`` (60,000 images) and ``test/`` (10,000) with :func:`domains.image.data.save_arrays`:
 ``uint8 [N, 1, 28, 28]`` images, ``int64`` labels and the ten class names of the paper.
 """
@@ -21,7 +21,7 @@ from typing import Literal
 from tqdm.auto import tqdm
 
 from domains.image.data import ImageArrays, load_arrays, read_idx, save_arrays
-from domains.text.debian import extracted_debs
+from domains.packages import extracted_debs
 from mmssl.datasets import prepare
 
 FASHION_MNIST = "fashion-mnist"

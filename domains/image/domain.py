@@ -2,9 +2,9 @@
 
 Data flow: ``ImageArrays`` (uint8 ``[N, C, H, W]``) -> :class:`ImageRows` -> ``collate``
 (a :class:`Batch` of normalised patch units, plus the ``[0, 1]`` pixels in
-``extras["pixels"]``) -> the per-step ``transform`` on the training device
+``extras[Extra.PIXELS]``) -> the per-step ``transform`` on the training device
 (:func:`domains.image.augment_views.make_views` with per-sample random parameters, then each view
-patchified into ``extras["views"]``; or a pretext transform, rotation or jigsaw, with ``extras["pretext_labels"]``)
+patchified into ``Batch.views``; or a pretext transform, rotation or jigsaw, with ``extras[Extra.PRETEXT_LABELS]``)
 -> the objective.
 """
 
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -22,15 +23,16 @@ from transformers import AutoConfig, AutoModelForImageClassification, ViTImagePr
 
 from domains.image import pretext
 from domains.image import views as augment_views
+from domains.image.baselines import pixel_baseline
 from domains.image.builders import load_fashion_mnist
 from domains.image.data import ImageArrays, load_arrays, load_hf_image_dataset, load_imagefolder, load_numpy
 from domains.image.encoders import ImageEncoderConfig, ResNetEncoder, ViTEncoder, build_image_encoder
 from domains.image.resnet import SmallResNet
 from domains.image.units import grid_of, image_batch, unpatchify
-from mmssl.domain import ClassifierModule, PretrainData, TaskData
+from mmssl.domain import ClassifierModule, PretrainData, RawFeatures, TaskData, needs_overrides, save_classifier_head
 from mmssl.encoder import Encoder
-from mmssl.registry import DOMAINS, TASKS
-from mmssl.types import Batch
+from mmssl.registry import DOMAINS, TASKS, TaskSpec, registered_tasks
+from mmssl.types import Batch, Extra
 
 VIEW_PRESETS = ("none", "crop", "fashion-mnist", "simclr", "mocov2", "byol", "rotation", "jigsaw")
 PRETEXT_VIEWS = ("rotation", "jigsaw")
@@ -46,7 +48,7 @@ class ImageDataConfig:
     ``rotation`` (RotNet: each image rotated by 0/90/180/270 degrees) or ``jigsaw`` (a
     ``jigsaw_grid`` x ``jigsaw_grid`` puzzle shuffled by one of ``jigsaw_permutations``
     maximal-Hamming permutations); the pretext views put their labels in
-    ``extras["pretext_labels"]`` (:mod:`domains.image.pretext`).
+    ``extras[Extra.PRETEXT_LABELS]`` (:mod:`domains.image.pretext`).
     """
 
     source: Literal["prepared", "numpy", "imagefolder", "hub"] = "prepared"
@@ -139,21 +141,21 @@ def _normalise(pixels: Tensor, processor: ViTImageProcessor) -> Tensor:
 
 
 def image_collate(processor: ViTImageProcessor, with_labels: bool) -> Callable[[list[dict[str, Any]]], Batch]:
-    """Rows -> a Batch of normalised patch units; ``[0, 1]`` pixels in ``extras["pixels"]`` for the transform."""
+    """Rows -> a Batch of normalised patch units; ``[0, 1]`` pixels in ``extras[Extra.PIXELS]`` for the transform."""
     patch = int(processor.patch_size)
 
     def collate(rows: list[dict[str, Any]]) -> Batch:
         pixels = torch.stack([r["image"] for r in rows]).float().div_(255)
-        extras: dict[str, Any] = {"pixels": pixels}
+        extras: dict[str, Any] = {Extra.PIXELS: pixels}
         if with_labels:
-            extras["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
+            extras[Extra.LABELS] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         return image_batch(_normalise(pixels, processor), patch, **extras)
 
     return collate
 
 
 class ViewTransform:
-    """The per-step transform: augmented views of ``extras["pixels"]``, each a Batch of patch units.
+    """The per-step transform: augmented views of ``extras[Extra.PIXELS]``, each a Batch of patch units.
 
     Runs on the batch's device with torch's global RNG (seeded per step by the trainer).
     """
@@ -170,7 +172,7 @@ class ViewTransform:
                 raise ValueError(f"data.jigsaw_permutations: {e}") from None
 
     def __call__(self, batch: Batch) -> Batch:
-        pixels = batch.extras["pixels"]
+        pixels = batch.extras[Extra.PIXELS]
         if self.cfg.views == "rotation":
             rotated, k = pretext.rotate(pixels)
             return image_batch(_normalise(rotated, self.processor), self.patch, pretext_labels=k)
@@ -180,7 +182,7 @@ class ViewTransform:
             return image_batch(puzzles, self.patch, pretext_labels=k)
         views = tuple(image_batch(v, self.patch) for v in augment_views.make_views(pixels, self.configs))
         first = views[0]
-        return first.replace(extras={**first.extras, "views": views})
+        return first.replace(views=views)
 
 
 def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[augment_views.ViewConfig, ...]:
@@ -195,9 +197,7 @@ def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[a
     if cfg.crop_scale is not None:
         base = tuple(dataclasses.replace(v, scale=tuple(cfg.crop_scale)) for v in base)
     views = [dataclasses.replace(v, **norm) for v in base]
-    if cfg.local_crops:
-        if cfg.local_size % int(processor.patch_size):
-            raise ValueError(f"data.local_size={cfg.local_size} is not a multiple of encoder.patch_size")
+    if cfg.local_crops:  # ImageDomain.check_recipe: local_size is a multiple of the patch size
         local = dataclasses.replace(base[-1], size=cfg.local_size, scale=(0.05, 0.4), **norm)
         views += [local] * cfg.local_crops
     return tuple(views)
@@ -224,8 +224,6 @@ class ImageClassifier(ClassifierModule):
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))
         if self.head is not None:
-            from mmssl.finetune import save_classifier_head  # local: mmssl.finetune loads scikit-learn
-
             save_classifier_head(self.head, self.label_names, out_dir)
 
 
@@ -242,7 +240,7 @@ def _fashion_mnist_task() -> tuple[ImageArrays, ImageArrays]:
     return load_fashion_mnist("train"), load_fashion_mnist("test")
 
 
-TASKS.add("fashion-mnist", _fashion_mnist_task)  # Xiao et al. (2017): 60k train / 10k test, 10 classes
+TASKS.add("fashion-mnist", TaskSpec(_fashion_mnist_task, domain="image"))  # Xiao et al. (2017): 60k/10k, 10 classes
 
 
 class ImageDomain:
@@ -250,8 +248,39 @@ class ImageDomain:
 
     name = "image"
     unit_name = "patches"
+    unit_kind = "grid"
     data_config = ImageDataConfig
     encoder_config = ImageEncoderConfig
+
+    def smoke_overrides(self, data: ImageDataConfig) -> tuple[str, ...]:
+        """``--set`` strings that make an image recipe a seconds-long run (the recipe smoke test, ``tests/recipes``):
+        the 32 random 28x28 images of the test fixture ``tiny_images`` (``{tiny_images}`` is its path), a 32-wide
+        ViT of the recipe's depth or a ResNet of width 4, no kNN monitor."""
+        return ("data.source=numpy", "data.path={tiny_images}", "encoder.hidden_size=32", "encoder.num_heads=2",
+                "encoder.intermediate_size=64", "encoder.resnet_width=4", "train.batch_size=8", "train.warmup_steps=2",
+                "train.log_every=1", "monitor.every=0")
+
+    def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
+        """Patches of the collated images read by a ViT; ``views``: two Fashion-MNIST views, ``pretext_labels``:
+        RotNet's rotations, ``encode_visible``: a ViT (a ResNet cannot drop patches)."""
+        given = {"views": ("data.views=fashion-mnist",), "pretext_labels": ("data.views=rotation",),
+                 "encode_visible": ("encoder.arch=vit",)}
+        return needs_overrides(needs, given, base=("data.views=none", "encoder.arch=vit"))
+
+    def derived_objective_settings(self, data: ImageDataConfig, objective: str) -> dict[str, tuple[Any, str]]:
+        """A pretext head classifies the transformations the data applies: RotNet's four rotations, or the
+        jigsaw permutation set (``objective.num_classes``)."""
+        if objective != "pretext" or data.views not in PRETEXT_VIEWS:
+            return {}
+        if data.views == "rotation":
+            return {"num_classes": (4, "data.views=rotation (four rotations)")}
+        return {"num_classes": (data.jigsaw_permutations, f"data.jigsaw_permutations={data.jigsaw_permutations}")}
+
+    def check_recipe(self, recipe: Any) -> None:
+        """Multi-crop local views are cut into whole patches (the image size itself is checked on the data)."""
+        data, enc = recipe.data, recipe.encoder
+        if data.local_crops and data.local_size % enc.patch_size:
+            raise ValueError(f"data.local_size={data.local_size} is not a multiple of encoder.patch_size={enc.patch_size}")
 
     def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
         data, enc = recipe.data, recipe.encoder
@@ -278,8 +307,9 @@ class ImageDomain:
 
     # ------------------------------------------------------------------ downstream
     def task_names(self) -> tuple[str, ...]:
-        """The ``--task`` names an image export takes (``hub``: a Hub dataset or a saved one, with task.path)."""
-        return ("fashion-mnist", "hub")
+        """The ``--task`` names an image export takes: the image tasks, then ``hub`` (a Hub dataset or a saved
+        one, with task.path)."""
+        return (*registered_tasks(self.name), "hub")
 
     def task_data(self, task: Any) -> TaskData:
         if task.name == "hub":
@@ -324,6 +354,10 @@ class ImageDomain:
             return ViTEncoder(model)
         model = _fresh_resnet(export_dir) if random_init else SmallResNet.from_pretrained(str(export_dir))
         return ResNetEncoder(model, int(processor.patch_size))
+
+    def raw_features(self, data: TaskData, task: Any) -> RawFeatures:
+        """The ``pixels`` baseline: each image's pixels scaled to [0, 1], flattened (:mod:`domains.image.baselines`)."""
+        return pixel_baseline(data.train.arrays, data.test.arrays)
 
 
 def _fresh_resnet(export_dir: Path) -> SmallResNet:

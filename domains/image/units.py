@@ -4,7 +4,7 @@ A ``P x P`` patch of a ``C``-channel image is one unit of ``C * P * P`` features
 channel-major ``(C, P, P)``: the order of ``torch.nn.functional.unfold`` and of a
 ``Conv2d(C, D, kernel_size=P, stride=P)`` weight flattened to ``[D, C*P*P]``, so a ViT's
 patch embedding is a linear map of a unit. Units are row-major over the patch grid.
-The grid shape travels with the batch as ``Batch.extras["grid"] = (rows, cols)``.
+The grid shape travels with the batch as ``Batch.grid = (rows, cols)``.
 """
 
 from __future__ import annotations
@@ -37,19 +37,18 @@ def unpatchify(units: Tensor, grid: tuple[int, int], patch_size: int) -> Tensor:
     return F.fold(units.transpose(1, 2), output_size=size, kernel_size=patch_size, stride=patch_size)
 
 
-def image_batch(images: Tensor, patch_size: int, **extras: object) -> Batch:
+def image_batch(images: Tensor, patch_size: int, **extras: Tensor) -> Batch:
     """A :class:`Batch` of patch units for ``[B, C, H, W]`` images (no padding, every patch maskable)."""
     b, _, h, w = images.shape
     units = patchify(images, patch_size)
     grid = (h // patch_size, w // patch_size)
     return Batch(units=units, padding_mask=torch.zeros(units.shape[:2], dtype=torch.bool, device=units.device),
-                 extras={"grid": grid, **extras})
+                 extras=extras, grid=grid)
 
 
 def grid_of(batch: Batch) -> tuple[int, int]:
     """The ``(rows, cols)`` patch grid of an image batch."""
-    grid = batch.extras.get("grid")
-    if grid is None:
-        raise ValueError("an image batch needs extras['grid'] = (rows, cols); build it with image_batch()")
-    return int(grid[0]), int(grid[1])
+    if batch.grid is None:
+        raise ValueError("an image batch needs Batch.grid = (rows, cols); build it with image_batch()")
+    return batch.grid
 

@@ -5,15 +5,16 @@ Data flow: a prepared split (``mmssl data prepare speech-text``, or a folder in 
 duration-bucketed :class:`domains.audio.data.BucketedClips`, each row given its sentence) ->
 :class:`SpeechTextCollator`: the audio domain's :class:`domains.audio.data.AudioCollator` makes
 the main :class:`Batch` of speech units, the tokenizer the text :class:`Batch` in
-``extras["pair"]`` (:data:`mmssl.objectives.cross_modal.PAIR_KEY`).
+``Batch.pair``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from torch.utils.data import Dataset, IterableDataset
 from transformers import AutoFeatureExtractor, FeatureExtractionMixin, PreTrainedTokenizerBase
@@ -23,8 +24,7 @@ from domains.audio.data import AudioCollator, AudioDataConfig
 from domains.audio.io import AudioClips
 from domains.speech_text.builders import PAIRS_FILE
 from domains.text.tokenizer import TokenizerConfig, load_tokenizer
-from mmssl.objectives.cross_modal import PAIR_KEY
-from mmssl.types import Batch
+from mmssl.types import Batch, Extra
 
 TEXT_DIR = "text"  # the tokenizer (and, in an export, the BertModel)
 AUDIO_DIR = "audio"  # the feature extractor (and, in an export, the audio encoder)
@@ -176,13 +176,13 @@ class SpeechTextProcessor:
         self.feature_extractor.save_pretrained(str(Path(path) / AUDIO_DIR))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "SpeechTextProcessor":
+    def from_pretrained(cls, path: str | Path) -> SpeechTextProcessor:
         path = Path(path)
         return cls(load_tokenizer(path / TEXT_DIR), AutoFeatureExtractor.from_pretrained(str(path / AUDIO_DIR)))
 
 
 class SpeechTextCollator:
-    """Rows -> the speech :class:`Batch` (the audio domain's units) with the text :class:`Batch` in ``extras["pair"]``.
+    """Rows -> the speech :class:`Batch` (the audio domain's units) with the text :class:`Batch` in ``Batch.pair``.
 
     The text batch holds ``[B, L]`` token ids (``[CLS] ... [SEP]``, right-padded, truncated to
     ``max_tokens``), its ``padding_mask`` and ``token_type_ids``. Deterministic.
@@ -196,10 +196,10 @@ class SpeechTextCollator:
     def text_batch(self, texts: list[str]) -> Batch:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt",
                              return_special_tokens_mask=True)
-        extras = {"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {}
+        extras = {Extra.TOKEN_TYPE_IDS: enc["token_type_ids"]} if "token_type_ids" in enc else {}
         return Batch(units=enc["input_ids"], padding_mask=enc["attention_mask"] == 0,
                      special_mask=enc["special_tokens_mask"].bool(), extras=extras)
 
     def __call__(self, rows: list[dict[str, Any]]) -> Batch:
         speech = self.audio(rows)
-        return speech.replace(extras={**speech.extras, PAIR_KEY: self.text_batch([r["text"] for r in rows])})
+        return speech.replace(pair=self.text_batch([r["text"] for r in rows]))

@@ -3,25 +3,38 @@
 It composes the audio and text domains: the audio domain's bucketing, collator, feature
 extractor and encoders for the speech, the text domain's tokenizer training and BERT for the
 sentences. A batch is the speech :class:`Batch` with the text :class:`Batch` in
-``extras["pair"]``; the encoder is a :class:`mmssl.objectives.cross_modal.TwoTowerEncoder`.
+``Batch.pair``; the encoder is a :class:`mmssl.encoder.TwoTowerEncoder`.
 Downstream, the ``speech-text`` task is retrieval between held-out pairs
 (``mmssl evaluate RUN --protocol retrieval --task speech-text``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from domains.audio.data import BucketedClips, SpecAugmentTransform
-from domains.audio.domain import collator as audio_collator, make_processor
-from domains.speech_text.data import (PairedRows, PairedStream, SpeechTextCollator, SpeechTextDataConfig,
-                                      SpeechTextPairs, SpeechTextProcessor, load_pairs)
-from domains.speech_text.encoders import (SpeechTextEncoder, SpeechTextEncoderConfig, build_speech_text_encoder,
-                                          load_speech_text_encoder)
+from domains.audio.domain import collator as audio_collator
+from domains.audio.domain import make_processor
+from domains.speech_text.data import (
+    PairedRows,
+    PairedStream,
+    SpeechTextCollator,
+    SpeechTextDataConfig,
+    SpeechTextPairs,
+    SpeechTextProcessor,
+    load_pairs,
+)
+from domains.speech_text.encoders import (
+    SpeechTextEncoder,
+    SpeechTextEncoderConfig,
+    build_speech_text_encoder,
+    load_speech_text_encoder,
+)
 from domains.text.tokenizer import check_tokenizer, load_tokenizer, train_tokenizer
-from mmssl.domain import PretrainData, TaskData
-from mmssl.registry import DOMAINS, TASKS
+from mmssl.domain import PretrainData, RawFeatures, TaskData, needs_overrides
+from mmssl.registry import DOMAINS, TASKS, TaskSpec, registered_tasks
 from mmssl.types import Batch
 
 PROCESSOR_DIR = "processor"  # in a run directory; an export holds text/ and audio/ at its root
@@ -33,7 +46,8 @@ def _speech_text_task() -> tuple[SpeechTextPairs, SpeechTextPairs]:
     return load_pairs(cfg, "train"), load_pairs(cfg, "test")
 
 
-TASKS.add("speech-text", _speech_text_task)  # retrieval: held-out sentences read by held-out voices
+# retrieval: held-out sentences read by held-out voices
+TASKS.add("speech-text", TaskSpec(_speech_text_task, domain="speech_text"))
 
 
 class SpeechTextDomain:
@@ -41,8 +55,26 @@ class SpeechTextDomain:
 
     name = "speech_text"
     unit_name = "units"
+    unit_kind = "features"  # the speech; its sentences are in Batch.pair
     data_config = SpeechTextDataConfig
     encoder_config = SpeechTextEncoderConfig
+
+    def smoke_overrides(self, data: SpeechTextDataConfig) -> tuple[str, ...]:
+        """``--set`` strings that make a speech-text recipe a seconds-long run (the recipe smoke test,
+        ``tests/recipes``): the 16 synthetic pairs of the test fixture ``pairs_folder`` (``{pairs_folder}`` is its
+        path), a 100-piece vocabulary, both towers 32 wide at the recipe's depth."""
+        return ("data.source=folder", "data.path={pairs_folder}", "data.max_seconds=2.0", "data.bucket_batches=1",
+                "data.spec_augment=false", "data.tokenizer.vocab_size=100", "data.max_text_tokens=16",
+                "encoder.audio.hidden_size=32", "encoder.audio.num_heads=2", "encoder.audio.intermediate_size=64",
+                "encoder.audio.conv_depthwise_kernel_size=3", "encoder.text.hidden_size=32", "encoder.text.num_heads=2",
+                "encoder.text.intermediate_size=64", "train.batch_size=4", "train.warmup_steps=2", "train.log_every=1")
+
+    def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
+        """Fbank units of speech with the sentence each clip reads in ``Batch.pair``, for objectives that need the
+        ``pair`` (the audio domain gives speech alone); None for any other need, or without ``pair``."""
+        if "pair" not in needs:
+            return None
+        return needs_overrides(needs, {"pair": ()}, base=("data.stream=fbank", "encoder.audio.arch=conformer"))
 
     def _processor(self, recipe: Any, pairs: SpeechTextPairs, run_dir: Path) -> SpeechTextProcessor:
         data, text = recipe.data, recipe.encoder.text
@@ -58,7 +90,12 @@ class SpeechTextDomain:
         processor.save_pretrained(saved)
         return processor
 
-    def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
+    def derived_objective_settings(self, data: Any, objective: str) -> dict[str, tuple[Any, str]]:
+        """None: no objective setting follows from this domain's data."""
+        return {}
+
+    def check_recipe(self, recipe: Any) -> None:
+        """The speech tower reads the stream the data computes (as in the audio domain)."""
         data, enc = recipe.data, recipe.encoder
         wants = "waveform" if enc.audio.arch == "wav2vec2" else "fbank"
         if data.stream != wants:
@@ -66,6 +103,9 @@ class SpeechTextDomain:
         if enc.audio.arch == "conformer" and enc.audio.input_dim != data.num_mel_bins * data.frame_stride:
             raise ValueError(f"encoder.audio.input_dim={enc.audio.input_dim} must be data.num_mel_bins * "
                              f"data.frame_stride = {data.num_mel_bins * data.frame_stride}")
+
+    def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
+        data = recipe.data
         pairs = load_pairs(data, data.split)
         processor = self._processor(recipe, pairs, run_dir)
         audio = data.audio()
@@ -89,8 +129,9 @@ class SpeechTextDomain:
 
     # ------------------------------------------------------------------ downstream
     def task_names(self) -> tuple[str, ...]:
-        """The ``--task`` names a speech-text export takes (``speech-text``, or a folder of pairs with task.path)."""
-        return ("speech-text",)
+        """The ``--task`` names a speech-text export takes: the paired tasks (with task.path, a folder of pairs
+        in the builder's format is read under such a name)."""
+        return registered_tasks(self.name)
 
     def task_data(self, task: Any) -> TaskData:
         """Paired rows of ``speech-text`` (or of the folder ``task.path``); ``label_names`` is empty (no classes)."""
@@ -116,6 +157,13 @@ class SpeechTextDomain:
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> SpeechTextEncoder:
         return load_speech_text_encoder(export_dir, random_init)
+
+    def raw_features(self, data: TaskData, task: Any) -> RawFeatures:
+        """Refused with a ``ValueError``: the paired tasks have no classes for a probe (retrieval compares
+        against random init instead)."""
+        raise ValueError(f"the speech_text domain has no raw-feature baseline (init=raw): task {task.name!r} pairs "
+                         "speech with text and has no labels to probe; evaluate it with --protocol retrieval, "
+                         "against --set init=random")
 
 
 DOMAINS.add("speech_text", SpeechTextDomain())

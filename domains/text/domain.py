@@ -9,14 +9,14 @@ import datasets
 import pyarrow.compute as pc
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedTokenizerBase
 
-from mmssl.domain import PretrainData, TaskData
-from mmssl.registry import DOMAINS
-
+from domains.text.baselines import tfidf_baseline
 from domains.text.collate import BlockCollator, SentenceOrderTransform, classification_collate
 from domains.text.corpus import TextDataConfig, iter_texts, load_texts, pack_blocks
 from domains.text.encoders import HFTextEncoder, TextEncoderConfig, build_text_encoder, check_vocab
-from domains.text.tasks import TASK_NAMES, sequence_classifier, text_task_data
+from domains.text.tasks import USER_TASKS, sequence_classifier, text_task_data
 from domains.text.tokenizer import check_tokenizer, load_tokenizer, train_tokenizer
+from mmssl.domain import PretrainData, RawFeatures, TaskData, needs_overrides
+from mmssl.registry import DOMAINS, registered_tasks
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -26,8 +26,21 @@ class TextDomain:
 
     name = "text"
     unit_name = "tokens"
+    unit_kind = "ids"
     data_config = TextDataConfig
     encoder_config = TextEncoderConfig
+
+    def smoke_overrides(self, data: TextDataConfig) -> tuple[str, ...]:
+        """``--set`` strings that make a text recipe a seconds-long run (the recipe smoke test, ``tests/recipes``):
+        400 paragraphs of its corpus in 32-token blocks, a 300-piece vocabulary, a 32-wide encoder of the
+        recipe's depth (so settings that count layers, such as data2vec's ``top_k_layers``, stay valid)."""
+        return ("data.max_texts=400", "data.block_size=32", "data.tokenizer.vocab_size=300", "encoder.hidden_size=32",
+                "encoder.num_heads=2", "encoder.intermediate_size=64", "encoder.max_position_embeddings=64",
+                "train.batch_size=8", "train.warmup_steps=2", "train.log_every=1")
+
+    def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
+        """Token ids read by BERT (it has the mask token); ``causal``: GPT-2. No views, labels or pairs."""
+        return needs_overrides(needs, {"causal": ("encoder.arch=gpt2",)}, base=("encoder.arch=bert",))
 
     # ------------------------------------------------------------------ pretraining
     def _tokenizer(self, data: TextDataConfig, arch: str, texts: Any, run_dir: Path, max_length: int) -> PreTrainedTokenizerBase:
@@ -43,12 +56,20 @@ class TextDomain:
             tokenizer.save_pretrained(str(saved))
         return tokenizer
 
-    def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
+    def derived_objective_settings(self, data: Any, objective: str) -> dict[str, tuple[Any, str]]:
+        """None: no objective setting follows from this domain's data."""
+        return {}
+
+    def check_recipe(self, recipe: Any) -> None:
+        """A block must fit the encoder's positions; sentence pairs need BERT's segment embeddings."""
         data, enc = recipe.data, recipe.encoder
         if data.block_size > enc.max_position_embeddings:
             raise ValueError(f"data.block_size={data.block_size} exceeds encoder.max_position_embeddings={enc.max_position_embeddings}")
         if data.sentence_pairs and enc.arch != "bert":
             raise ValueError("data.sentence_pairs needs encoder.arch=bert (sentence order prediction is a BERT/ALBERT task)")
+
+    def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
+        data, enc = recipe.data, recipe.encoder
         texts = load_texts(data)
         tokenizer = self._tokenizer(data, enc.arch, texts, run_dir, enc.max_position_embeddings)
         n_special = 0 if enc.arch == "gpt2" else 3 if data.sentence_pairs else 2
@@ -76,8 +97,8 @@ class TextDomain:
 
     # ------------------------------------------------------------------ downstream
     def task_names(self) -> tuple[str, ...]:
-        """The ``--task`` names a text export takes."""
-        return TASK_NAMES
+        """The ``--task`` names a text export takes: the text tasks, then ``file`` and ``hub`` (the user's data)."""
+        return (*registered_tasks(self.name), *USER_TASKS)
 
     def task_data(self, task: Any) -> TaskData:
         return text_task_data(task)
@@ -96,6 +117,11 @@ class TextDomain:
         model = auto.from_config(config) if random_init else auto.from_pretrained(str(export_dir))
         check_vocab(model, tokenizer, str(export_dir))
         return HFTextEncoder(model, tokenizer)
+
+    def raw_features(self, data: TaskData, task: Any) -> RawFeatures:
+        """The ``tf-idf`` baseline: TF-IDF vectors over the training texts' most frequent words
+        (:mod:`domains.text.baselines`)."""
+        return tfidf_baseline(data.train, data.test)
 
 
 DOMAINS.add("text", TextDomain())

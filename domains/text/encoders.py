@@ -9,12 +9,20 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config,
-                          GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.models.bert.modeling_bert import BertLayer
 
 from mmssl.encoder import Encoder
-from mmssl.types import Batch, EncoderOutput
+from mmssl.types import Batch, EncoderOutput, Extra
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,7 @@ class HFTextEncoder(Encoder):
         self.hidden_size = model.config.hidden_size
         self.vocab_size = model.config.vocab_size
         self.mask_token_id = tokenizer.mask_token_id  # None for GPT-2
+        self.causal = model.can_generate()  # GPT-2 attends to the past only; BERT to both sides
 
     @property
     def pipeline_tag(self) -> str:
@@ -150,7 +159,7 @@ class HFTextEncoder(Encoder):
         if batch.padding_mask.any():
             kwargs["attention_mask"] = (~batch.padding_mask).long()
         if "token_type_ids" in batch.extras and self.model.config.model_type == "bert":
-            kwargs["token_type_ids"] = batch.extras["token_type_ids"]
+            kwargs["token_type_ids"] = batch.extras[Extra.TOKEN_TYPE_IDS]
         return kwargs
 
     def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:

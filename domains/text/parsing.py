@@ -13,6 +13,7 @@ import unicodedata
 
 from tqdm.auto import tqdm
 
+
 def normalize_whitespace(text: str) -> str:
     """Collapse every run of whitespace into one space and strip the ends."""
     return " ".join(text.split())

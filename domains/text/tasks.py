@@ -6,17 +6,16 @@ import logging
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import datasets
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from domains.text.files import LOADERS, load_local_files
 from mmssl.domain import ClassifierModule, TaskData
-from mmssl.registry import TASKS
-from mmssl.types import Batch
-
-from domains.text.corpus import LOADERS, load_local_files
+from mmssl.registry import TASKS, TaskSpec
+from mmssl.types import Batch, Extra
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +28,9 @@ def _rotten_tomatoes() -> datasets.Dataset:
     return load_rotten_tomatoes()
 
 
-TASKS.add("rotten-tomatoes", _rotten_tomatoes)  # Pang & Lee (2005) sentence polarity, 12,752 snippets
-TASK_NAMES = ("rotten-tomatoes", "file", "hub")  # the registered text tasks, and the user's data (with task.path)
+# Pang & Lee (2005) sentence polarity, 12,752 snippets
+TASKS.add("rotten-tomatoes", TaskSpec(_rotten_tomatoes, domain="text"))
+USER_TASKS = ("file", "hub")  # the user's own data, with task.path
 
 
 def _load_raw(task: Any) -> datasets.Dataset | datasets.DatasetDict:
@@ -45,8 +45,7 @@ def _load_raw(task: Any) -> datasets.Dataset | datasets.DatasetDict:
         return load_local_files([str(path)], "task.path")
     if task.name == "hub":
         return datasets.load_dataset(task.path)
-    loader: Callable[[], datasets.Dataset] = TASKS.get(task.name)
-    return loader()
+    return TASKS.get(task.name)()
 
 
 def _label_value(value: Any) -> Any:
@@ -184,7 +183,7 @@ class SequenceClassifier(ClassifierModule):
     def logits(self, batch: Batch) -> Tensor:
         kwargs = {"input_ids": batch.units, "attention_mask": (~batch.padding_mask).long()}
         if "token_type_ids" in batch.extras and self.model.config.model_type == "bert":
-            kwargs["token_type_ids"] = batch.extras["token_type_ids"]
+            kwargs["token_type_ids"] = batch.extras[Extra.TOKEN_TYPE_IDS]
         return self.model(**kwargs).logits
 
     def export(self, out_dir: Path) -> None:

@@ -1,6 +1,8 @@
-"""Base class of every objective: ``forward(encoder, batch) -> ObjectiveOutput``."""
+"""Base class of every objective (``forward(encoder, batch) -> ObjectiveOutput``) and its registry entry."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -14,7 +16,8 @@ class Objective(nn.Module):
     An objective owns its heads (projectors, predictors, decoders, teachers) and reads
     the encoder only through :class:`mmssl.encoder.Encoder`. The trainer calls
     :meth:`after_optimizer_step` right after each optimizer step; objectives with an EMA
-    teacher update it there, visibly, never inside ``forward``.
+    teacher update it there (:class:`mmssl.teacher.MomentumTeacher`), visibly, never inside
+    ``forward``.
     """
 
     def __init__(self, config: object, encoder: Encoder) -> None:
@@ -26,7 +29,7 @@ class Objective(nn.Module):
 
     def after_optimizer_step(self, encoder: Encoder, step: int, max_steps: int) -> None:
         """Hook for momentum/EMA updates and schedules, given the (unwrapped) student ``encoder``;
-        ``step`` counts completed optimizer steps."""
+        ``step`` counts completed optimizer steps (1 after the first)."""
 
 
 class SSLModel(nn.Module):
@@ -42,3 +45,68 @@ class SSLModel(nn.Module):
 
     def after_optimizer_step(self, step: int, max_steps: int) -> None:
         self.objective.after_optimizer_step(self.encoder, step, max_steps)
+
+
+# The kinds of units an objective can read (ObjectiveSpec.units); each domain gives one (Domain.unit_kind).
+UNIT_KINDS: dict[str, str] = {
+    "ids": "[B, T] int64 unit ids from a vocabulary (text tokens)",
+    "features": "[B, T, C] float unit features in a sequence (fbank units of speech)",
+    "grid": "[B, T, C] float unit features on a 2-D (rows, cols) grid in Batch.grid (image patches)",
+    "graph": "[B, T, C] float node features, linked by extras[Extra.EDGE_INDEX] (graph nodes)",
+}
+
+# What an objective needs beyond units (ObjectiveSpec.needs): what the batch carries, named for its
+# Batch field or Extra key, and the optional encoder capabilities, named for their Encoder attribute.
+# A domain maps each to the settings that give it (Domain.contract_overrides).
+BATCH_NEEDS: dict[str, str] = {
+    "views": "Batch.views: two or more augmented views of each sample",
+    "pretext_labels": "extras[Extra.PRETEXT_LABELS]: the transformation applied to each sample (rotation)",
+    "targets": "extras[Extra.TARGETS]: a class target per unit (HuBERT's cluster ids)",
+    "generation": "extras[Extra.GEN_ATTR] and extras[Extra.GEN_PAIRS]: units and links to regenerate (GPT-GNN)",
+    "pair": "Batch.pair: the paired input of another modality, for a TwoTowerEncoder",
+}
+ENCODER_NEEDS: dict[str, str] = {
+    "causal": "Encoder.causal: the output at unit t sees units <= t only",
+    "encode_visible": "Encoder.encode_visible: the encoder runs on a subset of the units (MAE)",
+    "quantizer_head": "Encoder.quantizer_head and Encoder.encode_with_features (wav2vec 2.0)",
+}
+NEEDS: dict[str, str] = {**BATCH_NEEDS, **ENCODER_NEEDS}
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """An objective module class, the dataclass that configures it, and what it reads (an entry of ``OBJECTIVES``).
+
+    ``units`` and ``needs`` are a contract, checked for every entry by ``tests/contracts``: the
+    objective is built on a tiny encoder of each unit kind it declares, from the real data pipeline
+    of a domain that gives that kind and every need (:meth:`mmssl.domain.Domain.contract_overrides`),
+    and must give a finite loss whose gradients reach the encoder and which falls on a fixed batch.
+
+    Attributes:
+        cls: the :class:`Objective` subclass, built as ``cls(config, encoder)``.
+        config_cls: the frozen dataclass that validates the recipe's ``objective`` section.
+        description: one line for listings.
+        units: the unit kinds it reads (keys of :data:`UNIT_KINDS`), at least one.
+        needs: what it needs beyond units (keys of :data:`NEEDS`): batch contents and encoder capabilities.
+        smoke_overrides: ``objective.*`` ``--set`` strings that shrink its heads to test size (the
+            published 8192-wide projectors) or fit it to a tiny encoder (two layers to average).
+    """
+
+    cls: type
+    config_cls: type
+    description: str = ""
+    units: tuple[str, ...] = field(kw_only=True)
+    needs: tuple[str, ...] = field(default=(), kw_only=True)
+    smoke_overrides: tuple[str, ...] = field(default=(), kw_only=True)
+
+    def __post_init__(self) -> None:
+        name = getattr(self.cls, "__name__", repr(self.cls))
+        if not self.units:
+            raise ValueError(f"ObjectiveSpec of {name}: units must name at least one of {', '.join(UNIT_KINDS)}")
+        for values, known, what in ((self.units, UNIT_KINDS, "units"), (self.needs, NEEDS, "needs")):
+            unknown = [v for v in values if v not in known]
+            if unknown:
+                raise ValueError(f"ObjectiveSpec of {name}: unknown {what} {unknown[0]!r}; known: {', '.join(known)}")
+        bad = [o for o in self.smoke_overrides if not o.startswith("objective.")]
+        if bad:
+            raise ValueError(f"ObjectiveSpec of {name}: smoke_overrides set objective.* keys only, got {bad[0]!r}")

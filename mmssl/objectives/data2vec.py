@@ -1,8 +1,8 @@
 """data2vec (Baevski et al. 2022): regress a teacher's contextual representations of masked units.
 
 One objective for every modality. The student encodes a masked batch; an EMA teacher
-(:class:`EMATeacher`, decay annealed from ``ema_decay`` to ``ema_end_decay``, updated in
-:meth:`Data2Vec.after_optimizer_step`) encodes the same batch unmasked; the target at each unit
+(:class:`mmssl.teacher.MomentumTeacher`, decay annealed linearly from ``ema_decay`` to
+``ema_end_decay``, updated in :meth:`Data2Vec.after_optimizer_step`) encodes the same batch unmasked; the target at each unit
 is the average of the teacher's top-K layer outputs, each normalised first (instance norm over
 the units of a sample, as in data2vec 1.0; layer norm as an option). A linear head regresses the
 targets from the student's output at the masked units, with MSE or smooth L1, normalised by the
@@ -34,10 +34,10 @@ from torch import Tensor, nn
 from mmssl.encoder import Encoder
 from mmssl.masking import bert_mask, random_mask, span_mask
 from mmssl.objectives.base import Objective
-from mmssl.objectives.components import EMATeacher, linear_momentum
-from mmssl.objectives.functional import masked_regression_loss
-from mmssl.objectives.masked_modeling import grid_block_mask
-from mmssl.registry import OBJECTIVES, ObjectiveSpec
+from mmssl.objectives.checks import check_span_fits
+from mmssl.objectives.losses import masked_regression_loss
+from mmssl.objectives.units import grid_block_mask
+from mmssl.teacher import LinearSchedule, MomentumTeacher
 from mmssl.types import Batch, ObjectiveOutput
 
 MaskKind = Literal["bert", "block", "span", "random"]
@@ -116,7 +116,7 @@ def repeat_batch(batch: Batch, times: int) -> Batch:
     """``times`` stacked copies of ``batch`` (sample ``i`` of copy ``c`` at row ``c * B + i``).
 
     Tensors in ``extras`` whose first dimension is the batch size are repeated too; anything
-    else (a grid tuple, per-batch metadata) is kept as is.
+    else (the unit grid, per-batch metadata) is kept as is.
     """
     if times == 1:
         return batch
@@ -147,9 +147,9 @@ class Data2Vec(Objective):
         super().__init__(config, encoder)
         if config.mask == "bert" and encoder.mask_token_id is None:
             raise ValueError(f"objective.mask=bert needs an encoder with a mask token; {type(encoder).__name__} has none")
-        self.teacher = EMATeacher(encoder, train_mode=False)  # data2vec: teacher always in eval mode
+        schedule = LinearSchedule(config.ema_decay, config.ema_end_decay, config.ema_anneal_steps)
+        self.teacher = MomentumTeacher(encoder, schedule, train_mode=False)  # data2vec: teacher always in eval mode
         self.head = nn.Linear(encoder.hidden_size, encoder.hidden_size)  # the paper's linear regression head
-        self.register_buffer("momentum", torch.tensor(config.ema_decay))  # the last update's tau, for the logs
 
     def make_mask(self, encoder: Encoder, batch: Batch, maskable: Tensor) -> tuple[Tensor, Batch]:
         """``([B, T] bool mask, the batch the student sees)`` for the configured generator.
@@ -169,9 +169,10 @@ class Data2Vec(Objective):
         if cfg.mask == "block":
             mask = grid_block_mask(batch, cfg.mask_prob, cfg.min_block)
             if mask is None:
-                raise ValueError("objective.mask=block needs a 2-D unit grid (batch.extras['grid']); "
+                raise ValueError("objective.mask=block needs a 2-D unit grid (Batch.grid); "
                                  "use mask=random or mask=span for this domain")
         elif cfg.mask == "span":
+            check_span_fits(maskable, cfg.span_length, "span_length")
             mask = span_mask(maskable, start_prob=cfg.mask_prob, span_length=cfg.span_length, min_spans=1)
         else:
             mask = random_mask(maskable, ratio=cfg.mask_prob)
@@ -197,7 +198,7 @@ class Data2Vec(Objective):
         loss = masked_regression_loss(pred, target, everywhere, loss=cfg.loss, beta=cfg.loss_beta)
         logs = {
             "masked_fraction": (mask.sum() / maskable.sum().clamp(min=1)).detach(),
-            "ema_decay": self.momentum.detach().float(),
+            "ema_decay": self.teacher.momentum.detach().float(),
             "target_std": target.std(0).mean().detach() if target.shape[0] > 1 else torch.zeros(()),
             "pred_std": pred.detach().std(0).mean() if pred.shape[0] > 1 else torch.zeros(()),
         }
@@ -205,11 +206,4 @@ class Data2Vec(Objective):
 
     def after_optimizer_step(self, encoder: Encoder, step: int, max_steps: int) -> None:
         """EMA update of the teacher towards the student, with tau annealed linearly (data2vec sec. 3.3)."""
-        cfg = self.config
-        momentum = linear_momentum(max(step - 1, 0), cfg.ema_anneal_steps, cfg.ema_decay, cfg.ema_end_decay)
-        self.teacher.update(encoder, momentum)
-        self.momentum.fill_(momentum)
-
-
-OBJECTIVES.add("data2vec", ObjectiveSpec(Data2Vec, Data2VecConfig,
-                                         "regress an EMA teacher's averaged top-K layers at masked units (data2vec)"))
+        self.teacher.update(encoder, step, max_steps)

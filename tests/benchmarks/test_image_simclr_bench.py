@@ -34,7 +34,10 @@ def test_quick_run_ends_with_one_json_line(image_simclr, tmp_path: Path, capsys:
     assert record["benchmark"] == "image_simclr"
     for key in ("mmssl_images_per_s", "lightly_images_per_s", "ratio"):
         assert math.isfinite(record[key]) and record[key] > 0, key
-    assert record["ratio"] == pytest.approx(record["mmssl_images_per_s"] / record["lightly_images_per_s"], rel=1e-2)
+    # the ratio of the medians, within the rounding of the figures (0.1 images/s) and of the ratio (0.001): a
+    # busy machine can bring the tiny model down to a few images/s, where that rounding exceeds 1%
+    ours, theirs = record["mmssl_images_per_s"], record["lightly_images_per_s"]
+    assert (ours - 0.05) / (theirs + 0.05) - 5e-4 <= record["ratio"] <= (ours + 0.05) / (theirs - 0.05) + 5e-4
     assert (record["repeats"], record["steps"], record["skip"], record["batch_size"]) == (1, 2, 1, 32)
     assert record["model"] == {"resnet_depth": 18, "resnet_width": 4, "projector": [32, 16]}
     assert record["precision"] in ("bf16", "no") and record["cores"] >= 1 and record["torch_threads"] >= 1

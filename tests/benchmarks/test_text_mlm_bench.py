@@ -13,7 +13,6 @@ import pytest
 from bench_loader import load_benchmark
 
 
-
 @pytest.fixture(scope="module")
 def text_mlm():
     yield from load_benchmark("text_mlm")

@@ -20,10 +20,9 @@ import torch
 from accelerate.utils.other import load as accelerate_load
 
 import mmssl.checkpoint as checkpoint_module
-from mmssl.checkpoint import MANIFEST_FILE, CheckpointError, file_digest
+from mmssl.checkpoint import MANIFEST_FILE, CheckpointError, checkpoint_dirs, file_digest, latest_checkpoint
 from mmssl.cli import main
 from mmssl.export import export_meta
-from mmssl.trainer import checkpoint_dirs, latest_checkpoint
 from tests.conftest import TINY
 from tests.mmssl.loop_fixtures import logged_steps, regression_trainer, stop_at
 

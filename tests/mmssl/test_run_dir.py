@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmssl.checkpoint import COMPLETE_MARKER
+from mmssl.checkpoint import COMPLETE_MARKER, METRICS_FILE, checkpoint_dirs, latest_checkpoint
 from mmssl.cli import main
-from mmssl.metrics import METRICS_FILE, append_metrics, read_metrics, truncate_after
+from mmssl.metrics import append_metrics, read_metrics, truncate_after
 from mmssl.pretrain import pretrain
-from mmssl.trainer import Trainer, checkpoint_dirs, latest_checkpoint
+from mmssl.trainer import Trainer
 from tests.conftest import TINY
 from tests.mmssl.loop_fixtures import logged_steps, losses, regression_trainer, stop_at, tensorboard_scalars
 

@@ -13,14 +13,23 @@ import pytest
 import torch
 
 import mmssl.trainer as trainer_module
-from mmssl.evaluation import KNNMonitor
-from mmssl.recipe import MonitorConfig
+from mmssl.checkpoint import checkpoint_dirs
 from mmssl.metrics import read_metrics
 from mmssl.pretrain import pretrain
-from mmssl.trainer import NonFiniteLossError, Trainer, checkpoint_dirs, use_cpu
+from mmssl.probes import KNNMonitor
+from mmssl.recipe import MonitorConfig
+from mmssl.trainer import NonFiniteLossError, Trainer, use_cpu
 from tests.conftest import TINY
-from tests.mmssl.loop_fixtures import (Regression, logged_steps, losses, regression_collate, regression_data,
-                                       regression_trainer, tensorboard_scalars, train_cfg)
+from tests.mmssl.loop_fixtures import (
+    Regression,
+    logged_steps,
+    losses,
+    regression_collate,
+    regression_data,
+    regression_trainer,
+    tensorboard_scalars,
+    train_cfg,
+)
 
 
 def test_metrics_lines_have_the_contract_keys(tmp_path: Path) -> None:
@@ -161,7 +170,7 @@ def test_log_lines_during_training_go_above_the_progress_bar(tmp_path: Path, mon
                                                                     written.append(s)))
     console = logging.StreamHandler(sys.stderr)  # what `logging.basicConfig` in mmssl.cli.main installs
     logging.root.addHandler(console)
-    monitor_log = logging.getLogger("mmssl.evaluation")
+    monitor_log = logging.getLogger("mmssl.probes")
     monitor_log.setLevel(logging.INFO)
     trainer = regression_trainer(tmp_path, max_steps=2)
     trainer.hooks.append(lambda t, step: monitor_log.info("step %d: kNN accuracy 0.5000", step))

@@ -30,6 +30,15 @@ def test_place_in_window_is_one_second_with_the_word_inside() -> None:
     assert (np.abs(clip) > 0.05).sum() > 3000  # the word is there, above the noise
 
 
+def test_speech_sentences_come_from_the_text_domains_embedded_corpus() -> None:
+    from domains.text.builders import embedded_corpus_text
+
+    sentences = builders.austen_sentences(3000)
+    assert sentences[0].startswith("Knightley soon saw that he had lost his moment")  # the same draw as ever
+    text = " ".join(embedded_corpus_text("austen").split())
+    assert len(set(sentences)) == 3000 and all(s in text and 4 <= len(s.split()) <= 30 for s in sentences)
+
+
 @needs_tts
 def test_kws_builder_renders_and_splits_by_voice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(builders, "ESPEAK_ACCENTS", ("en-us",))

@@ -12,7 +12,7 @@ from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2FeatureExtractor
 from domains.audio.data import AudioCollator, AudioDataConfig, BucketedClips, bucket_order
 from domains.audio.features import fbank_units, spec_augment
 from domains.audio.io import AudioClips, decode_file, load_folder, load_hf_audio
-from tests.domains.audio.audio_fixtures import RATE, audio_folder, tone, write_clips  # noqa: F401
+from tests.domains.audio.audio_fixtures import RATE, tone, write_clips
 
 
 def test_folder_decodes_resamples_and_skips_corrupt_files(audio_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -152,7 +152,7 @@ def test_data_config_errors_name_the_key() -> None:
 
 def test_audio_task_folder_without_its_test_split_names_task_path(tmp_path: Path) -> None:
     from domains.audio.domain import AudioDomain
-    from mmssl.finetune import TaskConfig
+    from mmssl.tasks import TaskConfig
 
     write_clips(tmp_path / "task" / "train", 4, labelled=True)  # no task/test folder
     with pytest.raises(FileNotFoundError, match=r"^task\.path: "):

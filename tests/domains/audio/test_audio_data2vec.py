@@ -10,15 +10,15 @@ import torch
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, Data2VecAudioModel
 
 from domains.audio.encoders import AudioEncoderConfig, Wav2Vec2Encoder, build_audio_encoder
-from mmssl.export import build_model, load_run_recipe, load_weights
+from mmssl.checkpoint import latest_checkpoint
+from mmssl.model import build_model, load_run_recipe, load_weights
 from mmssl.objectives.base import SSLModel
 from mmssl.objectives.data2vec import Data2Vec, Data2VecConfig, output_maskable
 from mmssl.pretrain import pretrain
 from mmssl.registry import DOMAINS
-from mmssl.trainer import latest_checkpoint
 from mmssl.types import Batch
-from tests.domains.audio.audio_fixtures import TINY_AUDIO, TINY_BY_RECIPE, audio_folder  # noqa: F401
-from tests.fitting import fit, first_last
+from tests.domains.audio.audio_fixtures import TINY_AUDIO, TINY_BY_RECIPE
+from tests.fitting import first_last, fit
 
 TINY = AudioEncoderConfig(arch="data2vec_audio", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                           conv_dim=(16,) * 7, num_conv_pos_layers=2, conv_pos_kernel_size=5,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from mmssl.cli import main
-from mmssl.export import load_run_recipe
+from mmssl.model import load_run_recipe
 from mmssl.pretrain import pretrain
-from tests.domains.audio.audio_fixtures import TINY_AUDIO, TINY_BY_RECIPE, audio_folder, tone_task  # noqa: F401
+from tests.domains.audio.audio_fixtures import TINY_AUDIO, TINY_BY_RECIPE
 
 
 @pytest.fixture(scope="module", params=["wav2vec2", "data2vec_audio", "tera"])

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from domains.audio.encoders import AudioEncoderConfig, build_audio_encoder
+from mmssl.objectives.apc import APC, APCConfig
 from mmssl.objectives.base import SSLModel
-from mmssl.objectives.cluster_prediction import BestRQ, BestRQConfig, HuBERT, HuBERTConfig, RandomProjectionQuantizer
-from mmssl.objectives.predictive_coding import APC, TERA, APCConfig, TERAConfig, tera_alter
+from mmssl.objectives.best_rq import BestRQ, BestRQConfig, RandomProjectionQuantizer
+from mmssl.objectives.hubert import HuBERT, HuBERTConfig
+from mmssl.objectives.tera import TERA, TERAConfig, tera_alter
 from mmssl.types import Batch
 from tests.fitting import fit
 

@@ -12,7 +12,7 @@ from mmssl.export import export_meta
 from mmssl.metrics import read_metrics
 from mmssl.pretrain import pretrain
 from mmssl.recipe import load_recipe
-from tests.domains.audio.audio_fixtures import TINY_AUDIO, TINY_BY_RECIPE, audio_folder  # noqa: F401
+from tests.domains.audio.audio_fixtures import TINY_AUDIO, TINY_BY_RECIPE
 
 AUDIO_RECIPES = ["wav2vec2", "data2vec_audio", "hubert", "apc", "tera"]
 

@@ -12,8 +12,13 @@ from transformers import AutoModelForAudioClassification, Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
 from domains.audio.encoders import AudioEncoderConfig, Wav2Vec2Encoder, build_audio_encoder
-from mmssl.objectives.quantized_contrastive import (Wav2Vec2Config, Wav2Vec2Objective, gumbel_temperature,
-                                                    quantized_contrastive_loss, sample_distractors)
+from mmssl.objectives.wav2vec2 import (
+    Wav2Vec2Config,
+    Wav2Vec2Objective,
+    gumbel_temperature,
+    quantized_contrastive_loss,
+    sample_distractors,
+)
 from mmssl.types import Batch
 
 TINY_W2V = AudioEncoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, conv_dim=(16,) * 7,

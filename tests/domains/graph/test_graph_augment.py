@@ -64,5 +64,5 @@ def test_views_make_two_aligned_views() -> None:
     for views in ("graphcl", "bgrl"):
         torch.manual_seed(0)
         out = GraphViews(GraphDataConfig(source="pyg", name="KarateClub", views=views))(batch)
-        v1, v2 = out.extras["views"]
+        v1, v2 = out.views
         assert v1.units.shape == v2.units.shape == batch.units.shape

@@ -9,7 +9,7 @@ from torch_geometric.data import Data
 
 from domains.graph.data import GraphProcessor, graph_problem, usable_graphs
 from domains.graph.domain import GraphDomain
-from mmssl.finetune import TaskConfig
+from mmssl.tasks import TaskConfig
 
 
 def _graph(n: int = 4, f: int = 3, edges=((0, 1), (1, 2))) -> Data:

@@ -12,7 +12,7 @@ from domains.graph.gnn import ARCHS, GNNEncoder
 from mmssl.objectives.base import SSLModel
 from mmssl.objectives.data2vec import Data2Vec, Data2VecConfig
 from mmssl.types import Batch
-from tests.fitting import fit, first_last
+from tests.fitting import first_last, fit
 
 
 def _ego_batch() -> Batch:

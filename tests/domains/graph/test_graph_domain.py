@@ -12,10 +12,12 @@ from torch_geometric.datasets import FakeDataset
 from domains.graph.domain import graph_task
 from domains.graph.gnn import GraphBackbone
 from mmssl.cli import main
-from mmssl.finetune import FinetuneConfig, ProbeConfig, TaskConfig, finetune, knn_probe, linear_probe
+from mmssl.finetune import finetune
 from mmssl.pretrain import pretrain
+from mmssl.probes import knn_probe, linear_probe
 from mmssl.recipe import TrainConfig
-from mmssl.registry import TASKS
+from mmssl.registry import TASKS, TaskSpec
+from mmssl.tasks import FinetuneConfig, ProbeConfig, TaskConfig
 from tests.conftest import TINY_GRAPH, TINY_GRAPH_LEVEL
 
 TINY_TRAIN = TrainConfig(max_steps=4, batch_size=8, lr=1e-2, warmup_steps=1, log_every=2, checkpoint_every=4)
@@ -66,7 +68,7 @@ def test_full_batch_mode_and_its_contract(tmp_path: Path) -> None:
 def test_graph_level_pretrain_and_finetune(tmp_path: Path) -> None:
     torch.manual_seed(0)
     graphs = list(FakeDataset(num_graphs=40, avg_num_nodes=8, avg_degree=2, num_channels=8, num_classes=3))
-    TASKS.add("tiny-graphs-test", lambda: graph_task(graphs[:24], graphs[24:], ["a", "b", "c"]))
+    TASKS.add("tiny-graphs-test", TaskSpec(lambda: graph_task(graphs[:24], graphs[24:], ["a", "b", "c"]), domain="graph"))
     run = pretrain("graphcl", [*TINY_GRAPH_LEVEL, "train.max_steps=3"], tmp_path / "graphcl")
     task = TaskConfig(name="tiny-graphs-test")
     record = finetune(run, FinetuneConfig(task=task, train=TINY_TRAIN), tmp_path / "ft")

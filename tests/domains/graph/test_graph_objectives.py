@@ -16,12 +16,12 @@ from domains.graph.data import GraphDataConfig, GraphViews, ego_collate
 from domains.graph.encoders import GraphEncoderConfig, build_graph_encoder
 from domains.graph.gnn import GNNEncoder
 from domains.graph.units import full_batch, graphs_batch
+from mmssl.objectives import objective_spec
 from mmssl.objectives.base import SSLModel
-from mmssl.objectives.generation import link_contrastive_loss
-from mmssl.objectives.local_global import DGI, DGIConfig
-from mmssl.objectives.masked_features import GraphMAE, GraphMAEConfig, sce_loss
-from mmssl.objectives.unit_bootstrap import BGRL, BGRLConfig
-from mmssl.registry import OBJECTIVES
+from mmssl.objectives.bgrl import BGRL, BGRLConfig
+from mmssl.objectives.dgi import DGI, DGIConfig
+from mmssl.objectives.gpt_gnn import link_contrastive_loss
+from mmssl.objectives.graphmae import GraphMAE, GraphMAEConfig, sce_loss
 from mmssl.types import Batch
 from tests.fitting import fit
 
@@ -97,7 +97,7 @@ def test_bgrl_loss_and_ema_match_an_independent_computation(karate: Data) -> Non
     enc = _encoder()
     obj = BGRL(BGRLConfig(predictor_hidden_dim=32), enc).train()
     batch = _views(full_batch(karate))
-    v1, v2 = batch.extras["views"]
+    v1, v2 = batch.views
     teacher = copy.deepcopy(enc)
     h1, h2 = enc.encode(v1).hidden[0], enc.encode(v2).hidden[0]
     with torch.no_grad():
@@ -138,7 +138,7 @@ def _masked_row(q: torch.Tensor, cands: torch.Tensor, i: int, other: int | None)
 def _train(name: str, config: dict, views: str, batches: list[Batch], in_channels: int, steps: int = 60) -> list[float]:
     torch.manual_seed(0)
     enc = _encoder("gcn", in_channels, 32)
-    spec = OBJECTIVES.get(name)
+    spec = objective_spec(name)
     obj = spec.cls(spec.config_cls(**config), enc)
     transform = GraphViews(GraphDataConfig(source="pyg", name="KarateClub", views=views)) if views != "none" else None
 

@@ -11,6 +11,8 @@ import torch
 from domains.image.data import ImageArrays
 from domains.image.domain import ImageDataConfig, ImageDomain, ImageRows, ViewTransform, image_collate, make_processor
 from domains.image.units import unpatchify
+from mmssl.config import ConfigError
+from mmssl.recipe import load_recipe
 
 
 def _arrays(n: int = 16, c: int = 1, side: int = 28) -> ImageArrays:
@@ -23,7 +25,7 @@ def test_collate_matches_vit_image_processor() -> None:
     arrays = _arrays(c=3)
     processor = make_processor(arrays, patch_size=4)
     batch = image_collate(processor, with_labels=True)([ImageRows(arrays)[i] for i in range(4)])
-    ours = unpatchify(batch.units, batch.extras["grid"], 4)
+    ours = unpatchify(batch.units, batch.grid, 4)
     ref = processor([img.permute(1, 2, 0).numpy() for img in arrays.images[:4]], return_tensors="pt",
                     input_data_format="channels_last")["pixel_values"]
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
@@ -39,12 +41,12 @@ def test_two_views_are_per_sample_and_seeded() -> None:
     transform = ViewTransform(ImageDataConfig(views="fashion-mnist"), processor)
     torch.manual_seed(0)
     out = transform(batch)
-    views = out.extras["views"]
+    views = out.views
     assert len(views) == 2 and all(v.units.shape == batch.units.shape for v in views)
     assert not torch.allclose(views[0].units[0], views[0].units[1])  # identical images, different draws
     assert not torch.allclose(views[0].units, views[1].units)
     torch.manual_seed(0)
-    again = transform(batch).extras["views"]
+    again = transform(batch).views
     assert torch.equal(again[0].units, views[0].units)
 
 
@@ -52,10 +54,10 @@ def test_multi_crop_local_views() -> None:
     arrays = _arrays()
     processor = make_processor(arrays, patch_size=4)
     batch = image_collate(processor, with_labels=False)([ImageRows(arrays)[i] for i in range(4)])
-    views = ViewTransform(ImageDataConfig(views="byol", local_crops=2, local_size=12), processor)(batch).extras["views"]
-    assert [v.extras["grid"] for v in views] == [(7, 7), (7, 7), (3, 3), (3, 3)]
-    with pytest.raises(ValueError, match="local_size=10"):
-        ViewTransform(ImageDataConfig(local_crops=1, local_size=10), processor)
+    views = ViewTransform(ImageDataConfig(views="byol", local_crops=2, local_size=12), processor)(batch).views
+    assert [v.grid for v in views] == [(7, 7), (7, 7), (3, 3), (3, 3)]
+    with pytest.raises(ConfigError, match="local_size=10 is not a multiple of encoder.patch_size=4"):
+        load_recipe("byol", ["data.local_crops=1", "data.local_size=10", "encoder.patch_size=4"])  # when it loads
 
 
 def test_rotation_labels_undo_the_rotation() -> None:

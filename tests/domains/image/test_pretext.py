@@ -14,7 +14,7 @@ from domains.image.domain import ImageDataConfig, ImageRows, ViewTransform, imag
 from domains.image.encoders import ImageEncoderConfig, build_image_encoder
 from domains.image.pretext import hamming_permutations, jigsaw, rotate
 from mmssl.objectives.base import SSLModel
-from mmssl.objectives.masked_modeling import Pretext, PretextConfig
+from mmssl.objectives.pretext import Pretext, PretextConfig
 from tests.fitting import fit
 
 

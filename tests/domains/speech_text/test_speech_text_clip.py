@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmssl.evaluation import retrieval_recall
+from mmssl.encoder import Encoder, TwoTowerEncoder
 from mmssl.objectives.base import SSLModel
-from mmssl.objectives.cross_modal import PAIR_KEY, CLIP, ClipConfig, ClipHeads, TwoTowerEncoder, clip_loss
+from mmssl.objectives.clip import CLIP, ClipConfig, ClipHeads, clip_loss
+from mmssl.probes import retrieval_recall
 from mmssl.types import Batch, EncoderOutput
-from mmssl.encoder import Encoder
 from tests.fitting import fit
 
 
@@ -79,7 +79,7 @@ def paired_batch(n: int = 8, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     text = Batch(units=torch.randn(n, 3, 5, generator=g), padding_mask=torch.zeros(n, 3, dtype=torch.bool))
     return Batch(units=torch.randn(n, 7, 4, generator=g), padding_mask=torch.zeros(n, 7, dtype=torch.bool),
-                 extras={PAIR_KEY: text})
+                 pair=text)
 
 
 def test_clip_objective_learns_a_fixed_batch() -> None:
@@ -99,8 +99,8 @@ def test_clip_objective_errors_name_what_is_missing() -> None:
         CLIP(ClipConfig(), Tower(4, 8))
     encoder = Towers(Tower(4, 16), Tower(5, 12))
     objective = CLIP(ClipConfig(projection_dim=8), encoder)
-    with pytest.raises(ValueError, match=r"extras\['pair'\]"):
-        objective(encoder, paired_batch().replace(extras={}))
+    with pytest.raises(ValueError, match=r"needs the paired .* inputs in Batch.pair"):
+        objective(encoder, paired_batch().replace(pair=None))
     with pytest.raises(ValueError, match="init_temperature"):
         ClipConfig(init_temperature=0.001)
 

@@ -12,8 +12,7 @@ from domains.speech_text.builders import PAIRS_FILE, build_pairs, split_sentence
 from domains.speech_text.data import SpeechTextDataConfig, load_pairs
 from mmssl.config import ConfigError
 from mmssl.pretrain import pretrain
-from mmssl.objectives.cross_modal import PAIR_KEY
-from tests.domains.speech_text.speech_text_fixtures import TINY_SPEECH_TEXT, pairs_folder, write_pairs  # noqa: F401
+from tests.domains.speech_text.speech_text_fixtures import TINY_SPEECH_TEXT, write_pairs
 
 
 def test_sentences_keep_honorifics_and_drop_quotes() -> None:
@@ -65,20 +64,20 @@ def test_missing_split_and_bad_stream_are_errors(tmp_path: Path, pairs_folder: P
 
 def test_collator_pairs_speech_with_text(pairs_folder: Path) -> None:
     from domains.speech_text.domain import SpeechTextDomain
-    from mmssl.finetune import TaskConfig
+    from mmssl.tasks import TaskConfig
 
     domain = SpeechTextDomain()
     task = TaskConfig(name="speech-text", path=str(pairs_folder))
     data = domain.task_data(task)
     assert len(data.train) == 16 and len(data.test) == 8
-    from domains.speech_text.data import SpeechTextProcessor
     from domains.audio.domain import make_processor
+    from domains.speech_text.data import SpeechTextProcessor
     from domains.text.tokenizer import TokenizerConfig, train_tokenizer
 
     tokenizer = train_tokenizer(iter(data.train.pairs.texts), TokenizerConfig(vocab_size=100), "bert", 32)
     processor = SpeechTextProcessor(tokenizer, make_processor(SpeechTextDataConfig().audio()))
     batch = domain.task_collate(processor, task)([data.test[i] for i in range(3)])
-    text = batch.extras[PAIR_KEY]
+    text = batch.pair
     assert batch.units.shape[0] == text.units.shape[0] == 3 and batch.units.shape[2] == 160
     assert (text.units[:, 0] == tokenizer.cls_token_id).all() and text.special_mask[:, 0].all()
     assert tokenizer.decode(text.units[0][~text.padding_mask[0]], skip_special_tokens=True) == "emma smiled at her friend."

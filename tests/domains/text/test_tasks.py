@@ -12,8 +12,8 @@ import pytest
 
 from domains.text.tasks import text_task_data
 from mmssl.cli import main
-from mmssl.finetune import TaskConfig
-from mmssl.registry import TASKS
+from mmssl.registry import TASKS, TaskSpec
+from mmssl.tasks import TaskConfig
 
 
 def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -97,7 +97,7 @@ def test_classlabel_minus_one_is_a_missing_label_and_float_labels_keep_their_nam
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
     ds = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(24)], "label": [-1, 0, 1] * 8}, features=features)
-    monkeypatch.setitem(TASKS._items, "toy-unlabelled", lambda: ds)  # e.g. GLUE test rows are labelled -1
+    monkeypatch.setitem(TASKS._items, "toy-unlabelled", TaskSpec(lambda: ds, domain="text"))  # GLUE test rows: -1
     data = text_task_data(TaskConfig(name="toy-unlabelled", test_fraction=0.25))
     assert data.skipped == {"missing_label": 8} and data.label_names == ["neg", "pos"]
     assert len(data.train) + len(data.test) == 16
@@ -134,5 +134,5 @@ def test_unreadable_task_files_are_one_sentence(tiny_bert_run: Path, tmp_path: P
     assert main(["evaluate", str(tiny_bert_run), "--task", "file", "--set", f"task.path={path}"]) == 2
     err = capsys.readouterr().err
     line = next(line for line in err.splitlines() if "mmssl: error:" in line)  # (datasets' bars may precede it)
-    assert f"mmssl: error: task.path: " in line and str(path) in line and message in line
+    assert "mmssl: error: task.path: " in line and str(path) in line and message in line
     assert "Traceback" not in err and "Failed to" not in err  # nor the builder's own report of the error

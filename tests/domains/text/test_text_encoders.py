@@ -4,9 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM
-
 import torch.nn.functional as F
+from transformers import BertConfig, BertForMaskedLM
 
 from domains.text.encoders import HFTextEncoder, attention_core
 from mmssl.types import Batch

@@ -1,0 +1,90 @@
+"""Checks of what a domain's batch and encoder give: a valid :class:`Batch` of a unit kind, and each need."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from mmssl.encoder import CapabilityError, Encoder
+from mmssl.types import Batch, Extra
+
+
+def check_batch(batch: Batch, unit_kind: str, encoder: Encoder) -> None:
+    """Assert that ``batch`` is a valid :class:`Batch` whose units are of ``unit_kind`` (views checked alike)."""
+    assert isinstance(batch, Batch)
+    b, t = batch.padding_mask.shape
+    assert batch.padding_mask.dtype == torch.bool and batch.units.shape[:2] == (b, t)
+    assert batch.special_mask is None or (batch.special_mask.dtype == torch.bool and batch.special_mask.shape == (b, t))
+    if unit_kind == "ids":
+        assert batch.units.dtype == torch.long and batch.units.ndim == 2
+    elif encoder.output_padding_mask(batch).shape == (b, t):
+        assert batch.units.is_floating_point() and batch.units.ndim == 3
+    else:  # an encoder that maps its units onto another grid (a waveform's samples onto conv frames)
+        assert batch.units.is_floating_point() and batch.units.ndim in (2, 3)
+    assert set(batch.extras) <= {e.value for e in Extra}, f"extras keys outside Extra: {set(batch.extras)}"
+    assert all(isinstance(v, torch.Tensor) for v in batch.extras.values())
+    assert batch.grid is None or (len(batch.grid) == 2 and batch.grid[0] * batch.grid[1] == t)
+    assert batch.layout is None or isinstance(batch.layout, str)
+    if unit_kind == "grid":
+        assert batch.grid is not None
+    if unit_kind == "graph":
+        edges = batch.extras[Extra.EDGE_INDEX]
+        assert edges.dtype == torch.long and edges.shape[0] == 2 and batch.layout is not None
+    for view in batch.views or ():
+        check_batch(view, unit_kind, encoder)
+    assert batch.pair is None or isinstance(batch.pair, Batch)
+
+
+@torch.no_grad()
+def _causal(encoder: Encoder, batch: Batch) -> bool:
+    """Changing the last unit changes the output there and nowhere before it (in eval mode: no dropout)."""
+    training = encoder.training
+    encoder.eval()
+    units = batch.units.clone()
+    last = units[:, -1]  # another id, or the features in reverse order (a norm over features keeps no shift or scale)
+    units[:, -1] = (last + 1) % encoder.vocab_size if units.dtype == torch.long else last.flip(-1)
+    before, after = encoder.encode(batch).hidden, encoder.encode(batch.replace(units=units)).hidden
+    encoder.train(training)
+    return torch.allclose(before[:, :-1], after[:, :-1], atol=1e-5) and not torch.allclose(before[:, -1], after[:, -1])
+
+
+def _visible(encoder: Encoder, batch: Batch) -> bool:
+    """The encoder encodes the first half of the units alone, to ``[B, T // 2, D]``."""
+    half = torch.arange(batch.units.shape[1] // 2).expand(batch.batch_size, -1)  # [B, T // 2]
+    try:
+        return encoder.encode_visible(batch, half).hidden.shape[:2] == half.shape
+    except CapabilityError:  # the protocol's default
+        return False
+
+
+def _quantizer(encoder: Encoder, batch: Batch) -> bool:
+    """The encoder has wav2vec 2.0's quantizer head."""
+    try:
+        return encoder.quantizer_head() is not None
+    except CapabilityError:  # the protocol's default
+        return False
+
+
+def _extra(key: Extra, shape: Callable[[Batch], tuple[int, ...]]) -> Callable[[Encoder, Batch], bool]:
+    """The batch carries ``extras[key]`` of the given shape."""
+    return lambda encoder, batch: key in batch.extras and tuple(batch.extras[key].shape) == shape(batch)
+
+
+# One check per key of mmssl.objectives.base.NEEDS: the batch carries it, or the encoder has it.
+NEED_CHECKS: dict[str, Callable[[Encoder, Batch], bool]] = {
+    "views": lambda encoder, batch: batch.views is not None and len(batch.views) >= 2,
+    "pretext_labels": _extra(Extra.PRETEXT_LABELS, lambda batch: (batch.batch_size,)),
+    "targets": _extra(Extra.TARGETS, lambda batch: tuple(batch.padding_mask.shape)),
+    "generation": lambda encoder, batch: Extra.GEN_ATTR in batch.extras and Extra.GEN_PAIRS in batch.extras,
+    "pair": lambda encoder, batch: isinstance(batch.pair, Batch),
+    "causal": _causal,
+    "encode_visible": _visible,
+    "quantizer_head": _quantizer,
+}
+
+
+def check_needs(needs: tuple[str, ...], encoder: Encoder, batch: Batch) -> None:
+    """Assert that ``batch`` and ``encoder`` give every one of ``needs``."""
+    for need in needs:
+        assert NEED_CHECKS[need](encoder, batch), f"the domain's batch or encoder does not give {need!r}"
