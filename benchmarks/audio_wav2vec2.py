@@ -44,7 +44,9 @@ def speech_like(batch_size: int, samples: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     t = torch.arange(samples) / 16000
     f0 = 100 + 200 * torch.rand(batch_size, 1, generator=g)
-    x = torch.sin(2 * torch.pi * f0 * t * (1 + 0.3 * torch.sin(t))) + 0.1 * torch.randn(batch_size, samples, generator=g)
+    x = torch.sin(2 * torch.pi * f0 * t * (1 + 0.3 * torch.sin(t))) + 0.1 * torch.randn(
+        batch_size, samples, generator=g
+    )
     return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)
 
 
@@ -67,7 +69,9 @@ class MmsslPath:
 
         waves = waves.to(self.device)
         with autocast(self.device, self.bf16):
-            out = self.model(Batch(units=waves, padding_mask=torch.zeros(waves.shape, dtype=torch.bool, device=self.device)))
+            out = self.model(
+                Batch(units=waves, padding_mask=torch.zeros(waves.shape, dtype=torch.bool, device=self.device))
+            )
         out.loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -93,19 +97,27 @@ class TransformersPath:
     def step(self, waves: torch.Tensor) -> float:
         frames = int(self.model._get_feat_extract_output_lengths(waves.shape[1]))
         shape = (waves.shape[0], frames)
-        mask = _compute_mask_indices(shape, mask_prob=self.cfg.mask_prob * self.cfg.mask_length,
-                                     mask_length=self.cfg.mask_length, min_masks=self.cfg.min_masks)
+        mask = _compute_mask_indices(
+            shape,
+            mask_prob=self.cfg.mask_prob * self.cfg.mask_length,
+            mask_length=self.cfg.mask_length,
+            min_masks=self.cfg.min_masks,
+        )
         negatives = _sample_negative_indices(shape, self.cfg.num_negatives, mask)
         mask = torch.tensor(mask, dtype=torch.long, device=self.device)
         with autocast(self.device, self.bf16):
-            out = self.model(waves.to(self.device), mask_time_indices=mask,
-                             sampled_negative_indices=torch.tensor(negatives, dtype=torch.long, device=self.device))
+            out = self.model(
+                waves.to(self.device),
+                mask_time_indices=mask,
+                sampled_negative_indices=torch.tensor(negatives, dtype=torch.long, device=self.device),
+            )
         (out.loss / mask.sum()).backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step_count += 1
-        self.model.set_gumbel_temperature(gumbel_temperature(self.step_count, self.cfg.gumbel_start,
-                                                             self.cfg.gumbel_end, self.cfg.gumbel_decay))
+        self.model.set_gumbel_temperature(
+            gumbel_temperature(self.step_count, self.cfg.gumbel_start, self.cfg.gumbel_end, self.cfg.gumbel_decay)
+        )
         return float(out.loss.detach() / mask.sum())
 
 
@@ -139,14 +151,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="also profile N steps of each path")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both paths (losses as each path computes them)")
+    parser.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast on both paths (losses as each path computes them)"
+    )
     return parser.parse_args()
 
 
-def measure_rounds(paths: Mapping[str, Any], rounds: int, steps: int, batch: int, seconds: float,
-                   samples: int) -> dict[str, list[float]]:
+def measure_rounds(
+    paths: Mapping[str, Any], rounds: int, steps: int, batch: int, seconds: float, samples: int
+) -> dict[str, list[float]]:
     """Seconds of audio per second of each path, ``rounds`` rounds alternating which path goes first;
     both paths of a round step through the same ``steps`` batches."""
+
     @functools.lru_cache(maxsize=1)  # made once per round, before either path's clock starts
     def round_waves(r: int) -> list[torch.Tensor]:
         return [speech_like(batch, samples, 1000 * r + i) for i in range(steps)]
@@ -155,11 +171,15 @@ def measure_rounds(paths: Mapping[str, Any], rounds: int, steps: int, batch: int
         return lambda r: batch * seconds * steps / timed(path, round_waves(r))
 
     def report(r: int, rates: Mapping[str, list[float]]) -> None:
-        print(f"round {r + 1}/{rounds}: mmssl {rates['mmssl'][-1]:.2f}, transformers "
-              f"{rates['transformers'][-1]:.2f} s of audio per s", flush=True)
+        print(
+            f"round {r + 1}/{rounds}: mmssl {rates['mmssl'][-1]:.2f}, transformers "
+            f"{rates['transformers'][-1]:.2f} s of audio per s",
+            flush=True,
+        )
 
-    return harness.interleave({name: side(path) for name, path in paths.items()}, rounds, alternate=True,
-                              after_round=report)
+    return harness.interleave(
+        {name: side(path) for name, path in paths.items()}, rounds, alternate=True, after_round=report
+    )
 
 
 def main() -> None:
@@ -180,13 +200,23 @@ def main() -> None:
         for name, path in paths.items():
             print(f"--- {name}: {args.profile} profiled steps\n{profile(path, waves, args.device)}", flush=True)
     medians = harness.medians(rates, float)
-    harness.print_record({
-        "benchmark": "audio_wav2vec2", "recipe": recipe.name, "batch_size": batch, "clip_seconds": seconds,
-        "num_negatives": recipe.objective.num_negatives, "threads": args.threads,
-        "device": harness.device_name(args.device), "bf16": args.bf16, "rounds": args.rounds,
-        "steps_per_round": args.steps, "mmssl_audio_s_per_s": round(medians["mmssl"], 3),
-        "transformers_audio_s_per_s": round(medians["transformers"], 3),
-        "ratio": round(harness.ratio(medians, "mmssl", "transformers"), 3)})
+    harness.print_record(
+        {
+            "benchmark": "audio_wav2vec2",
+            "recipe": recipe.name,
+            "batch_size": batch,
+            "clip_seconds": seconds,
+            "num_negatives": recipe.objective.num_negatives,
+            "threads": args.threads,
+            "device": harness.device_name(args.device),
+            "bf16": args.bf16,
+            "rounds": args.rounds,
+            "steps_per_round": args.steps,
+            "mmssl_audio_s_per_s": round(medians["mmssl"], 3),
+            "transformers_audio_s_per_s": round(medians["transformers"], 3),
+            "ratio": round(harness.ratio(medians, "mmssl", "transformers"), 3),
+        }
+    )
 
 
 if __name__ == "__main__":

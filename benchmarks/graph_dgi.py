@@ -83,9 +83,12 @@ def side_pyg(epochs: int, probe: bool) -> dict:
             return self.prelu(self.conv(x, edge_index))
 
     torch.manual_seed(0)
-    model = DeepGraphInfomax(HIDDEN, encoder=Encoder(graph.x.shape[1], HIDDEN),
-                             summary=lambda z, *args, **kwargs: z.mean(dim=0).sigmoid(),
-                             corruption=lambda x, edge_index: (x[torch.randperm(x.size(0))], edge_index))
+    model = DeepGraphInfomax(
+        HIDDEN,
+        encoder=Encoder(graph.x.shape[1], HIDDEN),
+        summary=lambda z, *args, **kwargs: z.mean(dim=0).sigmoid(),
+        corruption=lambda x, edge_index: (x[torch.randperm(x.size(0))], edge_index),
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
     times = []
     for _ in range(epochs + 1):
@@ -109,15 +112,29 @@ def side_mmssl(epochs: int, probe: bool) -> dict:
     from mmssl.metrics import read_metrics
     from mmssl.pretrain import pretrain
 
-    overrides = ["data.mode=full", "train.batch_size=1", "encoder.arch=gcn", "encoder.num_layers=1",
-                 f"encoder.hidden_size={HIDDEN}", f"train.max_steps={epochs + 1}", "train.warmup_steps=0",
-                 "train.lr=0.001", "train.weight_decay=0.0", "train.log_every=1", "train.checkpoint_every=100000",
-                 "train.max_minutes=null", *(TINY_DATA if TINY else [])]
+    overrides = [
+        "data.mode=full",
+        "train.batch_size=1",
+        "encoder.arch=gcn",
+        "encoder.num_layers=1",
+        f"encoder.hidden_size={HIDDEN}",
+        f"train.max_steps={epochs + 1}",
+        "train.warmup_steps=0",
+        "train.lr=0.001",
+        "train.weight_decay=0.0",
+        "train.log_every=1",
+        "train.checkpoint_every=100000",
+        "train.max_minutes=null",
+        *(TINY_DATA if TINY else []),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         run = pretrain("dgi", overrides, Path(tmp) / "dgi")
         records = [r for r in read_metrics(run) if "nodes_per_s" in r]
-        out = {"nodes_per_s": statistics.median(r["nodes_per_s"] for r in records[1:]), "loss": records[-1]["loss"],
-               "peak_mb": _peak_mb()}
+        out = {
+            "nodes_per_s": statistics.median(r["nodes_per_s"] for r in records[1:]),
+            "loss": records[-1]["loss"],
+            "peak_mb": _peak_mb(),
+        }
         if probe:
             import torch
 
@@ -135,20 +152,31 @@ def side_minibatch(steps: int, probe: bool) -> dict:
     from mmssl.metrics import read_metrics
     from mmssl.pretrain import pretrain
 
-    overrides = [f"train.max_steps={steps}", "train.log_every=1", "train.checkpoint_every=100000",
-                 "train.max_minutes=null", *([*TINY_DATA, "train.batch_size=8"] if TINY else [])]
+    overrides = [
+        f"train.max_steps={steps}",
+        "train.log_every=1",
+        "train.checkpoint_every=100000",
+        "train.max_minutes=null",
+        *([*TINY_DATA, "train.batch_size=8"] if TINY else []),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         records = [r for r in read_metrics(pretrain("dgi", overrides, Path(tmp) / "dgi")) if "nodes_per_s" in r]
-    return {"seeds_per_s": statistics.median(r["samples_per_s"] for r in records[1:]),
-            "nodes_per_s": statistics.median(r["nodes_per_s"] for r in records[1:]), "peak_mb": _peak_mb()}
+    return {
+        "seeds_per_s": statistics.median(r["samples_per_s"] for r in records[1:]),
+        "nodes_per_s": statistics.median(r["nodes_per_s"] for r in records[1:]),
+        "peak_mb": _peak_mb(),
+    }
 
 
 SIDES = {"pyg": side_pyg, "mmssl": side_mmssl, "minibatch": side_minibatch}
 
 
 def run_side(side: str, epochs: int, probe: bool) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, "--epochs", str(epochs)] + (["--probe"] if probe else []) + (
-        ["--tiny"] if TINY else [])
+    cmd = (
+        [sys.executable, __file__, "--side", side, "--epochs", str(epochs)]
+        + (["--probe"] if probe else [])
+        + (["--tiny"] if TINY else [])
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"{side} failed:\n{proc.stderr[-3000:]}")
@@ -171,11 +199,16 @@ def parse_args() -> argparse.Namespace:
 
 def throughput_rounds(repeats: int, epochs: int) -> dict[str, list[dict]]:
     """``repeats`` rounds of a throughput run of each side, alternating which goes first."""
+
     def throughput(side: str) -> Callable[[int], dict]:
         return lambda _round: run_side(side, epochs, probe=False)
 
-    return harness.interleave({side: throughput(side) for side in ("pyg", "mmssl")}, repeats, alternate=True,
-                              before_round=lambda r: print(f"repeat {r + 1}/{repeats}", flush=True))
+    return harness.interleave(
+        {side: throughput(side) for side in ("pyg", "mmssl")},
+        repeats,
+        alternate=True,
+        before_round=lambda r: print(f"repeat {r + 1}/{repeats}", flush=True),
+    )
 
 
 def main() -> None:
@@ -190,16 +223,25 @@ def main() -> None:
     mini = run_side("minibatch", args.minibatch_steps, probe=False)
     speed = harness.medians(runs, lambda r: r["nodes_per_s"])
     peak = harness.medians(runs, lambda r: r["peak_mb"])
-    harness.print_record({
-        "graph": "karate-club" if TINY else "wordnet-graph", "nodes": 34 if TINY else 82115, "encoder": f"GCN 1 layer x {HIDDEN}", "repeats": args.repeats,
-        "pyg_nodes_per_s": round(speed["pyg"]), "mmssl_nodes_per_s": round(speed["mmssl"]),
-        "pyg_peak_mb": round(peak["pyg"]), "mmssl_peak_mb": round(peak["mmssl"]),
-        "probe_epochs": args.probe_epochs, "pyg_probe_accuracy": round(probes["pyg"]["probe_accuracy"], 4),
-        "mmssl_probe_accuracy": round(probes["mmssl"]["probe_accuracy"], 4),
-        "minibatch_peak_mb": round(mini["peak_mb"]), "minibatch_seeds_per_s": round(mini["seeds_per_s"]),
-        "minibatch_nodes_per_s": round(mini["nodes_per_s"]),
-        "ratio": round(harness.ratio(speed, "mmssl", "pyg"), 3),
-    })
+    harness.print_record(
+        {
+            "graph": "karate-club" if TINY else "wordnet-graph",
+            "nodes": 34 if TINY else 82115,
+            "encoder": f"GCN 1 layer x {HIDDEN}",
+            "repeats": args.repeats,
+            "pyg_nodes_per_s": round(speed["pyg"]),
+            "mmssl_nodes_per_s": round(speed["mmssl"]),
+            "pyg_peak_mb": round(peak["pyg"]),
+            "mmssl_peak_mb": round(peak["mmssl"]),
+            "probe_epochs": args.probe_epochs,
+            "pyg_probe_accuracy": round(probes["pyg"]["probe_accuracy"], 4),
+            "mmssl_probe_accuracy": round(probes["mmssl"]["probe_accuracy"], 4),
+            "minibatch_peak_mb": round(mini["peak_mb"]),
+            "minibatch_seeds_per_s": round(mini["seeds_per_s"]),
+            "minibatch_nodes_per_s": round(mini["nodes_per_s"]),
+            "ratio": round(harness.ratio(speed, "mmssl", "pyg"), 3),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -121,9 +121,14 @@ def span(first: Stamp, last: Stamp) -> Span:
 
 
 # ---------------------------------------------------------------------------------------- rounds
-def interleave(sides: Mapping[str, Callable[[int], T]], rounds: int, *, alternate: bool = False,
-               before_round: Callable[[int], None] | None = None,
-               after_round: Callable[[int, Mapping[str, list[T]]], None] | None = None) -> dict[str, list[T]]:
+def interleave(
+    sides: Mapping[str, Callable[[int], T]],
+    rounds: int,
+    *,
+    alternate: bool = False,
+    before_round: Callable[[int], None] | None = None,
+    after_round: Callable[[int, Mapping[str, list[T]]], None] | None = None,
+) -> dict[str, list[T]]:
     """Take one measurement of every side per round, the sides in turn, for ``rounds`` rounds.
 
     Args:

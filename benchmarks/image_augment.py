@@ -129,8 +129,10 @@ def run_case(case: Case, rounds: int, calls: int, device: torch.device) -> dict[
         def run(r: int) -> Timing:
             t = time_calls(fn, calls, device)
             # cpu is a share of the threads: contended below 80% of one
-            print(f"  {case.name} round {r + 1} {name:>16}: {t.ms:9.2f} ms/call  cpu {t.cpu:4.0%}"
-                  f"{harness.flags(t.cpu, 1, gpu=gpu)}")
+            print(
+                f"  {case.name} round {r + 1} {name:>16}: {t.ms:9.2f} ms/call  cpu {t.cpu:4.0%}"
+                f"{harness.flags(t.cpu, 1, gpu=gpu)}"
+            )
             return t
 
         return run
@@ -138,13 +140,20 @@ def run_case(case: Case, rounds: int, calls: int, device: torch.device) -> dict[
     runs = harness.interleave({name: timed(name, fn) for name, fn in sides.items()}, rounds)
     medians = harness.medians(runs, lambda t: t.ms)
     speedup = harness.ratio(medians, "torchvision_loop", "mmssl")
-    print(f"{case.name}: mmssl {medians['mmssl']:.2f} ms, torchvision loop {medians['torchvision_loop']:.2f} ms, "
-          f"speedup {speedup:.1f}x ({len(case.configs)} views per call)")
-    return {"shape": list(case.shape), "views": len(case.configs), "mmssl_ms": round(medians["mmssl"], 3),
-            "torchvision_loop_ms": round(medians["torchvision_loop"], 3), "speedup": round(speedup, 2),
-            "mmssl_runs": [round(t.ms, 3) for t in runs["mmssl"]],
-            "torchvision_loop_runs": [round(t.ms, 3) for t in runs["torchvision_loop"]],
-            "contended_measurements": sum(harness.contended(t.cpu, 1, gpu) for ts in runs.values() for t in ts)}
+    print(
+        f"{case.name}: mmssl {medians['mmssl']:.2f} ms, torchvision loop {medians['torchvision_loop']:.2f} ms, "
+        f"speedup {speedup:.1f}x ({len(case.configs)} views per call)"
+    )
+    return {
+        "shape": list(case.shape),
+        "views": len(case.configs),
+        "mmssl_ms": round(medians["mmssl"], 3),
+        "torchvision_loop_ms": round(medians["torchvision_loop"], 3),
+        "speedup": round(speedup, 2),
+        "mmssl_runs": [round(t.ms, 3) for t in runs["mmssl"]],
+        "torchvision_loop_runs": [round(t.ms, 3) for t in runs["torchvision_loop"]],
+        "contended_measurements": sum(harness.contended(t.cpu, 1, gpu) for ts in runs.values() for t in ts),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
@@ -158,9 +167,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    record = {"benchmark": "image_augment", "device": harness.device_name(device),
-              "torch_threads": torch.get_num_threads(), "rounds": args.rounds, "calls": args.calls,
-              "cases": {case.name: run_case(case, args.rounds, args.calls, device) for case in CASES}}
+    record = {
+        "benchmark": "image_augment",
+        "device": harness.device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "calls": args.calls,
+        "cases": {case.name: run_case(case, args.rounds, args.calls, device) for case in CASES},
+    }
     return harness.print_record(record)
 
 

@@ -81,8 +81,13 @@ from harness import Stamp
 from torch import Tensor, nn
 
 # --quick: a few hundred images and a tiny ResNet, so that the whole run takes seconds
-QUICK_OVERRIDES = ["data.max_images=256", "train.batch_size=32", "encoder.resnet_width=4",
-                   "objective.projector_hidden_dim=32", "objective.projector_dim=16"]
+QUICK_OVERRIDES = [
+    "data.max_images=256",
+    "train.batch_size=32",
+    "encoder.resnet_width=4",
+    "objective.projector_hidden_dim=32",
+    "objective.projector_dim=16",
+]
 
 
 @dataclass(frozen=True)
@@ -134,10 +139,18 @@ def lightly_transform(view: Any) -> Any:
     if view.scale[1] != 1.0 or view.ratio != (3 / 4, 4 / 3) or view.solarize_p > 0 or view.mean is None:
         raise ValueError(f"SimCLRTransform cannot express this view: {view}")
     return SimCLRTransform(
-        input_size=view.size, min_scale=view.scale[0], hf_prob=view.flip_p,
-        cj_prob=view.jitter_p, cj_strength=1.0, cj_bright=view.brightness, cj_contrast=view.contrast,
-        cj_sat=view.saturation, cj_hue=view.hue, random_gray_scale=view.grayscale_p,
-        gaussian_blur=view.blur_p, sigmas=view.blur_sigma,
+        input_size=view.size,
+        min_scale=view.scale[0],
+        hf_prob=view.flip_p,
+        cj_prob=view.jitter_p,
+        cj_strength=1.0,
+        cj_bright=view.brightness,
+        cj_contrast=view.contrast,
+        cj_sat=view.saturation,
+        cj_hue=view.hue,
+        random_gray_scale=view.grayscale_p,
+        gaussian_blur=view.blur_p,
+        sigmas=view.blur_sigma,
         normalize={"mean": list(view.mean), "std": list(view.std)},
     )
 
@@ -168,13 +181,21 @@ def adamw(model: nn.Module, train: Any) -> tuple[torch.optim.Optimizer, Any]:
 
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=train.lr, betas=train.betas, eps=train.eps, fused=True)
-    return optimizer, get_cosine_schedule_with_warmup(optimizer, min(train.warmup_steps, train.max_steps), train.max_steps)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=train.lr,
+        betas=train.betas,
+        eps=train.eps,
+        fused=True,
+    )
+    return optimizer, get_cosine_schedule_with_warmup(
+        optimizer, min(train.warmup_steps, train.max_steps), train.max_steps
+    )
 
 
-def lightly_fit(setup: Setup, max_steps: int, max_seconds: float | None, on_step: Callable[[], None]) -> tuple[LightlySimCLR, int, float]:
+def lightly_fit(
+    setup: Setup, max_steps: int, max_seconds: float | None, on_step: Callable[[], None]
+) -> tuple[LightlySimCLR, int, float]:
     """lightly's SimCLR loop for ``max_steps`` steps or ``max_seconds``; returns the model, the steps and the last loss."""
     from lightly.loss import NTXentLoss
 
@@ -183,8 +204,14 @@ def lightly_fit(setup: Setup, max_steps: int, max_seconds: float | None, on_step
     model = lightly_model(setup.recipe)
     criterion = NTXentLoss(temperature=setup.recipe.objective.temperature)
     optimizer, scheduler = adamw(model, train)
-    loader = torch.utils.data.DataLoader(setup.pil_dataset, batch_size=train.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=setup.workers, generator=torch.Generator().manual_seed(train.seed))
+    loader = torch.utils.data.DataLoader(
+        setup.pil_dataset,
+        batch_size=train.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=setup.workers,
+        generator=torch.Generator().manual_seed(train.seed),
+    )
     step, loss, start = 0, torch.tensor(float("nan")), time.perf_counter()
     model.train()
     while True:
@@ -212,8 +239,16 @@ def mmssl_fit(setup: Setup, train: Any, out_dir: Path, on_step: Callable[[], Non
 
     set_seed(train.seed)
     model = build_model(setup.recipe, setup.data.processor)
-    trainer = Trainer(model, setup.data.dataset, setup.data.collate, train, out_dir, transform=setup.data.transform,
-                      unit_name="patches", hooks=[lambda _trainer, _step: on_step()])
+    trainer = Trainer(
+        model,
+        setup.data.dataset,
+        setup.data.collate,
+        train,
+        out_dir,
+        transform=setup.data.transform,
+        unit_name="patches",
+        hooks=[lambda _trainer, _step: on_step()],
+    )
     last = trainer.fit()
     return model, trainer.state.step, float(last.get("loss", float("nan")))
 
@@ -244,8 +279,13 @@ def run_side(side: str, setup: Setup, skip: int, steps: int, out_dir: Path) -> M
     stamps: list[Stamp] = []
     total = skip + steps
     if side == "mmssl":
-        train = dataclasses.replace(setup.train, max_steps=total, checkpoint_every=total, max_minutes=None,
-                                    warmup_steps=min(setup.train.warmup_steps, total))
+        train = dataclasses.replace(
+            setup.train,
+            max_steps=total,
+            checkpoint_every=total,
+            max_minutes=None,
+            warmup_steps=min(setup.train.warmup_steps, total),
+        )
         _, done, loss = mmssl_fit(setup, train, out_dir, lambda: stamps.append(stamp()))
     else:
         _, done, loss = lightly_fit(setup, total, None, lambda: stamps.append(stamp()))
@@ -279,7 +319,9 @@ def knn_of(backbone: nn.Module, setup: Setup, rows: tuple[Any, Any, Callable]) -
     return knn_accuracy(train, test, num_classes=10)
 
 
-def budget_run(side: str, setup: Setup, minutes: float, out_dir: Path, skip: int) -> tuple[nn.Module, Measurement, float]:
+def budget_run(
+    side: str, setup: Setup, minutes: float, out_dir: Path, skip: int
+) -> tuple[nn.Module, Measurement, float]:
     """Train from scratch for ``minutes`` of wall time.
 
     Returns the backbone, the run's overall throughput (start-up included) and the seconds its first
@@ -319,9 +361,11 @@ def profile(setup: Setup, n: int) -> dict[str, float]:
     out: dict[str, float] = {}
     order = iter(range(10**9))
     out["lightly: PIL views in one process"] = per_call_ms(
-        lambda: [setup.pil_dataset[next(order) % len(setup.pil_dataset)] for _ in range(bs)], n)
-    loader = torch.utils.data.DataLoader(setup.pil_dataset, batch_size=bs, shuffle=True, drop_last=True,
-                                         num_workers=setup.workers)
+        lambda: [setup.pil_dataset[next(order) % len(setup.pil_dataset)] for _ in range(bs)], n
+    )
+    loader = torch.utils.data.DataLoader(
+        setup.pil_dataset, batch_size=bs, shuffle=True, drop_last=True, num_workers=setup.workers
+    )
     batches = iter(loader)
     out[f"lightly: DataLoader alone ({setup.workers} workers)"] = per_call_ms(lambda: next(batches), n)
     (x0, x1), _ = next(batches)
@@ -360,7 +404,9 @@ def profile(setup: Setup, n: int) -> dict[str, float]:
 
     out["mmssl model step (NCHW, fp32 NT-Xent)"] = per_call_ms(mmssl_step, n)
     out = {k: round(v, 1) for k, v in out.items()}
-    print(f"\nms per batch of {bs}, {n} calls after 2 untimed (each part alone, {torch.get_num_threads()} torch threads):")
+    print(
+        f"\nms per batch of {bs}, {n} calls after 2 untimed (each part alone, {torch.get_num_threads()} torch threads):"
+    )
     for k, v in out.items():
         print(f"  {k:<50}{v:>9.1f}")
     return out
@@ -375,9 +421,10 @@ HEAD_ONLY = {"mmssl": ["objective.projector.3.bias"], "lightly": ["projection_he
 
 def check_same_init(ours: dict[str, Tensor], theirs: dict[str, Tensor]) -> None:
     """Every tensor the two models share starts equal; the only unshared ones are the heads' documented ends."""
+
     def lightly_name(name: str) -> str:
         prefix = next(p for p in SAME_TENSORS if name.startswith(p))
-        return SAME_TENSORS[prefix] + name[len(prefix):]
+        return SAME_TENSORS[prefix] + name[len(prefix) :]
 
     shared = {k: lightly_name(k) for k in ours if not any(k.startswith(x) for x in HEAD_ONLY["mmssl"])}
     extra = set(theirs) - set(shared.values())
@@ -397,8 +444,11 @@ def build_setup(args: argparse.Namespace, work: Path) -> Setup:
     from mmssl.trainer import resolve_mixed_precision, use_cpu
 
     recipe = load_recipe("simclr", args.overrides + ["monitor.every=0"])  # the online kNN probe is not training
-    precision = {"auto": resolve_mixed_precision(recipe.train.mixed_precision, cpu=use_cpu()),
-                 "bf16": "bf16", "fp32": "no"}[args.precision]
+    precision = {
+        "auto": resolve_mixed_precision(recipe.train.mixed_precision, cpu=use_cpu()),
+        "bf16": "bf16",
+        "fp32": "no",
+    }[args.precision]
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, mixed_precision=precision))
     data = DOMAINS.get("image").pretrain_data(recipe, work / "data", 0, 1)
     transform = lightly_transform(data.transform.configs[0])
@@ -413,20 +463,38 @@ def build_setup(args: argparse.Namespace, work: Path) -> Setup:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds, mmssl then lightly in each (default 3)")
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps per measurement (default 30)")
     p.add_argument("--skip", type=int, default=5, help="untimed warm-up steps before them (default 5)")
-    p.add_argument("--budget-minutes", type=float, default=3.0, help="wall-clock training budget per side for kNN (default 3)")
+    p.add_argument(
+        "--budget-minutes", type=float, default=3.0, help="wall-clock training budget per side for kNN (default 3)"
+    )
     p.add_argument("--knn-train", type=int, default=10000, help="training images in the kNN memory (default 10000)")
     p.add_argument("--knn-test", type=int, default=10000, help="test images probed (default 10000, all)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="both sides; auto: the recipe's train.mixed_precision=auto as the trainer resolves it")
-    p.add_argument("--lightly-workers", type=int, default=len(os.sched_getaffinity(0)),
-                   help="lightly's DataLoader workers (default: one per core)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="both sides; auto: the recipe's train.mixed_precision=auto as the trainer resolves it",
+    )
+    p.add_argument(
+        "--lightly-workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="lightly's DataLoader workers (default: one per core)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="simclr recipe override for both sides, e.g. train.batch_size=128 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="simclr recipe override for both sides, e.g. train.batch_size=128 (repeatable)",
+    )
     p.add_argument("--profile", type=int, default=0, metavar="N", help="also time each part of the step, N calls each")
     p.add_argument("--work-dir", type=Path, default=None, help="keep runs and data here (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model and data, 1 round, 3-second budgets")
@@ -442,26 +510,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure_rounds(setup: Setup, args: argparse.Namespace, work: Path, threads: int,
-                   cores: int) -> dict[str, list[Measurement]]:
+def measure_rounds(
+    setup: Setup, args: argparse.Namespace, work: Path, threads: int, cores: int
+) -> dict[str, list[Measurement]]:
     """``args.repeats`` interleaved rounds (mmssl, lightly, mmssl, lightly, ...), every measurement printed."""
+
     def side(name: str) -> Callable[[int], Measurement]:
         def run(r: int) -> Measurement:
             out_dir = work / f"round{r + 1}-{name}"
             shutil.rmtree(out_dir, ignore_errors=True)
             m = run_side(name, setup, args.skip, args.steps, out_dir)
             harness.check_threads(name, threads)
-            print(f"round {r + 1}/{args.repeats} {name:>7}: {m.images_per_s:7.1f} images/s  cpu {m.cpu:.2f}  "
-                  f"other {m.other:.2f}  loss {m.loss:.3f}{harness.flags(m.cpu, cores, m.other)}", flush=True)
+            print(
+                f"round {r + 1}/{args.repeats} {name:>7}: {m.images_per_s:7.1f} images/s  cpu {m.cpu:.2f}  "
+                f"other {m.other:.2f}  loss {m.loss:.3f}{harness.flags(m.cpu, cores, m.other)}",
+                flush=True,
+            )
             return m
 
         return run
 
     def round_ratio(r: int, runs: Mapping[str, list[Measurement]]) -> None:
-        print(f"round {r + 1}/{args.repeats} ratio: {runs['mmssl'][-1].images_per_s / runs['lightly'][-1].images_per_s:.2f}x",
-              flush=True)
+        print(
+            f"round {r + 1}/{args.repeats} ratio: {runs['mmssl'][-1].images_per_s / runs['lightly'][-1].images_per_s:.2f}x",
+            flush=True,
+        )
 
-    return harness.interleave({name: side(name) for name in ("mmssl", "lightly")}, args.repeats, after_round=round_ratio)
+    return harness.interleave(
+        {name: side(name) for name in ("mmssl", "lightly")}, args.repeats, after_round=round_ratio
+    )
 
 
 @dataclass(frozen=True)
@@ -483,15 +560,21 @@ def measure_quality(setup: Setup, args: argparse.Namespace, work: Path) -> Quali
     budget: dict[str, Measurement] = {}
     warmup: dict[str, float] = {}
     for side in ("mmssl", "lightly"):
-        backbone, budget[side], warmup[side] = budget_run(side, setup, args.budget_minutes, work / f"budget-{side}",
-                                                          args.skip)
+        backbone, budget[side], warmup[side] = budget_run(
+            side, setup, args.budget_minutes, work / f"budget-{side}", args.skip
+        )
         knn[side] = knn_of(backbone, setup, rows)
         b = budget[side]
-        print(f"budget {args.budget_minutes:g} min {side:>7}: {b.steps} steps, {b.images_per_s:.1f} images/s overall "
-              f"(first {args.skip} steps {warmup[side]:.1f} s), cpu {b.cpu:.2f}, other {b.other:.2f}, loss {b.loss:.3f}; "
-              f"kNN accuracy {knn[side]:.4f}", flush=True)
-    print(f"kNN accuracy (k=200, {len(rows[0])} train / {len(rows[1])} test): mmssl {knn['mmssl']:.4f}, "
-          f"lightly {knn['lightly']:.4f}, untrained backbone {knn['random_init']:.4f}")
+        print(
+            f"budget {args.budget_minutes:g} min {side:>7}: {b.steps} steps, {b.images_per_s:.1f} images/s overall "
+            f"(first {args.skip} steps {warmup[side]:.1f} s), cpu {b.cpu:.2f}, other {b.other:.2f}, loss {b.loss:.3f}; "
+            f"kNN accuracy {knn[side]:.4f}",
+            flush=True,
+        )
+    print(
+        f"kNN accuracy (k=200, {len(rows[0])} train / {len(rows[1])} test): mmssl {knn['mmssl']:.4f}, "
+        f"lightly {knn['lightly']:.4f}, untrained backbone {knn['random_init']:.4f}"
+    )
     return Quality(knn, budget, warmup, len(rows[0]), len(rows[1]))
 
 
@@ -508,28 +591,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         setup = build_setup(args, work)
         t, enc = setup.train, setup.recipe.encoder
         precision = "bf16 autocast" if setup.bf16 else "fp32"
-        print(f"simclr recipe: ResNet-{enc.resnet_depth} width {enc.resnet_width}, batch {t.batch_size}, "
-              f"{len(setup.data.dataset)} images, {precision} on both sides; lightly {lightly.__version__} with "
-              f"{setup.workers} DataLoader workers; torch {torch.__version__}, {threads} threads, {cores} cores; "
-              f"{args.skip} untimed + {args.steps} timed steps", flush=True)
+        print(
+            f"simclr recipe: ResNet-{enc.resnet_depth} width {enc.resnet_width}, batch {t.batch_size}, "
+            f"{len(setup.data.dataset)} images, {precision} on both sides; lightly {lightly.__version__} with "
+            f"{setup.workers} DataLoader workers; torch {torch.__version__}, {threads} threads, {cores} cores; "
+            f"{args.skip} untimed + {args.steps} timed steps",
+            flush=True,
+        )
         runs = measure_rounds(setup, args, work, threads, cores)
         medians = harness.medians(runs, lambda m: m.images_per_s)
         ratio = harness.ratio(medians, "mmssl", "lightly")
-        print(f"median: mmssl {medians['mmssl']:.1f} images/s, lightly {medians['lightly']:.1f} images/s, ratio {ratio:.2f}x")
+        print(
+            f"median: mmssl {medians['mmssl']:.1f} images/s, lightly {medians['lightly']:.1f} images/s, ratio {ratio:.2f}x"
+        )
         contended = sum(harness.contended(m.cpu, cores) for ms in runs.values() for m in ms)
         busy = sum(harness.busy(m.other, cores) for ms in runs.values() for m in ms)
         harness.warn_if_contended(contended, cores, busy)
         quality = measure_quality(setup, args, work)
         parts = profile(setup, args.profile) if args.profile else None
     record = {
-        "benchmark": "image_simclr", "mmssl_images_per_s": round(medians["mmssl"], 1),
-        "lightly_images_per_s": round(medians["lightly"], 1), "ratio": round(ratio, 3),
-        "repeats": args.repeats, "steps": args.steps, "skip": args.skip, "batch_size": t.batch_size,
-        "model": {"resnet_depth": enc.resnet_depth, "resnet_width": enc.resnet_width,
-                  "projector": [setup.recipe.objective.projector_hidden_dim, setup.recipe.objective.projector_dim]},
-        "precision": t.mixed_precision, "lightly_workers": setup.workers, "torch_threads": threads, "cores": cores,
-        "torch": torch.__version__, "lightly": lightly.__version__,
-        **side_figures(runs, contended, busy), **budget_figures(args.budget_minutes, quality),
+        "benchmark": "image_simclr",
+        "mmssl_images_per_s": round(medians["mmssl"], 1),
+        "lightly_images_per_s": round(medians["lightly"], 1),
+        "ratio": round(ratio, 3),
+        "repeats": args.repeats,
+        "steps": args.steps,
+        "skip": args.skip,
+        "batch_size": t.batch_size,
+        "model": {
+            "resnet_depth": enc.resnet_depth,
+            "resnet_width": enc.resnet_width,
+            "projector": [setup.recipe.objective.projector_hidden_dim, setup.recipe.objective.projector_dim],
+        },
+        "precision": t.mixed_precision,
+        "lightly_workers": setup.workers,
+        "torch_threads": threads,
+        "cores": cores,
+        "torch": torch.__version__,
+        "lightly": lightly.__version__,
+        **side_figures(runs, contended, busy),
+        **budget_figures(args.budget_minutes, quality),
     }
     if parts:
         record["profile_ms"] = parts
@@ -542,7 +643,8 @@ def side_figures(runs: Mapping[str, list[Measurement]], contended: int, busy: in
         **{f"{side}_runs": [round(m.images_per_s, 1) for m in ms] for side, ms in runs.items()},
         **{f"{side}_cpu": [round(m.cpu, 2) for m in ms] for side, ms in runs.items()},
         **{f"{side}_other": [round(m.other, 2) for m in ms] for side, ms in runs.items()},
-        "contended": contended, "busy": busy,
+        "contended": contended,
+        "busy": busy,
     }
 
 
@@ -556,7 +658,8 @@ def budget_figures(minutes: float, quality: Quality) -> dict[str, Any]:
         "budget_cpu": {side: round(b.cpu, 2) for side, b in budget.items()},
         "budget_other": {side: round(b.other, 2) for side, b in budget.items()},
         "budget_warmup_s": {side: round(w, 1) for side, w in quality.warmup.items()},
-        "knn": {k: round(v, 4) for k, v in quality.knn.items()}, "knn_train": quality.knn_train,
+        "knn": {k: round(v, 4) for k, v in quality.knn.items()},
+        "knn_train": quality.knn_train,
         "knn_test": quality.knn_test,
     }
 

@@ -60,8 +60,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # --quick: tiny data and model, so that the whole run takes seconds.
 QUICK_OVERRIDES = [
-    "data.max_texts=300", "data.block_size=32", "data.tokenizer.vocab_size=256",
-    "encoder.hidden_size=32", "encoder.num_layers=2", "encoder.num_heads=2", "encoder.intermediate_size=64",
+    "data.max_texts=300",
+    "data.block_size=32",
+    "data.tokenizer.vocab_size=256",
+    "encoder.hidden_size=32",
+    "encoder.num_layers=2",
+    "encoder.num_heads=2",
+    "encoder.intermediate_size=64",
     "train.batch_size=4",
 ]
 
@@ -101,8 +106,9 @@ def build_setup(overrides: list[str], run_dir: Path, total_steps: int) -> Setup:
     data = DOMAINS.get("text").pretrain_data(recipe, run_dir, 0, 1)
     tok = data.processor
     cls, sep = tok.cls_token_id, tok.sep_token_id
-    hf_rows = data.dataset.map(lambda b: {"input_ids": [[cls] + r + [sep] for r in b["input_ids"]]},
-                               batched=True, desc="[CLS] block [SEP]")
+    hf_rows = data.dataset.map(
+        lambda b: {"input_ids": [[cls] + r + [sep] for r in b["input_ids"]]}, batched=True, desc="[CLS] block [SEP]"
+    )
     for i in (0, len(hf_rows) - 1):
         if data.collate([data.dataset[i]]).units[0].tolist() != hf_rows[i]["input_ids"]:
             raise RuntimeError(f"row {i}: the HF input differs from what mmssl's BlockCollator produces")
@@ -114,8 +120,12 @@ def build_setup(overrides: list[str], run_dir: Path, total_steps: int) -> Setup:
     if not all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items()):
         raise RuntimeError("mmssl's and HF's models start from different weights")
     # a measurement is skip + steps optimizer steps; mmssl's only checkpoint, at the end, falls after the last stamp
-    train = dataclasses.replace(recipe.train, max_steps=total_steps, checkpoint_every=total_steps,
-                                warmup_steps=min(recipe.train.warmup_steps, total_steps))
+    train = dataclasses.replace(
+        recipe.train,
+        max_steps=total_steps,
+        checkpoint_every=total_steps,
+        warmup_steps=min(recipe.train.warmup_steps, total_steps),
+    )
     return Setup(recipe, data.dataset, hf_rows, tok, data.collate, config, train)
 
 
@@ -149,8 +159,9 @@ def run_mmssl(setup: Setup, skip: int, steps: int, out_dir: Path) -> Measurement
     stamps: list[Stamp] = []
     set_seed(setup.train.seed)
     model = build_model(setup.recipe, setup.tokenizer)
-    trainer = Trainer(model, setup.blocks, setup.collate, setup.train, out_dir,
-                      hooks=[lambda _trainer, _step: stamps.append(stamp())])
+    trainer = Trainer(
+        model, setup.blocks, setup.collate, setup.train, out_dir, hooks=[lambda _trainer, _step: stamps.append(stamp())]
+    )
     last = trainer.fit()
     return measure(stamps, skip, steps, setup.tokens_per_step, last["loss"])
 
@@ -170,16 +181,34 @@ def hf_trainer(setup: Setup, out_dir: Path, callbacks: list | None = None):
     set_seed(t.seed)
     model = BertForMaskedLM(copy.deepcopy(setup.config))
     args = TrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum_steps,
-        max_steps=t.max_steps, bf16=uses_bf16(setup),
-        learning_rate=t.lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        adam_beta1=t.betas[0], adam_beta2=t.betas[1], adam_epsilon=t.eps, lr_scheduler_type="cosine",
-        logging_steps=t.log_every, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), seed=t.seed,
-        dataloader_num_workers=t.num_workers, dataloader_drop_last=True,
+        output_dir=str(out_dir),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum_steps,
+        max_steps=t.max_steps,
+        bf16=uses_bf16(setup),
+        learning_rate=t.lr,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        adam_beta1=t.betas[0],
+        adam_beta2=t.betas[1],
+        adam_epsilon=t.eps,
+        lr_scheduler_type="cosine",
+        logging_steps=t.log_every,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        seed=t.seed,
+        dataloader_num_workers=t.num_workers,
+        dataloader_drop_last=True,
     )
     mlm = setup.recipe.objective  # 15% of tokens; of those 80% [MASK], 10% random, 10% kept (BERT)
-    collator = DataCollatorForLanguageModeling(setup.tokenizer, mlm_probability=mlm.mask_prob,
-                                               mask_replace_prob=mlm.mask_token_frac, random_replace_prob=mlm.random_token_frac)
+    collator = DataCollatorForLanguageModeling(
+        setup.tokenizer,
+        mlm_probability=mlm.mask_prob,
+        mask_replace_prob=mlm.mask_token_frac,
+        random_replace_prob=mlm.random_token_frac,
+    )
     return Trainer(model=model, args=args, train_dataset=setup.hf_rows, data_collator=collator, callbacks=callbacks)
 
 
@@ -237,9 +266,15 @@ def mmssl_step_fn(setup: Setup, out_dir: Path):
 
     def collate_and_mask(rows):
         batch = setup.collate(rows)
-        return batch, *bert_mask(batch.units, batch.maskable, mask_token_id=enc.mask_token_id, vocab_size=enc.vocab_size,
-                                 mask_prob=cfg.mask_prob, mask_token_frac=cfg.mask_token_frac,
-                                 random_token_frac=cfg.random_token_frac)
+        return batch, *bert_mask(
+            batch.units,
+            batch.maskable,
+            mask_token_id=enc.mask_token_id,
+            vocab_size=enc.vocab_size,
+            mask_prob=cfg.mask_prob,
+            mask_token_frac=cfg.mask_token_frac,
+            random_token_frac=cfg.random_token_frac,
+        )
 
     def step(rows: list[dict], clock: Clock) -> None:
         batch, mask, corrupted = clock("collate + mask", lambda: collate_and_mask(rows))
@@ -278,7 +313,9 @@ def hf_step_fn(setup: Setup, out_dir: Path):
     return step
 
 
-def profile_both(setup: Setup, n: int, out_dir: Path, medians: dict[str, float], top: int = 8) -> dict[str, dict[str, float]]:
+def profile_both(
+    setup: Setup, n: int, out_dir: Path, medians: dict[str, float], top: int = 8
+) -> dict[str, dict[str, float]]:
     """Mean ms per phase over ``n`` replayed steps of each side (after 2 untimed ones), then the top ops."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -321,13 +358,23 @@ def profile_both(setup: Setup, n: int, out_dir: Path, medians: dict[str, float],
 
 # ---------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds, mmssl then HF in each (default 3)")
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps per measurement (default 30)")
     p.add_argument("--skip", type=int, default=5, help="untimed warm-up steps before them (default 5)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: torch's, all cores)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="bert recipe override for both sides, e.g. train.batch_size=16 (repeatable)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads for both sides (default: torch's, all cores)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bert recipe override for both sides, e.g. train.batch_size=16 (repeatable)",
+    )
     p.add_argument("--profile", type=int, default=0, metavar="N", help="also break down N steps of each side")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the tokenizer and runs here (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model and data, 1 round of 1 + 3 steps")
@@ -350,15 +397,20 @@ def measure_rounds(setup: Setup, args: argparse.Namespace, work: Path, threads: 
             shutil.rmtree(out_dir, ignore_errors=True)  # a reused --work-dir starts each run afresh
             m = SIDES[name](setup, args.skip, args.steps, out_dir)
             harness.check_threads(name, threads)
-            print(f"round {r + 1}/{args.repeats} {name:>5}: {m.tokens_per_s:8.1f} tokens/s  cpu {m.cpu:.2f}  "
-                  f"loss {m.loss:.3f}{harness.flags(m.cpu, threads, gpu=gpu)}", flush=True)
+            print(
+                f"round {r + 1}/{args.repeats} {name:>5}: {m.tokens_per_s:8.1f} tokens/s  cpu {m.cpu:.2f}  "
+                f"loss {m.loss:.3f}{harness.flags(m.cpu, threads, gpu=gpu)}",
+                flush=True,
+            )
             return m
 
         return run
 
     def round_ratio(r: int, runs: Mapping[str, list[Measurement]]) -> None:
-        print(f"round {r + 1}/{args.repeats} ratio: {runs['mmssl'][-1].tokens_per_s / runs['hf'][-1].tokens_per_s:.2f}x",
-              flush=True)
+        print(
+            f"round {r + 1}/{args.repeats} ratio: {runs['mmssl'][-1].tokens_per_s / runs['hf'][-1].tokens_per_s:.2f}x",
+            flush=True,
+        )
 
     return harness.interleave({name: side(name) for name in SIDES}, args.repeats, after_round=round_ratio)
 
@@ -373,11 +425,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work = args.work_dir or Path(tmp)
         setup = build_setup(args.overrides, work / "data", args.skip + args.steps)
         cfg = setup.config
-        model = {"hidden_size": cfg.hidden_size, "num_layers": cfg.num_hidden_layers, "num_heads": cfg.num_attention_heads,
-                 "intermediate_size": cfg.intermediate_size, "vocab_size": cfg.vocab_size}
-        print(f"bert recipe {model}, batch {setup.train.batch_size} x {setup.seq_len} tokens, {len(setup.blocks)} blocks; "
-              f"torch {torch.__version__}, {harness.device_name(DEVICE)}, {threads} threads; {args.skip} untimed + "
-              f"{args.steps} timed steps", flush=True)
+        model = {
+            "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_hidden_layers,
+            "num_heads": cfg.num_attention_heads,
+            "intermediate_size": cfg.intermediate_size,
+            "vocab_size": cfg.vocab_size,
+        }
+        print(
+            f"bert recipe {model}, batch {setup.train.batch_size} x {setup.seq_len} tokens, {len(setup.blocks)} blocks; "
+            f"torch {torch.__version__}, {harness.device_name(DEVICE)}, {threads} threads; {args.skip} untimed + "
+            f"{args.steps} timed steps",
+            flush=True,
+        )
         runs = measure_rounds(setup, args, work, threads)
         medians = harness.medians(runs, lambda m: m.tokens_per_s)
         ratio = harness.ratio(medians, "mmssl", "hf")
@@ -386,13 +446,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         harness.warn_if_contended(contended, threads)
         profile = profile_both(setup, args.profile, work / "profile", medians) if args.profile else None
     record = {
-        "benchmark": "text_mlm", "mmssl_tokens_per_s": round(medians["mmssl"], 1), "hf_tokens_per_s": round(medians["hf"], 1),
-        "ratio": round(ratio, 3), "repeats": args.repeats, "steps": args.steps, "skip": args.skip,
-        "batch_size": setup.train.batch_size, "seq_len": setup.seq_len, "model": model, "torch_threads": threads,
-        "torch": torch.__version__, "device": harness.device_name(DEVICE),
-        "mixed_precision": setup.train.mixed_precision, "mmssl_runs": [round(m.tokens_per_s, 1) for m in runs["mmssl"]],
+        "benchmark": "text_mlm",
+        "mmssl_tokens_per_s": round(medians["mmssl"], 1),
+        "hf_tokens_per_s": round(medians["hf"], 1),
+        "ratio": round(ratio, 3),
+        "repeats": args.repeats,
+        "steps": args.steps,
+        "skip": args.skip,
+        "batch_size": setup.train.batch_size,
+        "seq_len": setup.seq_len,
+        "model": model,
+        "torch_threads": threads,
+        "torch": torch.__version__,
+        "device": harness.device_name(DEVICE),
+        "mixed_precision": setup.train.mixed_precision,
+        "mmssl_runs": [round(m.tokens_per_s, 1) for m in runs["mmssl"]],
         "hf_runs": [round(m.tokens_per_s, 1) for m in runs["hf"]],
-        "mmssl_cpu": [round(m.cpu, 2) for m in runs["mmssl"]], "hf_cpu": [round(m.cpu, 2) for m in runs["hf"]],
+        "mmssl_cpu": [round(m.cpu, 2) for m in runs["mmssl"]],
+        "hf_cpu": [round(m.cpu, 2) for m in runs["hf"]],
         "contended": contended,
     }
     if profile:

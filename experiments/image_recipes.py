@@ -141,13 +141,17 @@ def report(out: Path, pixels: dict[str, float], figure: Path) -> dict[str, Any]:
     rows = latest_rows(out / "results.jsonl")
     models = dict.fromkeys(r["model"] for r in rows.values())  # one curve per run, whatever its poolings
     plot({m: knn_curve(out / m) for m in models}, pixels["knn"], figure)
-    lines = ["| recipe | pooling | steps | wall time | linear (pretrained / random) | kNN (pretrained / random) |",
-             "|---|---|---:|---:|---|---|"]
+    lines = [
+        "| recipe | pooling | steps | wall time | linear (pretrained / random) | kNN (pretrained / random) |",
+        "|---|---|---:|---:|---|---|",
+    ]
     for r in rows.values():
         wall = f"{r['wall_s'] / 60:.1f} min" if "wall_s" in r else "-"
-        lines.append(f"| {r['model']} | {r.get('pooling', 'auto')} | {r.get('steps', '-')} | {wall} | "
-                     f"{r['pretrained']['linear']:.4f} / "
-                     f"{r['random']['linear']:.4f} | {r['pretrained']['knn']:.4f} / {r['random']['knn']:.4f} |")
+        lines.append(
+            f"| {r['model']} | {r.get('pooling', 'auto')} | {r.get('steps', '-')} | {wall} | "
+            f"{r['pretrained']['linear']:.4f} / "
+            f"{r['random']['linear']:.4f} | {r['pretrained']['knn']:.4f} / {r['random']['knn']:.4f} |"
+        )
     lines.append(f"| raw pixels | | | | {pixels['linear']:.4f} | {pixels['knn']:.4f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -158,14 +162,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipes", nargs="*", default=IMAGE_RECIPES)
     parser.add_argument("--out", type=Path, default=Path("runs/image-recipes"))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override for every recipe, e.g. train.max_steps=20 for a smoke run")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every recipe, e.g. train.max_steps=20 for a smoke run",
+    )
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/image_recipes_knn.png"))
-    parser.add_argument("--pooling", action="append", choices=["default", "auto", "mean", "mean_std"],
-                        help="poolings to probe (repeatable); default: the recipe's own (mean for MAE-style ViTs)")
+    parser.add_argument(
+        "--pooling",
+        action="append",
+        choices=["default", "auto", "mean", "mean_std"],
+        help="poolings to probe (repeatable); default: the recipe's own (mean for MAE-style ViTs)",
+    )
     parser.add_argument("--skip-pretrain", action="store_true", help="probe existing runs in OUT only")
-    parser.add_argument("--report-only", action="store_true",
-                        help="train and probe nothing: rebuild the table and figure from OUT's results")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train and probe nothing: rebuild the table and figure from OUT's results",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.jsonl"
@@ -186,18 +202,29 @@ def main() -> None:
     for recipe in [] if args.report_only else args.recipes:
         run = args.out / recipe
         if args.skip_pretrain:  # keep the pretraining figures recorded for the run being re-probed
-            info = {k: v for k, v in latest_rows(results_path).get(recipe, {}).items()
-                    if k in ("wall_s", "steps", "final_loss")}
+            info = {
+                k: v
+                for k, v in latest_rows(results_path).get(recipe, {}).items()
+                if k in ("wall_s", "steps", "final_loss")
+            }
         else:
             info = pretrain(recipe, run, args.set)
-        for pooling in dict.fromkeys(POOLING.get(recipe, "auto") if p == "default" else p
-                                     for p in args.pooling or ["default"]):
+        for pooling in dict.fromkeys(
+            POOLING.get(recipe, "auto") if p == "default" else p for p in args.pooling or ["default"]
+        ):
             # a random encoder depends only on the architecture (same seed): probe each architecture once
             arch = (run / "export" / "config.json").read_text() + pooling
             if arch not in random_probes:
                 random_probes[arch] = probes(run, "random", pooling)
-            record({"model": recipe, **info, "pooling": pooling, "pretrained": probes(run, "pretrained", pooling),
-                    "random": random_probes[arch]})
+            record(
+                {
+                    "model": recipe,
+                    **info,
+                    "pooling": pooling,
+                    "pretrained": probes(run, "pretrained", pooling),
+                    "random": random_probes[arch],
+                }
+            )
     # the table and figure cover every recipe recorded in OUT, so several invocations build one report
     print(json.dumps(report(args.out, pixels, args.figure)))
 

@@ -31,18 +31,21 @@ def masked_loss(model: Any, tokenizer: Any, blocks: torch.Tensor, mask: torch.Te
     """Mean cross-entropy and top-1 accuracy at the masked positions of ``[CLS] block [SEP]`` inputs."""
     inputs = blocks.masked_fill(mask, tokenizer.mask_token_id)
     n = len(blocks)
-    inputs = torch.cat([inputs.new_full((n, 1), tokenizer.cls_token_id), inputs, inputs.new_full((n, 1), tokenizer.sep_token_id)], 1)
+    inputs = torch.cat(
+        [inputs.new_full((n, 1), tokenizer.cls_token_id), inputs, inputs.new_full((n, 1), tokenizer.sep_token_id)], 1
+    )
     logits = model(input_ids=inputs).logits[:, 1:-1][mask].float()
     targets = blocks[mask]
     return F.cross_entropy(logits, targets).item(), (logits.argmax(-1) == targets).float().mean().item()
 
 
-def word_order_report(model: Any, tokenizer: Any, ids: list[int], block: int, n_blocks: int, mask_prob: float = 0.15,
-                      seed: int = 0) -> dict[str, float]:
+def word_order_report(
+    model: Any, tokenizer: Any, ids: list[int], block: int, n_blocks: int, mask_prob: float = 0.15, seed: int = 0
+) -> dict[str, float]:
     """Loss and accuracy of ``model`` on the last ``n_blocks`` blocks of ``ids``, in order and shuffled."""
     if len(ids) < block * n_blocks:
         raise ValueError(f"the text has {len(ids)} tokens, fewer than {n_blocks} blocks of {block}")
-    tail = ids[len(ids) - block * n_blocks:]
+    tail = ids[len(ids) - block * n_blocks :]
     blocks = torch.tensor(tail).view(n_blocks, block)
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(blocks.shape, generator=g) < mask_prob
@@ -51,8 +54,14 @@ def word_order_report(model: Any, tokenizer: Any, ids: list[int], block: int, n_
     shuffled = masked_loss(model, tokenizer, blocks.gather(1, perm), mask.gather(1, perm))
     counts = torch.bincount(torch.tensor(tail), minlength=len(tokenizer)).double()
     unigram = -(counts / counts.sum()).log()[blocks[mask]].mean().item()
-    return {"ordered_loss": ordered[0], "ordered_accuracy": ordered[1], "shuffled_loss": shuffled[0],
-            "shuffled_accuracy": shuffled[1], "unigram_loss": unigram, "masked_tokens": int(mask.sum())}
+    return {
+        "ordered_loss": ordered[0],
+        "ordered_accuracy": ordered[1],
+        "shuffled_loss": shuffled[0],
+        "shuffled_accuracy": shuffled[1],
+        "unigram_loss": unigram,
+        "masked_tokens": int(mask.sum()),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -73,11 +82,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     texts = load_embedded_corpus(args.corpus)["text"][-4000:]
     ids = [i for row in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in row]
     report = word_order_report(model, tokenizer, ids, args.block, args.blocks, seed=args.seed)
-    print(f"masked-token loss on {args.blocks} blocks of {args.block} tokens ({report['masked_tokens']} masked): "
-          f"in order {report['ordered_loss']:.3f} (acc {report['ordered_accuracy']:.3f}), "
-          f"shuffled {report['shuffled_loss']:.3f} (acc {report['shuffled_accuracy']:.3f}), unigram {report['unigram_loss']:.3f}")
-    line = {"benchmark": "mlm_word_order", "model": args.model, "block": args.block, "blocks": args.blocks,
-            **{k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}}
+    print(
+        f"masked-token loss on {args.blocks} blocks of {args.block} tokens ({report['masked_tokens']} masked): "
+        f"in order {report['ordered_loss']:.3f} (acc {report['ordered_accuracy']:.3f}), "
+        f"shuffled {report['shuffled_loss']:.3f} (acc {report['shuffled_accuracy']:.3f}), unigram {report['unigram_loss']:.3f}"
+    )
+    line = {
+        "benchmark": "mlm_word_order",
+        "model": args.model,
+        "block": args.block,
+        "blocks": args.blocks,
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()},
+    }
     print(json.dumps(line))
     return line
 

@@ -75,14 +75,15 @@ def cooccurrence_counts(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int, 
     return sp.csr_matrix((np.ones(r.size), (r, c)), shape=(vocab_size, vocab_size))  # duplicates are summed
 
 
-def count_texts(tokenizer: Any, texts: list[str], vocab_size: int, window: int = 5, max_length: int = 4096,
-                chunk: int = 10_000) -> tuple[sp.csr_matrix, int]:
+def count_texts(
+    tokenizer: Any, texts: list[str], vocab_size: int, window: int = 5, max_length: int = 4096, chunk: int = 10_000
+) -> tuple[sp.csr_matrix, int]:
     """Co-occurrence counts of a list of texts, tokenized ``chunk`` texts at a time (bounded memory), and the
     number of tokens counted. Texts are cut at ``max_length`` tokens."""
     texts = sorted(texts, key=len)  # chunks of similar lengths pad little; the counts do not depend on order
     counts, tokens = sp.csr_matrix((vocab_size, vocab_size)), 0
     for start in range(0, len(texts), chunk):
-        ids, mask = encode(tokenizer, texts[start:start + chunk], max_length)
+        ids, mask = encode(tokenizer, texts[start : start + chunk], max_length)
         counts = counts + cooccurrence_counts(ids, mask, vocab_size, window)
         tokens += int(mask.sum())
     return counts, tokens
@@ -108,7 +109,7 @@ def ppmi_embeddings(counts: sp.spmatrix, dim: int, alpha: float = 0.75, seed: in
     ppmi = sp.csr_matrix((pmi[keep], (counts.row[keep], counts.col[keep])), shape=(vocab_size, vocab_size))
     u, s, _ = randomized_svd(ppmi, min(dim, vocab_size - 1), random_state=seed)
     vectors = np.zeros((vocab_size, dim))
-    vectors[:, :u.shape[1]] = u * np.sqrt(s)
+    vectors[:, : u.shape[1]] = u * np.sqrt(s)
     return torch.tensor(vectors / (vectors.std() + 1e-12) * INIT_STD, dtype=torch.float32)
 
 
@@ -142,9 +143,18 @@ def accuracy(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: to
     return (model(ids, mask).argmax(-1) == labels).float().mean().item()
 
 
-def train_bag(table: torch.Tensor, freeze: bool, train: tuple[torch.Tensor, ...], test: tuple[torch.Tensor, ...],
-              num_labels: int, seed: int, epochs: int = 15, lr: float = 1e-3, batch_size: int = 32,
-              val_fraction: float = 0.1) -> dict[str, float]:
+def train_bag(
+    table: torch.Tensor,
+    freeze: bool,
+    train: tuple[torch.Tensor, ...],
+    test: tuple[torch.Tensor, ...],
+    num_labels: int,
+    seed: int,
+    epochs: int = 15,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    val_fraction: float = 0.1,
+) -> dict[str, float]:
     """Train on ``train`` (ids, mask, labels) less a validation slice; test accuracy at the best validation epoch
     (the latest among ties)."""
     g = torch.Generator().manual_seed(seed)
@@ -183,8 +193,16 @@ def input_embeddings(export_dir: Path) -> torch.Tensor:
     return model.get_input_embeddings().weight.detach().float().clone()
 
 
-def run_bound(export_dir: Path, task: Any, budgets: list[int | None], seeds: int, epochs: int = 15, window: int = 5,
-              ppmi_corpus: list[str] | tuple[str, ...] = (), log: Any = print) -> dict[str, Any]:
+def run_bound(
+    export_dir: Path,
+    task: Any,
+    budgets: list[int | None],
+    seeds: int,
+    epochs: int = 15,
+    window: int = 5,
+    ppmi_corpus: list[str] | tuple[str, ...] = (),
+    log: Any = print,
+) -> dict[str, Any]:
     """The bag-of-embeddings results for every (labels, init, mode) over ``seeds`` seeds.
 
     The PPMI vectors are counted on the task's training texts plus the texts of every corpus in ``ppmi_corpus``.
@@ -210,11 +228,15 @@ def run_bound(export_dir: Path, task: Any, budgets: list[int | None], seeds: int
         extra, tokens = count_texts(tokenizer, corpus_texts(name), vocab, window)
         counts, ppmi_tokens = counts + extra, ppmi_tokens + tokens
         log(f"PPMI counts: {tokens:,} tokens of {name}")
-    tables = {"random": torch.randn(vocab, dim, generator=torch.Generator().manual_seed(0)) * INIT_STD,
-              "export": export_table,
-              "ppmi": ppmi_embeddings(counts, dim)}
-    log(f"PPMI vectors from {ppmi_tokens:,} tokens ({len(train_labels)} training texts"
-        f"{''.join(' + ' + n for n in ppmi_corpus)}) in {time.perf_counter() - t0:.1f} s")
+    tables = {
+        "random": torch.randn(vocab, dim, generator=torch.Generator().manual_seed(0)) * INIT_STD,
+        "export": export_table,
+        "ppmi": ppmi_embeddings(counts, dim),
+    }
+    log(
+        f"PPMI vectors from {ppmi_tokens:,} tokens ({len(train_labels)} training texts"
+        f"{''.join(' + ' + n for n in ppmi_corpus)}) in {time.perf_counter() - t0:.1f} s"
+    )
     results = []
     for budget in budgets:
         n = len(train_labels) if budget is None else min(budget, len(train_labels))
@@ -223,10 +245,25 @@ def run_bound(export_dir: Path, task: Any, budgets: list[int | None], seeds: int
                 runs = []
                 for seed in range(seeds):
                     pick = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(1000 + seed))[:n]
-                    runs.append(train_bag(table, freeze, (train_ids[pick], train_mask[pick], train_labels[pick]), test,
-                                          num_labels, seed, epochs)["accuracy"])
-                row = {"labels": n, "init": name, "mode": "frozen" if freeze else "tuned",
-                       "accuracy": statistics.mean(runs), "std": statistics.pstdev(runs), "runs": runs}
+                    runs.append(
+                        train_bag(
+                            table,
+                            freeze,
+                            (train_ids[pick], train_mask[pick], train_labels[pick]),
+                            test,
+                            num_labels,
+                            seed,
+                            epochs,
+                        )["accuracy"]
+                    )
+                row = {
+                    "labels": n,
+                    "init": name,
+                    "mode": "frozen" if freeze else "tuned",
+                    "accuracy": statistics.mean(runs),
+                    "std": statistics.pstdev(runs),
+                    "runs": runs,
+                }
                 results.append(row)
                 log(f"{n:>6} labels  {name:<7} {row['mode']:<7} {row['accuracy']:.4f} +- {row['std']:.4f}")
     return {"n_train": len(train_labels), "n_test": len(test[2]), "ppmi_tokens": ppmi_tokens, "results": results}
@@ -243,19 +280,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--window", type=int, default=5)
-    p.add_argument("--ppmi-corpus", nargs="+", default=[], metavar="NAME",
-                   help="count the PPMI vectors on these corpora too (embedded `austen` or `mmssl data prepare` names)")
+    p.add_argument(
+        "--ppmi-corpus",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="count the PPMI vectors on these corpora too (embedded `austen` or `mmssl data prepare` names)",
+    )
     args = p.parse_args(argv)
     from mmssl.export import resolve_export
     from mmssl.tasks import TaskConfig
 
     export_dir, _ = resolve_export(Path(args.run))
-    task = replace(TaskConfig(), name=args.task, path=args.task_path, input_column=args.input_column,
-                   label_column=args.label_column)
+    task = replace(
+        TaskConfig(),
+        name=args.task,
+        path=args.task_path,
+        input_column=args.input_column,
+        label_column=args.label_column,
+    )
     budgets = [None if b == "all" else int(b) for b in args.labels]
     report = run_bound(export_dir, task, budgets, args.seeds, args.epochs, args.window, args.ppmi_corpus)
-    record = {"benchmark": "text_lexical_bound", "export": str(export_dir), "task": args.task, "seeds": args.seeds,
-              "epochs": args.epochs, "window": args.window, "ppmi_corpus": ["task", *args.ppmi_corpus], **report}
+    record = {
+        "benchmark": "text_lexical_bound",
+        "export": str(export_dir),
+        "task": args.task,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "window": args.window,
+        "ppmi_corpus": ["task", *args.ppmi_corpus],
+        **report,
+    }
     print(json.dumps(record), flush=True)
     return record
 

@@ -89,8 +89,11 @@ def checkpoint_dirs(run_dir: Path, verify: bool = False) -> list[Path]:
     Folders being removed (``step-N.deleting``) are never listed.
     """
     root = Path(run_dir) / CHECKPOINT_DIR
-    found = [(int(m.group(1)), d) for d in (root.iterdir() if root.is_dir() else ())
-             if (m := _NAME.fullmatch(d.name)) and (d / COMPLETE_MARKER).is_file()]
+    found = [
+        (int(m.group(1)), d)
+        for d in (root.iterdir() if root.is_dir() else ())
+        if (m := _NAME.fullmatch(d.name)) and (d / COMPLETE_MARKER).is_file()
+    ]
     dirs = [d for _, d in sorted(found)]
     return [d for d in dirs if checkpoint_problem(d) is None] if verify else dirs
 
@@ -117,8 +120,10 @@ def latest_checkpoint(run_dir: Path, verify: bool = True, resumable: bool = Fals
         log.warning("checkpoint %s cannot be used: %s; trying the one before it", ckpt, problem)
         first_problem = first_problem or f"in {ckpt.name}, {problem}"
     if first_problem:
-        raise CheckpointError(f"no intact checkpoint in {Path(run_dir) / CHECKPOINT_DIR}: {first_problem}; "
-                              "start the run again with --overwrite or in another --output-dir")
+        raise CheckpointError(
+            f"no intact checkpoint in {Path(run_dir) / CHECKPOINT_DIR}: {first_problem}; "
+            "start the run again with --overwrite or in another --output-dir"
+        )
     return None
 
 
@@ -129,8 +134,10 @@ def choose_checkpoint(accelerator: Accelerator, run_dir: Path) -> Path | None:
         CheckpointError: on every process, when no complete checkpoint is intact.
     """
     if getattr(accelerator, "_custom_objects", None):
-        raise RuntimeError("objects registered with accelerator.register_for_checkpointing are unpickled on "
-                           "resume; register them with Trainer.register_state instead")
+        raise RuntimeError(
+            "objects registered with accelerator.register_for_checkpointing are unpickled on "
+            "resume; register them with Trainer.register_state instead"
+        )
     choice: list[str | None] = [None, None]  # [checkpoint path, error]
     if accelerator.is_main_process:
         try:
@@ -159,8 +166,10 @@ def checkpoint_problem(ckpt: Path, resumable: bool = False) -> str | None:
         manifest = json.loads((ckpt / MANIFEST_FILE).read_text())["files"]
     except FileNotFoundError:
         if resumable:
-            return ("it was written by an older mmssl, which kept the loop state in a pickle (custom_checkpoint_0.pkl) "
-                    "that is no longer loaded, since unpickling a file can run code (mmssl export still exports it)")
+            return (
+                "it was written by an older mmssl, which kept the loop state in a pickle (custom_checkpoint_0.pkl) "
+                "that is no longer loaded, since unpickling a file can run code (mmssl export still exports it)"
+            )
         return None
     except (ValueError, KeyError, TypeError):
         return f"{MANIFEST_FILE} is unreadable"
@@ -217,8 +226,10 @@ def save_trainer_state(ckpt: Path, states: dict[str, Stateful]) -> None:
             elif value is None or isinstance(value, (bool, int, float, str)):
                 scalars[name][key] = value
             else:
-                raise TypeError(f"state {name!r}: {key!r} is a {type(value).__name__}; "
-                                "checkpointed state holds tensors and JSON scalars only")
+                raise TypeError(
+                    f"state {name!r}: {key!r} is a {type(value).__name__}; "
+                    "checkpointed state holds tensors and JSON scalars only"
+                )
     write_atomically(Path(ckpt) / STATE_JSON, json.dumps(scalars, indent=1) + "\n")
     if tensors:
         save_file(tensors, str(Path(ckpt) / STATE_TENSORS))
@@ -230,10 +241,12 @@ def load_trainer_state(ckpt: Path, states: dict[str, Stateful]) -> None:
     tensors = load_file(str(Path(ckpt) / STATE_TENSORS)) if (Path(ckpt) / STATE_TENSORS).is_file() else {}
     for name, obj in states.items():
         if name not in scalars:
-            raise CheckpointError(f"{ckpt} has no saved state for {name!r}: it was written by a run set up "
-                                  "differently; start a new --output-dir instead")
+            raise CheckpointError(
+                f"{ckpt} has no saved state for {name!r}: it was written by a run set up "
+                "differently; start a new --output-dir instead"
+            )
         prefix = f"{name}/"
-        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         obj.load_state_dict({**scalars[name], **own})
 
 

@@ -88,9 +88,11 @@ def _paired_lines(correct_a: Any, correct_b: Any, other: str) -> str:
 
     c = paired_comparison(correct_a, correct_b)
     verdict = "significant" if c["p_value"] < 0.05 else "not significant"
-    return (f"  {'gain':<16} {c['gain']:+.4f}  (95% CI {c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f})\n"
-            f"  {'McNemar p':<16} {c['p_value']:.3f}   {verdict} at 0.05: {c['only_a']} rows right only with the "
-            f"pretrained init, {c['only_b']} only with {other}")
+    return (
+        f"  {'gain':<16} {c['gain']:+.4f}  (95% CI {c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f})\n"
+        f"  {'McNemar p':<16} {c['p_value']:.3f}   {verdict} at 0.05: {c['only_a']} rows right only with the "
+        f"pretrained init, {c['only_b']} only with {other}"
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -122,8 +124,9 @@ def _probes(args: argparse.Namespace, cfg: Any) -> None:
         return
     if any(not r.labels.equal(results[0].labels) for r in results):
         raise RuntimeError("the probes were scored on different test rows")
-    names = [f"raw {r.record['baseline']}" if r.record["init"] == "raw" else f"{r.record['init']} init"
-             for r in results]
+    names = [
+        f"raw {r.record['baseline']}" if r.record["init"] == "raw" else f"{r.record['init']} init" for r in results
+    ]
     width = max(16, *map(len, names))
     print(f"\n{cfg.task.name} test accuracy of the {args.protocol} probe ({len(results[0].labels)} held-out examples)")
     for name, r in zip(names, results):
@@ -147,14 +150,20 @@ def cmd_push(args: argparse.Namespace) -> None:
         print(f"pushed: {result}")
         return
     total = sum(size for _, size in result.files)
-    print(f"dry run: would create {args.repo_id} ({'private' if args.private else 'public'}) and upload {result.folder}:")
+    print(
+        f"dry run: would create {args.repo_id} ({'private' if args.private else 'public'}) and upload {result.folder}:"
+    )
     for name, size in result.files:
         print(f"  {size:>12,d}  {name}")
     print(f"  {total:>12,d}  bytes in {len(result.files)} files")
     if result.card_data_lines:
         print("what the model card (README.md) says about the data:")
         print("\n".join(f"  {line}" for line in result.card_data_lines))
-    print("token: found" if result.token_found else "token: none found (run `hf auth login` or set HF_TOKEN before pushing)")
+    print(
+        "token: found"
+        if result.token_found
+        else "token: none found (run `hf auth login` or set HF_TOKEN before pushing)"
+    )
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -178,13 +187,24 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmssl", description="Self-supervised pretraining for text, images, audio and graphs.")
+    p = argparse.ArgumentParser(
+        prog="mmssl", description="Self-supervised pretraining for text, images, audio and graphs."
+    )
     # -v works before or after the command: the subcommands' copy only sets it when given
     verbose = argparse.ArgumentParser(add_help=False)
-    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                         help="show other libraries' progress bars and reports (hidden by default)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="show other libraries' progress bars and reports (hidden by default)")
+    verbose.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show other libraries' progress bars and reports (hidden by default)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show other libraries' progress bars and reports (hidden by default)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -193,38 +213,60 @@ def build_parser() -> argparse.ArgumentParser:
     add("recipes", help="list recipes").set_defaults(func=cmd_recipes)
 
     def with_set(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
+        sp.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)"
+        )
         return sp
 
     sp = with_set(add("pretrain", help="pretrain a recipe"))
     sp.add_argument("recipe", help="recipe name (see `mmssl recipes`) or YAML file")
     sp.add_argument("--output-dir", type=Path, default=None)
     sp.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
-    sp.add_argument("--overwrite", action="store_true",
-                    help="start afresh in an --output-dir that holds a run (removes only what a run writes)")
+    sp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --output-dir that holds a run (removes only what a run writes)",
+    )
     sp.set_defaults(func=cmd_pretrain)
 
-    for name, func, helptext in (("finetune", cmd_finetune, "fine-tune an export on a labelled task"),
-                                 ("evaluate", cmd_evaluate, "evaluate frozen features or fine-tuning")):
+    for name, func, helptext in (
+        ("finetune", cmd_finetune, "fine-tune an export on a labelled task"),
+        ("evaluate", cmd_evaluate, "evaluate frozen features or fine-tuning"),
+    ):
         sp = with_set(add(name, help=helptext))
         sp.add_argument("run", type=Path, help="a run directory or an export folder")
-        sp.add_argument("--task", required=True, help="registered task name, or `file` / `hub` with --set task.path=...")
+        sp.add_argument(
+            "--task", required=True, help="registered task name, or `file` / `hub` with --set task.path=..."
+        )
         sp.add_argument("--domain", default=None, help="domain of an export made outside mmssl (e.g. text)")
         if name == "finetune":
-            sp.add_argument("--output-dir", type=Path, default=None,
-                            help="folder for fine-tunes (default RUN/finetune); each goes into DIR/TASK-INIT")
-            sp.add_argument("--overwrite", action="store_true",
-                            help="replace a previous fine-tune in DIR/TASK-INIT (removes only what a fine-tune writes)")
+            sp.add_argument(
+                "--output-dir",
+                type=Path,
+                default=None,
+                help="folder for fine-tunes (default RUN/finetune); each goes into DIR/TASK-INIT",
+            )
+            sp.add_argument(
+                "--overwrite",
+                action="store_true",
+                help="replace a previous fine-tune in DIR/TASK-INIT (removes only what a fine-tune writes)",
+            )
             sp.add_argument("--baseline", action="store_true", help="also fine-tune a random-init copy and compare")
         else:
             sp.add_argument("--protocol", choices=["linear", "knn", "finetune", "retrieval"], default="linear")
-            sp.add_argument("--init", choices=["pretrained", "random", "raw"], default=None,
-                            help="the export's weights, the same architecture untrained, or (linear, knn) the "
-                                 "task's raw features instead of an encoder: pixels, MFCC statistics, ... "
-                                 "(default: pretrained)")
-            sp.add_argument("--baseline", action="store_true",
-                            help="also evaluate random init and (linear, knn) the raw features, each compared "
-                                 "with pretrained")
+            sp.add_argument(
+                "--init",
+                choices=["pretrained", "random", "raw"],
+                default=None,
+                help="the export's weights, the same architecture untrained, or (linear, knn) the "
+                "task's raw features instead of an encoder: pixels, MFCC statistics, ... "
+                "(default: pretrained)",
+            )
+            sp.add_argument(
+                "--baseline",
+                action="store_true",
+                help="also evaluate random init and (linear, knn) the raw features, each compared with pretrained",
+            )
         sp.set_defaults(func=func)
 
     sp = add("export", help="export a run's encoder in Hugging Face format")

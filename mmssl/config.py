@@ -45,7 +45,11 @@ def _number(value: Any, tp: type, key: str) -> Any:
     Non-finite floats (``nan``, ``inf``) and integers too large for a float are errors here, at
     load time, instead of surfacing later as a NaN loss or an ``OverflowError``.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (tp is int and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, str))
+        or (tp is int and not isinstance(value, int))
+    ):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {short_repr(value)}")
     if tp is int:
         if not -(2**63) <= value < 2**63:
@@ -159,8 +163,9 @@ _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                              list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def load_yaml(text: str) -> Any:

@@ -95,8 +95,9 @@ class Domain(Protocol):
         ...
 
 
-def needs_overrides(needs: tuple[str, ...], given: dict[str, tuple[str, ...]],
-                    base: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+def needs_overrides(
+    needs: tuple[str, ...], given: dict[str, tuple[str, ...]], base: tuple[str, ...] = ()
+) -> tuple[str, ...] | None:
     """A domain's :meth:`Domain.contract_overrides` from the table of what it gives.
 
     Args:
@@ -152,17 +153,21 @@ class ClassifierModule(nn.Module):
         logits = self.logits(batch)
         labels = batch.extras[Extra.LABELS]
         loss = F.cross_entropy(logits.float(), labels)
-        return ObjectiveOutput(loss=loss, terms={"ce": loss},
-                               logs={"accuracy": (logits.argmax(-1) == labels).float().mean().detach()})
+        return ObjectiveOutput(
+            loss=loss, terms={"ce": loss}, logs={"accuracy": (logits.argmax(-1) == labels).float().mean().detach()}
+        )
 
 
 def save_classifier_head(head: nn.Linear, label_names: list[str], out_dir: Path) -> None:
     """A linear head beside its backbone: ``classifier_head.safetensors`` (weight ``[K, D]``, bias ``[K]``) and
     ``classifier_head.json`` (its sizes, ``id2label`` and ``label2id``, as in a transformers config)."""
     save_file(head.state_dict(), str(Path(out_dir) / "classifier_head.safetensors"))
-    config = {"in_features": head.in_features, "num_labels": head.out_features,
-              "id2label": {str(i): name for i, name in enumerate(label_names)},
-              "label2id": {name: i for i, name in enumerate(label_names)}}
+    config = {
+        "in_features": head.in_features,
+        "num_labels": head.out_features,
+        "id2label": {str(i): name for i, name in enumerate(label_names)},
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
     (Path(out_dir) / "classifier_head.json").write_text(json.dumps(config, indent=2) + "\n")
 
 

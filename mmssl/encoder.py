@@ -107,8 +107,9 @@ class Encoder(nn.Module, abc.ABC):
         """
         return batch.padding_mask
 
-    def encode_with_features(self, batch: Batch, mask: Tensor | None = None,
-                             all_layers: bool = False) -> tuple[EncoderOutput, Tensor]:
+    def encode_with_features(
+        self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False
+    ) -> tuple[EncoderOutput, Tensor]:
         """Encode, and also return the local features ``[B, T_out, C]`` the context network reads (wav2vec 2.0).
 
         Args:
@@ -119,8 +120,10 @@ class Encoder(nn.Module, abc.ABC):
         Raises:
             CapabilityError: By default.
         """
-        raise CapabilityError(f"{type(self).__name__} does not return local features beside its output "
-                              "(wav2vec2 needs them, e.g. the audio domain's encoder.arch=wav2vec2)")
+        raise CapabilityError(
+            f"{type(self).__name__} does not return local features beside its output "
+            "(wav2vec2 needs them, e.g. the audio domain's encoder.arch=wav2vec2)"
+        )
 
     def quantizer_head(self) -> nn.Module:
         """The module that holds wav2vec 2.0's quantizer and projections, saved with the backbone.
@@ -132,8 +135,10 @@ class Encoder(nn.Module, abc.ABC):
         Raises:
             CapabilityError: By default.
         """
-        raise CapabilityError(f"wav2vec2 needs an encoder with a quantizer head and local features "
-                              f"(e.g. the audio domain's encoder.arch=wav2vec2), got {type(self).__name__}")
+        raise CapabilityError(
+            f"wav2vec2 needs an encoder with a quantizer head and local features "
+            f"(e.g. the audio domain's encoder.arch=wav2vec2), got {type(self).__name__}"
+        )
 
     def prediction_head(self) -> nn.Module | None:
         """The backbone's own pretraining head (e.g. BERT's tied vocabulary projection), if any.
@@ -193,8 +198,10 @@ class TwoTowerEncoder(Encoder, abc.ABC):
             ValueError: If the batch has no paired :class:`Batch` (``batch.pair``).
         """
         if batch.pair is None:
-            raise ValueError(f"a two-tower encoder needs the paired {self.tower_names[1]} inputs in Batch.pair, "
-                             "which this data does not give")
+            raise ValueError(
+                f"a two-tower encoder needs the paired {self.tower_names[1]} inputs in Batch.pair, "
+                "which this data does not give"
+            )
         return self.main.encode(batch), self.paired.encode(batch.pair)
 
     def attach_export(self, name: str, extra: ExportExtra) -> None:

@@ -34,6 +34,7 @@ def _public_text(text: str) -> str:
     working folder (``..``): an export is published, and such paths name the machine's users and
     folders. Relative paths inside a project and Hub names (``org/name``) are kept.
     """
+
     def public(piece: str) -> str:
         stripped = piece.strip()
         if os.path.isabs(stripped) or stripped.startswith("~") or ".." in Path(stripped).parts:
@@ -52,24 +53,35 @@ def public_values(obj: Any) -> Any:
     return _public_text(obj) if isinstance(obj, str) else obj
 
 
-def _model_card(recipe: Recipe, run_dir: Path | None, step: int | None, summary: dict[str, Any], pipeline_tag: str | None) -> str:
-    meta = ModelCardData(library_name="transformers", tags=["mmssl", "self-supervised", recipe.name, recipe.domain],
-                         pipeline_tag=pipeline_tag)
+def _model_card(
+    recipe: Recipe, run_dir: Path | None, step: int | None, summary: dict[str, Any], pipeline_tag: str | None
+) -> str:
+    meta = ModelCardData(
+        library_name="transformers",
+        tags=["mmssl", "self-supervised", recipe.name, recipe.domain],
+        pipeline_tag=pipeline_tag,
+    )
     last = last_training_record(run_dir) if run_dir else None
     results = [r for r in read_metrics(run_dir)] if run_dir else []
     results = [r for r in results if r.get("event") in ("finetune", "evaluate")]
     lines = [f"---\n{meta.to_yaml()}\n---", f"# {recipe.name} encoder pretrained with mmssl", ""]
     if recipe.description:
         lines += [recipe.description.strip(), ""]
-    lines += ["## Pretraining", "", f"- recipe: `{recipe.name}` (domain `{recipe.domain}`, objective `{recipe.objective.name}`)",
-              f"- optimizer steps: {step}"]
+    lines += [
+        "## Pretraining",
+        "",
+        f"- recipe: `{recipe.name}` (domain `{recipe.domain}`, objective `{recipe.objective.name}`)",
+        f"- optimizer steps: {step}",
+    ]
     lines += [f"- {k}: {v}" for k, v in public_values(summary).items()]
     if last:
         lines.append(f"- final training loss: {last['loss']:.4f} (step {last['step']})")
     if results:
         lines += ["", "## Downstream results", "", "| protocol | task | init | result |", "|---|---|---|---|"]
         for r in results:
-            lines.append(f"| {r.get('protocol', r['event'])} | {r.get('task')} | {r.get('init', 'pretrained')} | {_result_text(r)} |")
+            lines.append(
+                f"| {r.get('protocol', r['event'])} | {r.get('task')} | {r.get('init', 'pretrained')} | {_result_text(r)} |"
+            )
     resolved = yaml.safe_dump(public_values(to_dict(recipe)), sort_keys=False).strip()
     lines += ["", "## Recipe (fully resolved; local paths cut to file names)", "", "```yaml", resolved, "```", ""]
     return "\n".join(lines)
@@ -79,12 +91,21 @@ def _result_text(record: dict[str, Any]) -> str:
     """A metrics.jsonl result as one table cell: its accuracy, or its recall@k figures (retrieval)."""
     if "accuracy" in record:
         return f"accuracy {record['accuracy']:.4f}"
-    recalls = [f"{k.replace('_', ' ')} {v:.4f}" for k, v in record.items() if "recall@" in k and not k.startswith("chance")]
+    recalls = [
+        f"{k.replace('_', ' ')} {v:.4f}" for k, v in record.items() if "recall@" in k and not k.startswith("chance")
+    ]
     return ", ".join(recalls) or "-"
 
 
-def write_export(model: SSLModel, processor: Any, recipe: Recipe, out_dir: Path, run_dir: Path | None, step: int | None,
-                 summary: dict[str, Any] | None = None) -> Path:
+def write_export(
+    model: SSLModel,
+    processor: Any,
+    recipe: Recipe,
+    out_dir: Path,
+    run_dir: Path | None,
+    step: int | None,
+    summary: dict[str, Any] | None = None,
+) -> Path:
     """Write the encoder, processor, model card and ``mmssl.json`` to ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +115,13 @@ def write_export(model: SSLModel, processor: Any, recipe: Recipe, out_dir: Path,
     summary = dict(summary or {})
     pipeline_tag = getattr(model.encoder, "pipeline_tag", None)
     (out_dir / "README.md").write_text(_model_card(recipe, run_dir, step, summary, pipeline_tag))
-    meta = {"domain": recipe.domain, "recipe": recipe.name, "objective": recipe.objective.name, "step": step,
-            **public_values(summary)}
+    meta = {
+        "domain": recipe.domain,
+        "recipe": recipe.name,
+        "objective": recipe.objective.name,
+        "step": step,
+        **public_values(summary),
+    }
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir
 
@@ -123,10 +149,13 @@ def resolve_export(path: Path) -> tuple[Path, Path | None]:
         if not (export / META_FILE).is_file():
             export_run(path)
         return export, path
-    if (path / "config.json").is_file() or (path / META_FILE).is_file():  # multi-tower exports keep config.json per tower
+    if (path / "config.json").is_file() or (
+        path / META_FILE
+    ).is_file():  # multi-tower exports keep config.json per tower
         return path, None
-    raise FileNotFoundError(f"{path} is neither an mmssl run ({CONFIG_FILE}) nor an exported model "
-                            f"(config.json or {META_FILE})")
+    raise FileNotFoundError(
+        f"{path} is neither an mmssl run ({CONFIG_FILE}) nor an exported model (config.json or {META_FILE})"
+    )
 
 
 def export_meta(export_dir: Path) -> dict[str, Any]:

@@ -46,8 +46,15 @@ def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str,
     gain = (only_a - only_b) / n
     se = float(np.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n)
     p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return {"gain": gain, "se": se, "ci95": [gain - 1.96 * se, gain + 1.96 * se], "only_a": only_a, "only_b": only_b,
-            "n": n, "p_value": float(p)}
+    return {
+        "gain": gain,
+        "se": se,
+        "ci95": [gain - 1.96 * se, gain + 1.96 * se],
+        "only_a": only_a,
+        "only_b": only_b,
+        "n": n,
+        "p_value": float(p),
+    }
 
 
 def load_predictions(finetune_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -110,15 +117,21 @@ def check_output_dir(out: Path, cfg: FinetuneConfig, overwrite: bool, default: b
     kind = {"task": cfg.task.name, "init": cfg.init}
     previous = _previous_finetune(out) or (kind if default and not foreign else None)  # no marker: older mmssl
     if previous is None:
-        raise FileExistsError(f"{out} is not empty ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}) "
-                              "and holds no fine-tune: choose a new or empty --output-dir; nothing was changed")
+        raise FileExistsError(
+            f"{out} is not empty ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}) "
+            "and holds no fine-tune: choose a new or empty --output-dir; nothing was changed"
+        )
     if previous != kind:
-        raise FileExistsError(f"{out} holds a fine-tune of task {previous['task']!r} ({previous['init']} init), "
-                              f"not of {cfg.task.name!r} ({cfg.init} init): choose another --output-dir")
+        raise FileExistsError(
+            f"{out} holds a fine-tune of task {previous['task']!r} ({previous['init']} init), "
+            f"not of {cfg.task.name!r} ({cfg.init} init): choose another --output-dir"
+        )
     if not overwrite and not (default and not foreign):
         others = f" (the other files, {', '.join(foreign[:3])}, are kept)" if foreign else ""
-        raise FileExistsError(f"{out} holds a previous fine-tune of {cfg.task.name!r} ({cfg.init} init): pass "
-                              f"--overwrite to replace it{others}, or choose another --output-dir")
+        raise FileExistsError(
+            f"{out} holds a previous fine-tune of {cfg.task.name!r} ({cfg.init} init): pass "
+            f"--overwrite to replace it{others}, or choose another --output-dir"
+        )
 
 
 def clear_output_dir(out: Path, cfg: FinetuneConfig, domain: str) -> None:
@@ -134,8 +147,9 @@ def clear_output_dir(out: Path, cfg: FinetuneConfig, domain: str) -> None:
     (out / FINETUNE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
-def finetune(path: Path, cfg: FinetuneConfig, output_dir: Path | None = None, domain: str | None = None,
-             overwrite: bool = False) -> dict[str, Any]:
+def finetune(
+    path: Path, cfg: FinetuneConfig, output_dir: Path | None = None, domain: str | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Fine-tune the export of ``path`` (a run or an export) on ``cfg.task``; returns the result record.
 
     The run goes to ``OUTPUT_DIR/TASK-INIT`` (default ``RUN/finetune/TASK-INIT``, see :func:`finetune_dir`);
@@ -167,9 +181,18 @@ def finetune(path: Path, cfg: FinetuneConfig, output_dir: Path | None = None, do
         model.export(out / EXPORT_DIR)
         processor.save_pretrained(str(out / EXPORT_DIR))  # the export is used without mmssl (pipelines)
         np.savez(out / PREDICTIONS_FILE, prediction=pred, label=true)
-    record = {"event": "finetune", "task": cfg.task.name, "init": cfg.init, "accuracy": float((pred == true).mean()),
-              "n_train": len(data.train), "n_test": len(true), **data.skipped_record(), "steps": cfg.train.max_steps,
-              "final_train_loss": last.get("loss"), "output_dir": str(out)}
+    record = {
+        "event": "finetune",
+        "task": cfg.task.name,
+        "init": cfg.init,
+        "accuracy": float((pred == true).mean()),
+        "n_train": len(data.train),
+        "n_test": len(true),
+        **data.skipped_record(),
+        "steps": cfg.train.max_steps,
+        "final_train_loss": last.get("loss"),
+        "output_dir": str(out),
+    }
     if trainer.accelerator.is_main_process:
         append_metrics(run_dir or out, record)
     trainer.accelerator.wait_for_everyone()

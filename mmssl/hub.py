@@ -52,19 +52,26 @@ def card_data_lines(card: str) -> list[str]:
 def _hub_error(e: Exception, repo_id: str) -> MmsslError:
     """A one-sentence reason for a failed upload (the token is never part of it)."""
     if isinstance(e, OfflineModeIsEnabled):
-        return MmsslError("the Hugging Face Hub cannot be reached: HF_HUB_OFFLINE is set (unset it to push); "
-                          "nothing was uploaded")
+        return MmsslError(
+            "the Hugging Face Hub cannot be reached: HF_HUB_OFFLINE is set (unset it to push); nothing was uploaded"
+        )
     if isinstance(e, HfHubHTTPError):
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status in (401, 403):
-            return MmsslError(f"the Hub refused the token for {repo_id} (HTTP {status}): check that it has write "
-                              "access (`hf auth login` or HF_TOKEN); nothing was uploaded")
+            return MmsslError(
+                f"the Hub refused the token for {repo_id} (HTTP {status}): check that it has write "
+                "access (`hf auth login` or HF_TOKEN); nothing was uploaded"
+            )
         return MmsslError(f"the Hub answered HTTP {status} for {repo_id}: {str(e).splitlines()[0]}")
-    return MmsslError(f"the Hugging Face Hub cannot be reached ({type(e).__name__}: {e}); check the network, "
-                      "then push again; nothing was uploaded")
+    return MmsslError(
+        f"the Hugging Face Hub cannot be reached ({type(e).__name__}: {e}); check the network, "
+        "then push again; nothing was uploaded"
+    )
 
 
-def push(path: Path, repo_id: str, private: bool = False, dry_run: bool = False, token: str | None = None) -> str | UploadPlan:
+def push(
+    path: Path, repo_id: str, private: bool = False, dry_run: bool = False, token: str | None = None
+) -> str | UploadPlan:
     """Create ``repo_id`` (if needed) and upload the export of ``path`` (a run or an export folder).
 
     The token comes from ``token``, else ``$HF_TOKEN``, else the login saved by ``hf auth login``;

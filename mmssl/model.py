@@ -47,5 +47,7 @@ def load_weights(model: SSLModel, path: Path) -> None:
     aliased = {n for names in by_ptr.values() if len(names) > 1 for n in names}
     missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
     if unexpected or set(missing) - aliased:
-        raise ValueError(f"checkpoint {path} does not match the recipe's model: "
-                         f"missing {sorted(set(missing) - aliased)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise ValueError(
+            f"checkpoint {path} does not match the recipe's model: "
+            f"missing {sorted(set(missing) - aliased)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )

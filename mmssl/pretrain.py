@@ -25,8 +25,14 @@ from mmssl.trainer import Trainer, use_cpu
 log = logging.getLogger(__name__)
 
 # Settings a resumed run may change: they alter neither the model nor the batches it sees.
-RESUMABLE_CHANGES = {"train.max_steps", "train.max_minutes", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.num_workers"}
+RESUMABLE_CHANGES = {
+    "train.max_steps",
+    "train.max_minutes",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.num_workers",
+}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -41,11 +47,16 @@ def check_resumable(run_dir: Path, recipe: Recipe) -> None:
     """A run resumes only with the configuration it was started with (bar :data:`RESUMABLE_CHANGES`)."""
     saved = _flatten(read_yaml(run_dir / CONFIG_FILE))
     now = _flatten(to_dict(recipe))
-    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
-                     and k not in RESUMABLE_CHANGES and not k.startswith("monitor."))  # probes never change training
+    changed = sorted(
+        k
+        for k in saved.keys() | now.keys()
+        if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES and not k.startswith("monitor.")
+    )  # probes never change training
     if changed:
-        raise ConfigError(f"cannot resume {run_dir}: {changed[0]!r} differs from the saved {CONFIG_FILE} "
-                          f"({saved.get(changed[0])!r} -> {now.get(changed[0])!r}); start a new --output-dir instead")
+        raise ConfigError(
+            f"cannot resume {run_dir}: {changed[0]!r} differs from the saved {CONFIG_FILE} "
+            f"({saved.get(changed[0])!r} -> {now.get(changed[0])!r}); start a new --output-dir instead"
+        )
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -58,8 +69,10 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume and not (run_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"--resume: {run_dir} has no {CONFIG_FILE}; pass the --output-dir of the run to resume")
     if held and not (resume or overwrite):
-        raise FileExistsError(f"{run_dir} already holds a run ({', '.join(held)}): pass --resume to continue it, "
-                              "--overwrite to replace it, or choose another --output-dir")
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(held)}): pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --output-dir"
+        )
 
 
 def remove_run(run_dir: Path) -> None:
@@ -80,8 +93,14 @@ def knn_monitor(recipe: Recipe, domain: Any, processor: Any) -> KNNMonitor:
         rows = domain.task_data(task)
     except KeyError as e:
         raise ConfigError(f"monitor.task: {e.args[0]}") from None
-    return KNNMonitor(recipe.monitor, rows.train, rows.test, domain.task_collate(processor, task),
-                      len(rows.label_names), encoder_of=lambda model: model.encoder)
+    return KNNMonitor(
+        recipe.monitor,
+        rows.train,
+        rows.test,
+        domain.task_collate(processor, task),
+        len(rows.label_names),
+        encoder_of=lambda model: model.encoder,
+    )
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -94,14 +113,21 @@ def monitor_hooks(recipe: Recipe, domain: Any, processor: Any, state: PartialSta
     if not every:
         return []
     if max_steps < every:
-        state.print(f"monitor: skipped: train.max_steps={max_steps} is below monitor.every={every}, "
-                    "so no kNN probe runs (lower monitor.every to probe this run)")
+        state.print(
+            f"monitor: skipped: train.max_steps={max_steps} is below monitor.every={every}, "
+            "so no kNN probe runs (lower monitor.every to probe this run)"
+        )
         return []
     return [knn_monitor(recipe, domain, processor)]
 
 
-def pretrain(recipe_name: str, overrides: list[str] = (), output_dir: Path | None = None, resume: bool = False,
-             overwrite: bool = False) -> Path:
+def pretrain(
+    recipe_name: str,
+    overrides: list[str] = (),
+    output_dir: Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Path:
     """Pretrain a recipe; returns the run directory (which holds ``export/`` at the end).
 
     With ``resume=True`` the newest intact checkpoint in ``output_dir`` is loaded and training
@@ -133,15 +159,34 @@ def pretrain(recipe_name: str, overrides: list[str] = (), output_dir: Path | Non
     model = build_model(recipe, data.processor)
     if state.is_main_process:
         log.info("data: %s", ", ".join(f"{k} {v:,}" if type(v) is int else f"{k} {v}" for k, v in data.summary.items()))
-        log.info("model: %s encoder, %s objective, %s parameters", type(model.encoder).__name__,
-                 recipe.objective.name, f"{sum(p.numel() for p in model.parameters()):,}")
+        log.info(
+            "model: %s encoder, %s objective, %s parameters",
+            type(model.encoder).__name__,
+            recipe.objective.name,
+            f"{sum(p.numel() for p in model.parameters()):,}",
+        )
     hooks = monitor_hooks(recipe, domain, data.processor, state)
-    trainer = Trainer(model, data.dataset, data.collate, recipe.train, run_dir, transform=data.transform,
-                      unit_name=domain.unit_name, hooks=hooks)
+    trainer = Trainer(
+        model,
+        data.dataset,
+        data.collate,
+        recipe.train,
+        run_dir,
+        transform=data.transform,
+        unit_name=domain.unit_name,
+        hooks=hooks,
+    )
     trainer.fit(resume=resume)
     if trainer.accelerator.is_main_process:
-        write_export(trainer.accelerator.unwrap_model(trainer.model), data.processor, recipe,
-                     run_dir / EXPORT_DIR, run_dir, trainer.state.step, data.summary)
+        write_export(
+            trainer.accelerator.unwrap_model(trainer.model),
+            data.processor,
+            recipe,
+            run_dir / EXPORT_DIR,
+            run_dir,
+            trainer.state.step,
+            data.summary,
+        )
         log.info("exported %s", run_dir / EXPORT_DIR)
     trainer.accelerator.wait_for_everyone()
     trainer.close()

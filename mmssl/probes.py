@@ -39,8 +39,14 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def extract_features(encoder: Encoder, rows: Any, collate: Callable[[list[Any]], Batch],
-                     batch_size: int = 256, pooling: str = "auto", progress: bool = False) -> tuple[Tensor, Tensor]:
+def extract_features(
+    encoder: Encoder,
+    rows: Any,
+    collate: Callable[[list[Any]], Batch],
+    batch_size: int = 256,
+    pooling: str = "auto",
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
     """``(features [N, D] float32 on CPU, labels [N])``: the encoder's pooled output in eval mode.
 
     ``pooling``: ``auto`` is :meth:`EncoderOutput.pooled` (the backbone's own summary, e.g. ViT's
@@ -72,8 +78,15 @@ def extract_features(encoder: Encoder, rows: Any, collate: Callable[[list[Any]],
 
 
 @torch.no_grad()
-def knn_predict(train_features: Tensor, train_labels: Tensor, test_features: Tensor, num_classes: int,
-                k: int = 200, temperature: float = 0.07, chunk_size: int = 1024) -> Tensor:
+def knn_predict(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> Tensor:
     """Weighted kNN (Wu et al. 2018, InstDisc): each of the ``k`` most cosine-similar training
     samples votes for its class with weight ``exp(similarity / temperature)``.
 
@@ -92,7 +105,7 @@ def knn_predict(train_features: Tensor, train_labels: Tensor, test_features: Ten
     k = min(k, train.shape[0])
     preds = []
     for start in range(0, test_features.shape[0], chunk_size):
-        test = F.normalize(test_features[start:start + chunk_size].float(), dim=1)
+        test = F.normalize(test_features[start : start + chunk_size].float(), dim=1)
         sims, idx = (test @ train.T).topk(k, dim=1)
         votes = torch.zeros(test.shape[0], num_classes, device=test.device)
         votes.scatter_add_(1, train_labels[idx], (sims / temperature).exp())
@@ -100,8 +113,9 @@ def knn_predict(train_features: Tensor, train_labels: Tensor, test_features: Ten
     return torch.cat(preds)
 
 
-def knn_accuracy(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], num_classes: int,
-                 k: int = 200, temperature: float = 0.07) -> float:
+def knn_accuracy(
+    train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], num_classes: int, k: int = 200, temperature: float = 0.07
+) -> float:
     """Accuracy of :func:`knn_predict` on ``test = (features, labels)``."""
     preds = knn_predict(train[0], train[1], test[0], num_classes, k, temperature)
     return float((preds == test[1]).float().mean())
@@ -118,8 +132,15 @@ class KNNMonitor:
     which the trainer logs with the step.
     """
 
-    def __init__(self, cfg: MonitorConfig, train_rows: Any, test_rows: Any, collate: Callable[[list[Any]], Batch],
-                 num_classes: int, encoder_of: Callable[[Any], Encoder]) -> None:
+    def __init__(
+        self,
+        cfg: MonitorConfig,
+        train_rows: Any,
+        test_rows: Any,
+        collate: Callable[[list[Any]], Batch],
+        num_classes: int,
+        encoder_of: Callable[[Any], Encoder],
+    ) -> None:
         self.cfg = cfg
         self.train_rows = _head(train_rows, cfg.max_train)
         self.test_rows = _head(test_rows, cfg.max_test)
@@ -188,8 +209,10 @@ def probe_inputs(path: Path, cfg: FinetuneConfig, domain: str | None) -> ProbeIn
     if cfg.init == "raw":
         return _raw_inputs(path, cfg, domain)
     setup = frozen_setup(path, cfg, domain)
-    train, test = (extract_features(setup.encoder, rows, setup.collate, cfg.probe.batch_size, cfg.probe.pooling,
-                                    progress=True) for rows in (setup.data.train, setup.data.test))
+    train, test = (
+        extract_features(setup.encoder, rows, setup.collate, cfg.probe.batch_size, cfg.probe.pooling, progress=True)
+        for rows in (setup.data.train, setup.data.test)
+    )
     return ProbeInputs(train, test, setup.data, setup.run_dir)
 
 
@@ -201,8 +224,13 @@ def _raw_inputs(path: Path, cfg: FinetuneConfig, domain: str | None) -> ProbeInp
     data = dom.task_data(cfg.task)
     log.info("computing the %s domain's raw-feature baseline of %s", dom.name, cfg.task.name)
     raw = dom.raw_features(data, cfg.task)
-    log.info("raw-feature baseline %s: %d training and %d test rows of %d features", raw.name, len(raw.train[1]),
-             len(raw.test[1]), raw.train[0].shape[1])
+    log.info(
+        "raw-feature baseline %s: %d training and %d test rows of %d features",
+        raw.name,
+        len(raw.train[1]),
+        len(raw.test[1]),
+        raw.train[0].shape[1],
+    )
     return ProbeInputs(raw.train, raw.test, data, run_dir, raw.name)
 
 
@@ -220,25 +248,45 @@ def _fit_linear(train: tuple[Any, Any], test: tuple[Any, Any], probe: ProbeConfi
     from sklearn.preprocessing import StandardScaler
 
     (x_train, y_train), (x_test, y_test) = ((np.asarray(x), np.asarray(y)) for x, y in (train, test))
-    log.info("fitting the linear probe: logistic regression on %d x %d features (probe.C=%g, probe.max_iter=%d)",
-             *x_train.shape, probe.C, probe.max_iter)
+    log.info(
+        "fitting the linear probe: logistic regression on %d x %d features (probe.C=%g, probe.max_iter=%d)",
+        *x_train.shape,
+        probe.C,
+        probe.max_iter,
+    )
     start = time.perf_counter()
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=probe.C, max_iter=probe.max_iter))
     clf.fit(x_train, y_train)
     predictions = clf.predict(x_test)
-    result = {"accuracy": float((predictions == y_test).mean()), "train_accuracy": float(clf.score(x_train, y_train)),
-              "n_train": len(y_train), "n_test": len(y_test), "feature_dim": int(x_train.shape[1])}
-    log.info("linear probe fitted in %.1f s: test accuracy %.4f on %d rows (train %.4f)",
-             time.perf_counter() - start, result["accuracy"], result["n_test"], result["train_accuracy"])
+    result = {
+        "accuracy": float((predictions == y_test).mean()),
+        "train_accuracy": float(clf.score(x_train, y_train)),
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+        "feature_dim": int(x_train.shape[1]),
+    }
+    log.info(
+        "linear probe fitted in %.1f s: test accuracy %.4f on %d rows (train %.4f)",
+        time.perf_counter() - start,
+        result["accuracy"],
+        result["n_test"],
+        result["train_accuracy"],
+    )
     return result, torch.as_tensor(predictions)
 
 
-def _fit_knn(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], probe: ProbeConfig,
-             num_classes: int) -> tuple[dict[str, Any], Tensor]:
+def _fit_knn(
+    train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], probe: ProbeConfig, num_classes: int
+) -> tuple[dict[str, Any], Tensor]:
     """The weighted kNN's accuracy (k=``probe.k``, temperature ``probe.temperature``) and its predictions ``[M]``."""
     predictions = knn_predict(train[0], train[1], test[0], num_classes, probe.k, probe.temperature)
-    result = {"accuracy": float((predictions == test[1]).float().mean()), "k": probe.k,
-              "temperature": probe.temperature, "n_train": len(train[1]), "n_test": len(test[1])}
+    result = {
+        "accuracy": float((predictions == test[1]).float().mean()),
+        "k": probe.k,
+        "temperature": probe.temperature,
+        "n_train": len(train[1]),
+        "n_test": len(test[1]),
+    }
     return result, predictions
 
 
@@ -262,8 +310,15 @@ def run_probe(protocol: str, path: Path, cfg: FinetuneConfig, domain: str | None
     else:
         result, predictions = _fit_knn(inputs.train, inputs.test, cfg.probe, len(inputs.data.label_names))
     baseline = {"baseline": inputs.baseline} if inputs.baseline else {}
-    record = {"event": "evaluate", "protocol": protocol, "task": cfg.task.name, "init": cfg.init, **baseline,
-              **result, **inputs.data.skipped_record()}
+    record = {
+        "event": "evaluate",
+        "protocol": protocol,
+        "task": cfg.task.name,
+        "init": cfg.init,
+        **baseline,
+        **result,
+        **inputs.data.skipped_record(),
+    }
     if inputs.run_dir is not None:
         append_metrics(inputs.run_dir, record)
     return ProbeResult(record, torch.as_tensor(predictions), torch.as_tensor(inputs.test[1]))
@@ -303,8 +358,9 @@ def retrieval_recall(queries: Tensor, keys: Tensor, ks: tuple[int, ...] = (1, 5)
 
 
 @torch.no_grad()
-def paired_embeddings(encoder: Any, heads: Any, rows: Any, collate: Callable[[list[Any]], Batch],
-                      batch_size: int = 64) -> tuple[Tensor, Tensor]:
+def paired_embeddings(
+    encoder: Any, heads: Any, rows: Any, collate: Callable[[list[Any]], Batch], batch_size: int = 64
+) -> tuple[Tensor, Tensor]:
     """``([N, P], [N, P])`` joint embeddings of paired rows: ``heads.project(encoder, batch)`` in eval mode, on CPU."""
     device = next(encoder.parameters()).device
     encoder.eval()

@@ -41,7 +41,14 @@ class TrainConfig:
     max_minutes: float | None = None  # stop early (checkpoint + export) after this wall time
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum_steps",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1")
         if self.lr <= 0:
@@ -130,8 +137,10 @@ def with_derived(objective: dict[str, Any], derived: dict[str, tuple[Any, str]])
     filled = dict(objective)
     for key, (value, why) in derived.items():
         if key in filled and filled[key] != value:
-            raise ConfigError(f"objective.{key}={filled[key]!r} does not match the data: {why} gives {value!r}; "
-                              f"leave objective.{key} out and it is computed")
+            raise ConfigError(
+                f"objective.{key}={filled[key]!r} does not match the data: {why} gives {value!r}; "
+                f"leave objective.{key} out and it is computed"
+            )
         filled[key] = value
     return filled
 
@@ -172,7 +181,11 @@ def recipe_from_dict(raw: dict) -> Recipe:
         description=str(raw.get("description", "")),
         data=data,
         encoder=from_dict(domain.encoder_config, raw.get("encoder"), "encoder"),
-        objective=from_dict(spec.config_cls, with_derived(objective, domain.derived_objective_settings(data, objective["name"])), "objective"),
+        objective=from_dict(
+            spec.config_cls,
+            with_derived(objective, domain.derived_objective_settings(data, objective["name"])),
+            "objective",
+        ),
         train=from_dict(TrainConfig, raw.get("train"), "train"),
         monitor=from_dict(MonitorConfig, raw.get("monitor"), "monitor"),
     )

@@ -51,8 +51,16 @@ class ProbeConfig:
 def _finetune_train_defaults() -> TrainConfig:
     # lr 3e-4 suits the recipes' small encoders: on Rotten Tomatoes it gave +4 points over 1e-4 for both
     # the pretrained and the random-init BERT (docs/recipes.md); BERT-base's papers use 2e-5 to 5e-5
-    return TrainConfig(max_steps=400, batch_size=32, lr=3e-4, warmup_steps=40, weight_decay=0.01,
-                       log_every=20, checkpoint_every=400, keep_checkpoints=1)
+    return TrainConfig(
+        max_steps=400,
+        batch_size=32,
+        lr=3e-4,
+        warmup_steps=40,
+        weight_decay=0.01,
+        log_every=20,
+        checkpoint_every=400,
+        keep_checkpoints=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,10 @@ def check_init(init: str, protocol: str) -> None:
     """
     if init == "raw" and protocol not in RAW_PROTOCOLS:
         what = "fine-tuning" if protocol == "finetune" else f"--protocol {protocol}"
-        raise ValueError(f"init=raw probes the task's raw features (pixels, MFCC statistics, ...) with --protocol "
-                         f"linear or knn; {what} needs an encoder: use init=pretrained or init=random")
+        raise ValueError(
+            f"init=raw probes the task's raw features (pixels, MFCC statistics, ...) with --protocol "
+            f"linear or knn; {what} needs an encoder: use init=pretrained or init=random"
+        )
 
 
 def _domain_of(export_dir: Path, domain: str | None) -> Any:
@@ -100,8 +110,10 @@ def check_task(dom: Any, task: TaskConfig, export_dir: Path) -> None:
     takes = f"the {dom.name} domain's tasks: {', '.join(names)}"
     owners = [d for d in DOMAINS.names() if task.name in DOMAINS.get(d).task_names()]
     if owners:
-        raise ValueError(f"{export_dir} is an export of the {dom.name} domain and task {task.name!r} belongs to the "
-                         f"{' / '.join(owners)} domain; {takes}")
+        raise ValueError(
+            f"{export_dir} is an export of the {dom.name} domain and task {task.name!r} belongs to the "
+            f"{' / '.join(owners)} domain; {takes}"
+        )
     raise KeyError(f"unknown task {short_repr(task.name)}; {takes}")
 
 

@@ -60,8 +60,16 @@ from mmssl.types import Batch, ObjectiveOutput
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_DIR", "COMPLETE_MARKER", "TRACKER_DIR", "NonFiniteLossError", "Trainer", "TrainState",
-           "checkpoint_dirs", "latest_checkpoint"]  # mmssl.export and the tests import the checkpoint names from here
+__all__ = [
+    "CHECKPOINT_DIR",
+    "COMPLETE_MARKER",
+    "TRACKER_DIR",
+    "NonFiniteLossError",
+    "Trainer",
+    "TrainState",
+    "checkpoint_dirs",
+    "latest_checkpoint",
+]  # mmssl.export and the tests import the checkpoint names from here
 
 TRACKER_DIR = "tensorboard"  # TensorBoard event files, under the run directory
 StepHook = Callable[["Trainer", int], "dict[str, float] | None"]
@@ -182,8 +190,10 @@ class Trainer:
         if cfg.mixed_precision == "auto":
             self._note(f"train.mixed_precision=auto: {self.mixed_precision} on {acc.device}")
         if self.mixed_precision == "fp16" and not acc.native_amp:
-            self._note(f"train.mixed_precision=fp16 has no effect on {acc.device.type}: training in fp32 "
-                       "(bf16 is the mixed precision that runs on CPU)")
+            self._note(
+                f"train.mixed_precision=fp16 has no effect on {acc.device.type}: training in fp32 "
+                "(bf16 is the mixed precision that runs on CPU)"
+            )
         if cfg.max_grad_norm <= 0:
             self._note(f"train.max_grad_norm={cfg.max_grad_norm}: gradient clipping is off (<= 0 disables it)")
 
@@ -234,8 +244,10 @@ class Trainer:
             try:
                 self.accelerator.load_state(str(ckpt))
             except pickle.UnpicklingError:  # weights_only refused a file the manifest vouched for
-                raise CheckpointError(f"{ckpt} holds a file that is not plain tensors and numbers; it was not "
-                                      "loaded: start this run again with --overwrite") from None
+                raise CheckpointError(
+                    f"{ckpt} holds a file that is not plain tensors and numbers; it was not "
+                    "loaded: start this run again with --overwrite"
+                ) from None
             load_trainer_state(ckpt, self.states)
             log.info("resumed from %s (step %d)", ckpt, self.state.step)
         if self.accelerator.is_main_process:
@@ -280,7 +292,11 @@ class Trainer:
         if self.cfg.max_grad_norm > 0:
             grad_norm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
         else:
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))) if params else 0.0
+            grad_norm = (
+                float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
+                if params
+                else 0.0
+            )
         if acc.scaler is not None:
             # fp16: overflowing steps are the GradScaler's business: it skips them and lowers its scale
             self.optimizer.step()
@@ -290,8 +306,10 @@ class Trainer:
         else:
             self.state.nonfinite_total += 1
             self.state.nonfinite_streak += 1
-            self._note(f"step {self.state.step + 1}: non-finite loss or gradient, step skipped "
-                       f"({self.state.nonfinite_streak} in a row, {self.state.nonfinite_total} in total)")
+            self._note(
+                f"step {self.state.step + 1}: non-finite loss or gradient, step skipped "
+                f"({self.state.nonfinite_streak} in a row, {self.state.nonfinite_total} in total)"
+            )
             if self.state.nonfinite_streak >= self.cfg.max_consecutive_nonfinite:
                 raise NonFiniteLossError(
                     f"{self.state.nonfinite_streak} non-finite losses in a row at step {self.state.step + 1} "
@@ -318,8 +336,13 @@ class Trainer:
         # On resume, TensorBoard hides the points after the checkpoint's step: this run logs them again.
         writer_kwargs = {"purge_step": self.state.step + 1} if resume else {}
         acc.init_trackers(TRACKER_DIR, init_kwargs={"tensorboard": writer_kwargs})
-        bar = tqdm(total=self.cfg.max_steps, initial=self.state.step, disable=not acc.is_local_main_process,
-                   desc="train", dynamic_ncols=True)
+        bar = tqdm(
+            total=self.cfg.max_steps,
+            initial=self.state.step,
+            disable=not acc.is_local_main_process,
+            desc="train",
+            dynamic_ncols=True,
+        )
         try:
             # log lines (the kNN monitor's) go above the live bar, not into it
             with logging_redirect_tqdm(_console_loggers(), tqdm_class=tqdm):
@@ -417,8 +440,11 @@ def resolve_mixed_precision(setting: str, cpu: bool) -> str:
 def _console_loggers() -> list[logging.Logger]:
     """The loggers that print to the terminal: the root (``logging.basicConfig``) and mmssl's, if it has its own."""
     loggers = [logging.root, logging.getLogger("mmssl")]
-    return [lg for lg in loggers if any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
-                                        for h in lg.handlers)]
+    return [
+        lg
+        for lg in loggers
+        if any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in lg.handlers)
+    ]
 
 
 def _sync_batch_norm(model: nn.Module, accelerator: Accelerator) -> nn.Module:
@@ -427,7 +453,9 @@ def _sync_batch_norm(model: nn.Module, accelerator: Accelerator) -> nn.Module:
     ``nn.SyncBatchNorm`` runs on accelerators only; on several CPU processes each process
     normalises its own batch, which the log says once.
     """
-    if accelerator.num_processes == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if accelerator.num_processes == 1 or not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
         return model
     if accelerator.device.type in ("cuda", "xpu"):
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -469,7 +497,9 @@ class _Window:
         """Means of the logged values and throughput, summed/averaged over processes."""
         keys = sorted(self.sums)
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        means = [(self.sums[k] / self.counts[k]).cpu() if float(self.counts[k]) else torch.tensor(float("nan")) for k in keys]
+        means = [
+            (self.sums[k] / self.counts[k]).cpu() if float(self.counts[k]) else torch.tensor(float("nan")) for k in keys
+        ]
         rates = [torch.tensor(self.samples / elapsed), torch.as_tensor(self.units).cpu().double() / elapsed]
         vec = torch.stack([v.double().reshape(()) for v in means + rates])
         if acc.num_processes > 1:

@@ -43,21 +43,35 @@ def rows(batch: Batch, rank: int, world: int) -> Batch:
         return v[sl] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == batch.batch_size else v
 
     views = None if batch.views is None else tuple(rows(v, rank, world) for v in batch.views)
-    return batch.replace(units=batch.units[sl], padding_mask=batch.padding_mask[sl],
-                         special_mask=None if batch.special_mask is None else batch.special_mask[sl],
-                         extras={k: cut(v) for k, v in batch.extras.items()}, views=views,
-                         pair=None if batch.pair is None else rows(batch.pair, rank, world))
+    return batch.replace(
+        units=batch.units[sl],
+        padding_mask=batch.padding_mask[sl],
+        special_mask=None if batch.special_mask is None else batch.special_mask[sl],
+        extras={k: cut(v) for k, v in batch.extras.items()},
+        views=views,
+        pair=None if batch.pair is None else rows(batch.pair, rank, world),
+    )
 
 
 def tiny_bert() -> HFTextEncoder:
-    cfg = BertConfig(vocab_size=80, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(
+        vocab_size=80,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return HFTextEncoder(BertForMaskedLM(cfg), SimpleNamespace(mask_token_id=4))
 
 
 def tiny_vit():
-    return build_image_encoder(ImageEncoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                                  patch_size=4), (16, 16), channels=1)
+    return build_image_encoder(
+        ImageEncoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=4),
+        (16, 16),
+        channels=1,
+    )
 
 
 def text_batch() -> Batch:
@@ -84,27 +98,37 @@ def run_case(acc: Accelerator, name: str) -> dict:
         encoder = tiny_bert()
         objective = MaskedLM(MaskedLMConfig(), encoder)
         batch = text_batch()
-        mask, corrupted = bert_mask(batch.units, batch.maskable, mask_token_id=4, vocab_size=80,
-                                    generator=torch.Generator().manual_seed(3))
+        mask, corrupted = bert_mask(
+            batch.units, batch.maskable, mask_token_id=4, vocab_size=80, generator=torch.Generator().manual_seed(3)
+        )
         n = GLOBAL_BATCH // world
-        patches.append(mock.patch("mmssl.objectives.mlm.bert_mask",
-                                  lambda *a, **k: (mask[rank * n:(rank + 1) * n], corrupted[rank * n:(rank + 1) * n])))
-        local_masked = int(mask[rank * n:(rank + 1) * n].sum())
+        patches.append(
+            mock.patch(
+                "mmssl.objectives.mlm.bert_mask",
+                lambda *a, **k: (mask[rank * n : (rank + 1) * n], corrupted[rank * n : (rank + 1) * n]),
+            )
+        )
+        local_masked = int(mask[rank * n : (rank + 1) * n].sum())
     elif name == "simclr":
         encoder = tiny_vit()
         objective = SimCLR(SimCLRConfig(projector_hidden_dim=32, projector_dim=16, temperature=0.5), encoder)
         batch, local_masked = image_views(), 0
     else:  # data2vec
         encoder = tiny_vit()
-        objective = Data2Vec(Data2VecConfig(mask="random", mask_prob=0.4, top_k_layers=2, ema_decay=0.9,
-                                            ema_end_decay=0.99, ema_anneal_steps=10), encoder)
+        objective = Data2Vec(
+            Data2VecConfig(
+                mask="random", mask_prob=0.4, top_k_layers=2, ema_decay=0.9, ema_end_decay=0.99, ema_anneal_steps=10
+            ),
+            encoder,
+        )
         batch = image_views()
         mask = random_mask(batch.maskable, ratio=0.4, generator=torch.Generator().manual_seed(4))
         mask[0, :5] = True  # make the ranks' masked counts differ
         n = GLOBAL_BATCH // world
-        patches.append(mock.patch("mmssl.objectives.data2vec.random_mask",
-                                  lambda maskable, **k: mask[rank * n:(rank + 1) * n]))
-        local_masked = int(mask[rank * n:(rank + 1) * n].sum())
+        patches.append(
+            mock.patch("mmssl.objectives.data2vec.random_mask", lambda maskable, **k: mask[rank * n : (rank + 1) * n])
+        )
+        local_masked = int(mask[rank * n : (rank + 1) * n].sum())
     model = SSLModel(encoder, objective).train()
     for m in model.modules():  # batch norm (SimCLR's projector) on fixed statistics: per-process BN is not under test
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -121,8 +145,11 @@ def run_case(acc: Accelerator, name: str) -> dict:
             optimizer.zero_grad()
             acc.backward(out.loss)
             if step == 1:
-                record["grads"] = {k: p.grad.detach().clone() for k, p in acc.unwrap_model(model).named_parameters()
-                                   if p.grad is not None}
+                record["grads"] = {
+                    k: p.grad.detach().clone()
+                    for k, p in acc.unwrap_model(model).named_parameters()
+                    if p.grad is not None
+                }
                 record["loss_sum"] = float(acc.reduce(out.loss.detach(), reduction="sum"))
             optimizer.step()
             acc.unwrap_model(model).after_optimizer_step(step, EMA_STEPS)

@@ -10,9 +10,15 @@ from mmssl.objectives.base import SSLModel
 from mmssl.types import Batch
 
 
-def fit(model: SSLModel, batch: Batch | Callable[[int], Batch], steps: int, lr: float, *,
-        optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW,
-        seed: Callable[[int], int] | None = None) -> list[float]:
+def fit(
+    model: SSLModel,
+    batch: Batch | Callable[[int], Batch],
+    steps: int,
+    lr: float,
+    *,
+    optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW,
+    seed: Callable[[int], int] | None = None,
+) -> list[float]:
     """Train ``model`` for ``steps`` optimizer steps and return the loss of each.
 
     Args:
@@ -42,5 +48,5 @@ def fit(model: SSLModel, batch: Batch | Callable[[int], Batch], steps: int, lr: 
 
 def first_last(losses: list[float], window: int = 5, skip: int = 0) -> tuple[float, float]:
     """Mean loss of the first ``window`` steps (after ``skip``) and of the last ``window``."""
-    first = losses[skip:skip + window]
+    first = losses[skip : skip + window]
     return sum(first) / len(first), sum(losses[-window:]) / window

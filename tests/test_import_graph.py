@@ -28,7 +28,8 @@ def tree_modules() -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _import_nodes(node: ast.AST) -> list[ast.Import | ast.ImportFrom]:
@@ -51,7 +52,7 @@ def _absolute(node: ast.ImportFrom, importer: str, is_package: bool) -> str:
         return node.module or ""
     base = importer.split(".")
     base = base if is_package else base[:-1]
-    base = base[:len(base) - (node.level - 1)]
+    base = base[: len(base) - (node.level - 1)]
     return ".".join([*base, node.module] if node.module else base)
 
 
@@ -130,9 +131,11 @@ def test_imports_count_function_level_and_skip_type_checking(tmp_path: Path) -> 
     (pkg / "sub" / "leaf.py").write_text("")
     (pkg / "other.py").write_text("")
     (pkg / "hidden.py").write_text("")
-    source = ("from typing import TYPE_CHECKING\nimport json\nfrom mmssl.sub import leaf\nfrom . import other\n"
-              "if TYPE_CHECKING:\n    from mmssl import hidden\nelse:\n    import mmssl.sub\n"
-              "def f():\n    from .sub.leaf import x\n    import mmssl.other\n")
+    source = (
+        "from typing import TYPE_CHECKING\nimport json\nfrom mmssl.sub import leaf\nfrom . import other\n"
+        "if TYPE_CHECKING:\n    from mmssl import hidden\nelse:\n    import mmssl.sub\n"
+        "def f():\n    from .sub.leaf import x\n    import mmssl.other\n"
+    )
     (pkg / "user.py").write_text(source)
     modules = {"mmssl", "mmssl.sub", "mmssl.sub.leaf", "mmssl.other", "mmssl.hidden", "mmssl.user"}
     assert imports_of("mmssl.user", pkg / "user.py", modules) == {"mmssl.sub.leaf", "mmssl.other", "mmssl.sub"}
@@ -149,4 +152,5 @@ def test_no_import_cycles_in_mmssl_or_domains() -> None:
     graph = import_graph()
     found = cycles(graph)
     assert not found, "import cycles (each a strongly connected component):\n" + "\n".join(
-        _describe(c, graph) for c in found)
+        _describe(c, graph) for c in found
+    )

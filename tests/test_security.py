@@ -19,8 +19,10 @@ SOURCES = sorted(p for d in ("mmssl", "domains", "benchmarks") for p in (ROOT / 
 
 # (file relative to the root, what the call is) -> why it is safe
 ALLOWED = {
-    ("domains/graph/data.py", "torch.load(weights_only=<not True>)"):
-        "only with the user's data.trust_pickle=true, documented as running the file's code",
+    (
+        "domains/graph/data.py",
+        "torch.load(weights_only=<not True>)",
+    ): "only with the user's data.trust_pickle=true, documented as running the file's code",
 }
 
 
@@ -49,11 +51,19 @@ def findings(tree: ast.AST) -> list[tuple[int, str]]:
             found.append((node.lineno, f"{name}()"))
         elif name.endswith("torch.load") and not _is_true(_keyword(node, "weights_only")):
             found.append((node.lineno, "torch.load(weights_only=<not True>)"))
-        elif name.endswith("np.load") and _keyword(node, "allow_pickle") is not None \
-                and not (isinstance(_keyword(node, "allow_pickle"), ast.Constant) and not _keyword(node, "allow_pickle").value):
+        elif (
+            name.endswith("np.load")
+            and _keyword(node, "allow_pickle") is not None
+            and not (
+                isinstance(_keyword(node, "allow_pickle"), ast.Constant) and not _keyword(node, "allow_pickle").value
+            )
+        ):
             found.append((node.lineno, "np.load(allow_pickle=...)"))
-        elif name == "yaml.load" and "Safe" not in ast.unparse(_keyword(node, "Loader") or ast.Constant(None)) \
-                and "_Loader" not in ast.unparse(node):
+        elif (
+            name == "yaml.load"
+            and "Safe" not in ast.unparse(_keyword(node, "Loader") or ast.Constant(None))
+            and "_Loader" not in ast.unparse(node)
+        ):
             found.append((node.lineno, "yaml.load(unsafe Loader)"))
         elif name == "yaml.unsafe_load" or name == "yaml.full_load":
             found.append((node.lineno, f"{name}()"))
@@ -67,16 +77,21 @@ def findings(tree: ast.AST) -> list[tuple[int, str]]:
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_call_executes_loaded_data(path: Path) -> None:
     rel = str(path.relative_to(ROOT))
-    bad = [f"{rel}:{line}: {what}" for line, what in findings(ast.parse(path.read_text(), str(path)))
-           if (rel, what) not in ALLOWED]
+    bad = [
+        f"{rel}:{line}: {what}"
+        for line, what in findings(ast.parse(path.read_text(), str(path)))
+        if (rel, what) not in ALLOWED
+    ]
     assert not bad, "calls that can run code from data:\n" + "\n".join(bad)
 
 
 def test_the_lint_finds_what_it_looks_for() -> None:
-    code = ("import torch, pickle, yaml, subprocess, numpy as np\n"
-            "torch.load(f)\ntorch.load(f, weights_only=False)\ntorch.load(f, weights_only=True)\n"
-            "pickle.loads(b)\nyaml.load(t, Loader=yaml.Loader)\nyaml.load(t, Loader=yaml.SafeLoader)\n"
-            "subprocess.run(c, shell=True)\nnp.load(p, allow_pickle=True)\nnp.load(p, allow_pickle=False)\n"
-            "eval(s)\nAutoModel.from_pretrained(n, trust_remote_code=True)\n")
+    code = (
+        "import torch, pickle, yaml, subprocess, numpy as np\n"
+        "torch.load(f)\ntorch.load(f, weights_only=False)\ntorch.load(f, weights_only=True)\n"
+        "pickle.loads(b)\nyaml.load(t, Loader=yaml.Loader)\nyaml.load(t, Loader=yaml.SafeLoader)\n"
+        "subprocess.run(c, shell=True)\nnp.load(p, allow_pickle=True)\nnp.load(p, allow_pickle=False)\n"
+        "eval(s)\nAutoModel.from_pretrained(n, trust_remote_code=True)\n"
+    )
     lines = [line for line, _ in findings(ast.parse(code))]
     assert lines == [2, 3, 5, 6, 8, 9, 11, 12]

@@ -35,9 +35,13 @@ def mfcc_statistics(clips: AudioClips, max_samples: int | None = None) -> torch.
 
 def mfcc_baseline(train: ClipRows, test: ClipRows) -> RawFeatures:
     """The ``mfcc-statistics`` baseline of a labelled task's rows (each clip as long as the encoder reads it)."""
-    return RawFeatures("mfcc-statistics", *(
-        (mfcc_statistics(rows.clips, rows.max_samples), torch.tensor(rows.clips.labels, dtype=torch.long))
-        for rows in (train, test)))
+    return RawFeatures(
+        "mfcc-statistics",
+        *(
+            (mfcc_statistics(rows.clips, rows.max_samples), torch.tensor(rows.clips.labels, dtype=torch.long))
+            for rows in (train, test)
+        ),
+    )
 
 
 def main() -> None:

@@ -40,8 +40,16 @@ from domains.text.builders import embedded_corpus_text
 
 SAMPLING_RATE = 16000
 KWS_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
-ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
-                  "en-us-nyc")
+ESPEAK_ACCENTS = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
 ESPEAK_VARIANTS = ("f1", "f2", "f3", "f4", "m1", "m2", "m3", "m4", "m5", "m6", "m7")
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 TEST_VARIANTS = ("f4", "m7")  # held-out espeak variants (every accent)
@@ -74,8 +82,10 @@ def require_render_tools() -> None:
     """Fail at once, before any decoding or rendering, when a speech synthesis tool is missing."""
     missing = [tool for tool in RENDER_TOOLS if shutil.which(tool) is None]
     if missing:
-        raise RuntimeError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; the audio "
-                           f"datasets are rendered with them: apt-get install -y {' '.join(RENDER_TOOLS)}")
+        raise RuntimeError(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; the audio "
+            f"datasets are rendered with them: apt-get install -y {' '.join(RENDER_TOOLS)}"
+        )
 
 
 def _run(cmd: list[str]) -> None:
@@ -84,16 +94,32 @@ def _run(cmd: list[str]) -> None:
         raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
 
 
-def synthesize(voice: str, text: str, out: Path, rng: random.Random, tempo: float = 1.0, cents: float = 0.0) -> np.ndarray:
+def synthesize(
+    voice: str, text: str, out: Path, rng: random.Random, tempo: float = 1.0, cents: float = 0.0
+) -> np.ndarray:
     """Render ``text`` with one voice, then sox tempo/pitch to 16 kHz mono; returns float32 samples."""
     engine, name = voice.split(":", 1)
     raw = out.with_suffix(".raw.wav")
     if engine == "espeak":
-        _run([_require("espeak-ng"), "-v", name, "-s", str(rng.randint(120, 220)), "-p", str(rng.randint(20, 80)),
-              "-w", str(raw), text])
+        _run(
+            [
+                _require("espeak-ng"),
+                "-v",
+                name,
+                "-s",
+                str(rng.randint(120, 220)),
+                "-p",
+                str(rng.randint(20, 80)),
+                "-w",
+                str(raw),
+                text,
+            ]
+        )
     else:
         _run([_require("flite"), "-voice", name, "-t", text, "-o", str(raw)])
-    effects = (["tempo", f"{tempo:.3f}"] if abs(tempo - 1) > 1e-3 else []) + (["pitch", f"{cents:.0f}"] if cents else [])
+    effects = (["tempo", f"{tempo:.3f}"] if abs(tempo - 1) > 1e-3 else []) + (
+        ["pitch", f"{cents:.0f}"] if cents else []
+    )
     _run([_require("sox"), str(raw), "-r", str(SAMPLING_RATE), "-c", "1", "-b", "16", str(out), *effects])
     wave = decode_file(out, SAMPLING_RATE).numpy()
     raw.unlink(missing_ok=True)
@@ -104,13 +130,13 @@ def synthesize(voice: str, text: str, out: Path, rng: random.Random, tempo: floa
 def place_in_window(word: np.ndarray, rng: random.Random, seconds: float = 1.0) -> np.ndarray:
     """Trim silence, put the word at a random offset of a ``seconds`` window, random gain, white noise at 5-30 dB SNR."""
     loud = np.flatnonzero(np.abs(word) > 0.02 * (np.abs(word).max() + 1e-9))
-    word = word[loud[0]:loud[-1] + 1] if len(loud) else word
+    word = word[loud[0] : loud[-1] + 1] if len(loud) else word
     n = int(seconds * SAMPLING_RATE)
     word = word[:n]
     clip = np.zeros(n, dtype=np.float32)
     start = rng.randint(0, n - len(word))
-    clip[start:start + len(word)] = word / (np.abs(word).max() + 1e-9) * 10 ** (rng.uniform(-12, -1) / 20)
-    power = float(np.mean(word_part ** 2)) if (word_part := clip[start:start + len(word)]).size else 1e-6
+    clip[start : start + len(word)] = word / (np.abs(word).max() + 1e-9) * 10 ** (rng.uniform(-12, -1) / 20)
+    power = float(np.mean(word_part**2)) if (word_part := clip[start : start + len(word)]).size else 1e-6
     noise_power = power / 10 ** (rng.uniform(5, 30) / 10)
     noise = np.random.default_rng(rng.getrandbits(32)).normal(0, np.sqrt(noise_power), n)
     return np.clip(clip + noise, -1, 1).astype(np.float32)
@@ -120,7 +146,9 @@ def _render_kws(job: tuple[str, str, int, int]) -> tuple[str, str, np.ndarray]:
     voice, word, rep, seed = job
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="mmssl-kws-") as tmp:
-        wave = synthesize(voice, word, Path(tmp) / "w.wav", rng, tempo=rng.uniform(0.85, 1.15), cents=rng.uniform(-300, 300))
+        wave = synthesize(
+            voice, word, Path(tmp) / "w.wav", rng, tempo=rng.uniform(0.85, 1.15), cents=rng.uniform(-300, 300)
+        )
     return voice, word, place_in_window(wave, rng)
 
 
@@ -170,14 +198,21 @@ def load_split(split_dir: Path, sampling_rate: int = SAMPLING_RATE) -> AudioClip
 def build_kws(out: Path) -> None:
     """Render the keyword-spotting set (see the module docstring)."""
     require_render_tools()
-    jobs = [(v, w, r, random.Random(f"{v}|{w}|{r}").getrandbits(32))  # a stable seed per clip
-            for v in kws_voices() for w in KWS_WORDS for r in range(KWS_REPEATS)]
+    jobs = [
+        (v, w, r, random.Random(f"{v}|{w}|{r}").getrandbits(32))  # a stable seed per clip
+        for v in kws_voices()
+        for w in KWS_WORDS
+        for r in range(KWS_REPEATS)
+    ]
     results = _parallel(_render_kws, jobs, "rendering keywords")
     for split, test in (("train", False), ("test", True)):
         rows = [(v, w, x) for v, w, x in results if is_test_voice(v) == test]
-        save_split(out / split, [x for _, _, x in rows],
-                   {"label_names": list(KWS_WORDS), "groups": [v for v, _, _ in rows]},
-                   [KWS_WORDS.index(w) for _, w, _ in rows])
+        save_split(
+            out / split,
+            [x for _, _, x in rows],
+            {"label_names": list(KWS_WORDS), "groups": [v for v, _, _ in rows]},
+            [KWS_WORDS.index(w) for _, w, _ in rows],
+        )
 
 
 def _render_sentence(job: tuple[str, str, int]) -> np.ndarray:
@@ -218,6 +253,8 @@ def build_speech(out: Path) -> None:
     voices = [v for v in kws_voices() if v.startswith("espeak:")]
     rng = random.Random(0)
     jobs = [(rng.choice(voices), s, rng.getrandbits(32)) for s in austen_sentences(SPEECH_SENTENCES)]
-    clips += [(f"espeak-austen:{v}", w) for (v, _, _), w in zip(jobs, _parallel(_render_sentence, jobs, "reading sentences"))]
+    clips += [
+        (f"espeak-austen:{v}", w) for (v, _, _), w in zip(jobs, _parallel(_render_sentence, jobs, "reading sentences"))
+    ]
     clips = [(name, w) for name, w in clips if len(w) >= SAMPLING_RATE // 5]
     save_split(out / "train", [w for _, w in clips], {"groups": [name for name, _ in clips]})

@@ -86,8 +86,8 @@ def bucket_order(lengths: list[int], batch_size: int, window: int, rng: np.rando
     span = max(1, window) * batch_size
     batches = []
     for start in range(0, len(perm), span):
-        chunk = sorted(perm[start:start + span], key=lambda i: lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        chunk = sorted(perm[start : start + span], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     full = [b for b in batches if len(b) == batch_size]
     rest = [i for b in batches if len(b) < batch_size for i in b]
     order = rng.permutation(len(full))
@@ -102,8 +102,7 @@ class BucketedClips(IterableDataset):
     (per-process batch x processes): Accelerate hands each process consecutive slices.
     """
 
-    def __init__(self, clips: AudioClips, batch_size: int, max_samples: int, seed: int = 0,
-                 window: int = 20) -> None:
+    def __init__(self, clips: AudioClips, batch_size: int, max_samples: int, seed: int = 0, window: int = 20) -> None:
         self.clips = clips
         self.batch_size = batch_size
         self.max_samples = max_samples
@@ -129,7 +128,7 @@ def crop_row(clips: AudioClips, i: int, max_samples: int, rng: np.random.Generat
     wave = clips.waves[i]
     if len(wave) > max_samples:
         start = int(rng.integers(0, len(wave) - max_samples + 1)) if rng is not None else 0
-        wave = wave[start:start + max_samples]
+        wave = wave[start : start + max_samples]
     return {"wave": wave, "label": -1 if clips.labels is None else clips.labels[i], "index": i}
 
 
@@ -167,8 +166,15 @@ class AudioCollator:
     ``extras[Extra.LABELS]`` holds the rows' labels when ``with_labels``.
     """
 
-    def __init__(self, stream: str, sampling_rate: int, num_mel_bins: int = 80, frame_stride: int = 2,
-                 with_labels: bool = False, kmeans: MFCCKMeans | None = None) -> None:
+    def __init__(
+        self,
+        stream: str,
+        sampling_rate: int,
+        num_mel_bins: int = 80,
+        frame_stride: int = 2,
+        with_labels: bool = False,
+        kmeans: MFCCKMeans | None = None,
+    ) -> None:
         if stream not in STREAMS:
             raise ValueError(f"data.stream must be one of {STREAMS}, got {stream!r}")
         self.stream = stream
@@ -231,8 +237,15 @@ class SpecAugmentTransform:
 
     def __call__(self, batch: Batch) -> Batch:
         c = self.cfg
-        units = spec_augment(batch.units, batch.padding_mask, time_masks=c.time_masks, time_width=c.time_mask_width,
-                             freq_masks=c.freq_masks, freq_width=c.freq_mask_width, features_per_frame=c.num_mel_bins)
+        units = spec_augment(
+            batch.units,
+            batch.padding_mask,
+            time_masks=c.time_masks,
+            time_width=c.time_mask_width,
+            freq_masks=c.freq_masks,
+            freq_width=c.freq_mask_width,
+            features_per_frame=c.num_mel_bins,
+        )
         return batch.replace(units=units)
 
 

@@ -57,14 +57,18 @@ def load_clips(cfg: AudioDataConfig) -> AudioClips:
 
         split_dir = prepare(cfg.name) / cfg.split
         if not split_dir.is_dir():
-            raise FileNotFoundError(f"data.split: prepared dataset {cfg.name!r} has no split {cfg.split!r} ({split_dir})")
+            raise FileNotFoundError(
+                f"data.split: prepared dataset {cfg.name!r} has no split {cfg.split!r} ({split_dir})"
+            )
         clips = load_split(split_dir, cfg.sampling_rate)
         keep = [i for i, w in enumerate(clips.waves) if len(w) >= min_samples]
         clips = clips.subset(keep[: cfg.max_clips] if cfg.max_clips else keep)
     elif cfg.source == "folder":
         clips = load_folder(cfg.path, cfg.sampling_rate, min_samples, limit=cfg.max_clips)
     else:
-        clips = load_hf_audio(cfg.name, cfg.split, cfg.sampling_rate, cfg.audio_column, None, min_samples, cfg.max_clips)
+        clips = load_hf_audio(
+            cfg.name, cfg.split, cfg.sampling_rate, cfg.audio_column, None, min_samples, cfg.max_clips
+        )
     if not len(clips):
         raise ValueError(f"data: no clip of at least data.min_seconds={cfg.min_seconds} s in {cfg.source} {cfg.name!r}")
     return clips
@@ -73,16 +77,27 @@ def load_clips(cfg: AudioDataConfig) -> AudioClips:
 def make_processor(cfg: AudioDataConfig) -> FeatureExtractionMixin:
     """transformers' feature extractor computing the recipe's stream from raw audio."""
     if cfg.stream == "waveform":
-        return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=cfg.sampling_rate, padding_value=0.0,
-                                        do_normalize=True, return_attention_mask=True)
-    return SeamlessM4TFeatureExtractor(feature_size=cfg.num_mel_bins, num_mel_bins=cfg.num_mel_bins,
-                                       sampling_rate=cfg.sampling_rate, stride=cfg.frame_stride)
+        return Wav2Vec2FeatureExtractor(
+            feature_size=1,
+            sampling_rate=cfg.sampling_rate,
+            padding_value=0.0,
+            do_normalize=True,
+            return_attention_mask=True,
+        )
+    return SeamlessM4TFeatureExtractor(
+        feature_size=cfg.num_mel_bins,
+        num_mel_bins=cfg.num_mel_bins,
+        sampling_rate=cfg.sampling_rate,
+        stride=cfg.frame_stride,
+    )
 
 
 def collator(processor: FeatureExtractionMixin, with_labels: bool, kmeans: MFCCKMeans | None = None) -> AudioCollator:
     """The collator that computes what ``processor`` computes."""
     if isinstance(processor, SeamlessM4TFeatureExtractor):
-        return AudioCollator("fbank", processor.sampling_rate, processor.num_mel_bins, processor.stride, with_labels, kmeans)
+        return AudioCollator(
+            "fbank", processor.sampling_rate, processor.num_mel_bins, processor.stride, with_labels, kmeans
+        )
     return AudioCollator("waveform", processor.sampling_rate, with_labels=with_labels)
 
 
@@ -102,8 +117,13 @@ class AudioClassifier(ClassifierModule):
     """``AutoModelForAudioClassification`` on waveforms (wav2vec2 and data2vec-audio exports), or a conformer encoder with a
     mean-pooled linear head on fbank units (SpecAugment while training)."""
 
-    def __init__(self, model: nn.Module, head: nn.Linear | None = None, mel_bins: int | None = None,
-                 label_names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        head: nn.Linear | None = None,
+        mel_bins: int | None = None,
+        label_names: list[str] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.head = head
@@ -115,8 +135,11 @@ class AudioClassifier(ClassifierModule):
             attention = (~batch.padding_mask).long() if batch.padding_mask.any() else None
             return self.model(input_values=batch.units, attention_mask=attention).logits
         if self.training:
-            batch = batch.replace(units=spec_augment(batch.units, batch.padding_mask, time_width=5, freq_width=8,
-                                                     features_per_frame=self.mel_bins))
+            batch = batch.replace(
+                units=spec_augment(
+                    batch.units, batch.padding_mask, time_width=5, freq_width=8, features_per_frame=self.mel_bins
+                )
+            )
         return self.head(self.model.encode(batch).pooled())
 
     def export(self, out_dir: Path) -> None:
@@ -153,18 +176,37 @@ class AudioDomain:
         """``--set`` strings that make an audio recipe a seconds-long run (the recipe smoke test, ``tests/recipes``):
         1 s crops of the synthetic clips of the test fixture ``audio_folder`` (``{audio_folder}`` is its path),
         k-means on 20 clips, every architecture 32 wide at the recipe's depth (narrow conv stacks, small codebooks)."""
-        return ("data.source=folder", "data.path={audio_folder}", "data.max_seconds=1.0", "data.bucket_batches=2",
-                "data.kmeans_clips=20", "encoder.hidden_size=32", "encoder.num_heads=2", "encoder.intermediate_size=64",
-                "encoder.conv_dim=[16,16,16,16,16,16,16]", "encoder.num_conv_pos_embeddings=16",
-                "encoder.num_conv_pos_embedding_groups=2", "encoder.num_conv_pos_layers=2", "encoder.conv_pos_kernel_size=5",
-                "encoder.num_codevectors_per_group=8", "encoder.codevector_dim=16", "encoder.proj_codevector_dim=16",
-                "encoder.conv_depthwise_kernel_size=3", "train.batch_size=4", "train.warmup_steps=2", "train.log_every=1")
+        return (
+            "data.source=folder",
+            "data.path={audio_folder}",
+            "data.max_seconds=1.0",
+            "data.bucket_batches=2",
+            "data.kmeans_clips=20",
+            "encoder.hidden_size=32",
+            "encoder.num_heads=2",
+            "encoder.intermediate_size=64",
+            "encoder.conv_dim=[16,16,16,16,16,16,16]",
+            "encoder.num_conv_pos_embeddings=16",
+            "encoder.num_conv_pos_embedding_groups=2",
+            "encoder.num_conv_pos_layers=2",
+            "encoder.conv_pos_kernel_size=5",
+            "encoder.num_codevectors_per_group=8",
+            "encoder.codevector_dim=16",
+            "encoder.proj_codevector_dim=16",
+            "encoder.conv_depthwise_kernel_size=3",
+            "train.batch_size=4",
+            "train.warmup_steps=2",
+            "train.log_every=1",
+        )
 
     def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
         """Fbank units read by a conformer; ``causal``: its causal variant, ``targets``: MFCC k-means ids per
         unit, ``quantizer_head``: wav2vec 2.0 on the waveform (whose conv frames are then the feature units)."""
-        given = {"causal": ("encoder.causal=true",), "targets": ("data.targets=mfcc-kmeans",),
-                 "quantizer_head": ("data.stream=waveform", "encoder.arch=wav2vec2")}
+        given = {
+            "causal": ("encoder.causal=true",),
+            "targets": ("data.targets=mfcc-kmeans",),
+            "quantizer_head": ("data.stream=waveform", "encoder.arch=wav2vec2"),
+        }
         return needs_overrides(needs, given, base=("data.stream=fbank", "encoder.arch=conformer"))
 
     def derived_objective_settings(self, data: AudioDataConfig, objective: str) -> dict[str, tuple[Any, str]]:
@@ -180,8 +222,10 @@ class AudioDomain:
         if data.stream != wants:
             raise ValueError(f"encoder.arch={enc.arch} reads data.stream={wants}, got data.stream={data.stream}")
         if enc.arch == "conformer" and enc.input_dim != data.num_mel_bins * data.frame_stride:
-            raise ValueError(f"encoder.input_dim={enc.input_dim} must be data.num_mel_bins * data.frame_stride = "
-                             f"{data.num_mel_bins * data.frame_stride}")
+            raise ValueError(
+                f"encoder.input_dim={enc.input_dim} must be data.num_mel_bins * data.frame_stride = "
+                f"{data.num_mel_bins * data.frame_stride}"
+            )
 
     def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
         data = recipe.data
@@ -195,15 +239,23 @@ class AudioDomain:
             dataset: Any = BucketedClips(clips, global_batch, max_samples(data), recipe.train.seed, data.bucket_batches)
         else:
             dataset = ClipRows(clips, max_samples(data))
-        summary = {"data_source": data.source, "data_name": data.path or data.name, "clips": len(clips),
-                   "hours": round(clips.seconds / 3600, 3), "skipped_clips": len(clips.skipped), "stream": data.stream,
-                   "sampling_rate": data.sampling_rate}
+        summary = {
+            "data_source": data.source,
+            "data_name": data.path or data.name,
+            "clips": len(clips),
+            "hours": round(clips.seconds / 3600, 3),
+            "skipped_clips": len(clips.skipped),
+            "stream": data.stream,
+            "sampling_rate": data.sampling_rate,
+        }
         transform = SpecAugmentTransform(data) if data.spec_augment else None
         return PretrainData(dataset, collator(processor, False, kmeans), processor, transform, summary)
 
     def load_processor(self, path: Path) -> FeatureExtractionMixin:
         path = Path(path)
-        return AutoFeatureExtractor.from_pretrained(str(path / PROCESSOR_DIR if (path / PROCESSOR_DIR).is_dir() else path))
+        return AutoFeatureExtractor.from_pretrained(
+            str(path / PROCESSOR_DIR if (path / PROCESSOR_DIR).is_dir() else path)
+        )
 
     def build_encoder(self, encoder_config: AudioEncoderConfig, processor: FeatureExtractionMixin) -> Encoder:
         return build_audio_encoder(encoder_config)
@@ -218,8 +270,13 @@ class AudioDomain:
             if not task.path:
                 raise ValueError(f"task.path is required with --task {task.name}")
             if task.name == "hub":
-                load = lambda split: load_hf_audio(task.path, split, 16000, task.input_column or "audio",  # noqa: E731
-                                                   task.label_column)
+                load = lambda split: load_hf_audio(
+                    task.path,
+                    split,
+                    16000,
+                    task.input_column or "audio",  # noqa: E731
+                    task.label_column,
+                )
             else:  # task.path/train/<label>/*.wav and task.path/test/<label>/*.wav
                 load = lambda split: load_folder(Path(task.path) / split, 16000, labelled=True, key="task.path")  # noqa: E731
             train, test = load("train"), load(task.test_split or "test")
@@ -232,8 +289,9 @@ class AudioDomain:
         names = train.label_names or [str(i) for i in range(max(train.labels) + 1)]
         limit = int(TASK_MAX_SECONDS * train.sampling_rate)
         skipped = len(train.skipped) + len(test.skipped)  # undecodable or too short, each logged by the loader
-        return TaskData(ClipRows(train, limit), ClipRows(test, limit), list(names),
-                        {"unreadable_clip": skipped} if skipped else {})
+        return TaskData(
+            ClipRows(train, limit), ClipRows(test, limit), list(names), {"unreadable_clip": skipped} if skipped else {}
+        )
 
     def task_collate(self, processor: FeatureExtractionMixin, task: Any) -> Callable[[list[Any]], Batch]:
         return collator(processor, with_labels=True)
@@ -241,10 +299,16 @@ class AudioDomain:
     def classifier(self, export_dir: Path, label_names: list[str], init: str) -> AudioClassifier:
         config = AutoConfig.from_pretrained(str(export_dir))
         if config.model_type in ("wav2vec2", "data2vec-audio"):
-            config = AutoConfig.from_pretrained(str(export_dir), id2label=dict(enumerate(label_names)),
-                                                label2id={name: i for i, name in enumerate(label_names)})
-            model = (AutoModelForAudioClassification.from_config(config) if init == "random"
-                     else AutoModelForAudioClassification.from_pretrained(str(export_dir), config=config))
+            config = AutoConfig.from_pretrained(
+                str(export_dir),
+                id2label=dict(enumerate(label_names)),
+                label2id={name: i for i, name in enumerate(label_names)},
+            )
+            model = (
+                AutoModelForAudioClassification.from_config(config)
+                if init == "random"
+                else AutoModelForAudioClassification.from_pretrained(str(export_dir), config=config)
+            )
             model.freeze_feature_encoder()  # standard wav2vec 2.0 fine-tuning: the conv encoder stays fixed
             return AudioClassifier(model)
         encoder = load_audio_encoder(export_dir, random_init=init == "random")

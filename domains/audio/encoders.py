@@ -85,7 +85,9 @@ class AudioEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"encoder.hidden_size={self.hidden_size} is not divisible by encoder.num_heads={self.num_heads}")
+            raise ValueError(
+                f"encoder.hidden_size={self.hidden_size} is not divisible by encoder.num_heads={self.num_heads}"
+            )
         if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
             raise ValueError("encoder.conv_dim, conv_kernel and conv_stride must have the same length")
         if self.codevector_dim % self.num_codevector_groups:
@@ -93,36 +95,62 @@ class AudioEncoderConfig:
         if self.causal and self.arch != "conformer":
             raise ValueError("encoder.causal=true needs encoder.arch=conformer")
         if self.arch == "data2vec_audio" and (self.do_stable_layer_norm or self.feat_extract_norm != "layer"):
-            raise ValueError("encoder.arch=data2vec_audio is transformers' Data2VecAudioModel: layer-normed conv "
-                             "blocks and a post-LN transformer; set encoder.feat_extract_norm=layer and "
-                             "encoder.do_stable_layer_norm=false")
+            raise ValueError(
+                "encoder.arch=data2vec_audio is transformers' Data2VecAudioModel: layer-normed conv "
+                "blocks and a post-LN transformer; set encoder.feat_extract_norm=layer and "
+                "encoder.do_stable_layer_norm=false"
+            )
 
 
 def wav2vec2_config(cfg: AudioEncoderConfig) -> Wav2Vec2Config:
     return Wav2Vec2Config(
-        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size, hidden_dropout=cfg.dropout, activation_dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout, feat_proj_dropout=cfg.dropout, feat_quantizer_dropout=cfg.dropout,
-        final_dropout=cfg.dropout, layerdrop=0.0, conv_dim=list(cfg.conv_dim), conv_kernel=list(cfg.conv_kernel),
-        conv_stride=list(cfg.conv_stride), feat_extract_norm=cfg.feat_extract_norm,
-        do_stable_layer_norm=cfg.do_stable_layer_norm, num_conv_pos_embeddings=cfg.num_conv_pos_embeddings,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_dropout=cfg.dropout,
+        activation_dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        feat_proj_dropout=cfg.dropout,
+        feat_quantizer_dropout=cfg.dropout,
+        final_dropout=cfg.dropout,
+        layerdrop=0.0,
+        conv_dim=list(cfg.conv_dim),
+        conv_kernel=list(cfg.conv_kernel),
+        conv_stride=list(cfg.conv_stride),
+        feat_extract_norm=cfg.feat_extract_norm,
+        do_stable_layer_norm=cfg.do_stable_layer_norm,
+        num_conv_pos_embeddings=cfg.num_conv_pos_embeddings,
         num_conv_pos_embedding_groups=cfg.num_conv_pos_embedding_groups,
-        num_codevector_groups=cfg.num_codevector_groups, num_codevectors_per_group=cfg.num_codevectors_per_group,
-        codevector_dim=cfg.codevector_dim, proj_codevector_dim=cfg.proj_codevector_dim,
-        mask_time_prob=0.05, mask_time_length=10,  # SpecAugment during fine-tuning (transformers' defaults)
+        num_codevector_groups=cfg.num_codevector_groups,
+        num_codevectors_per_group=cfg.num_codevectors_per_group,
+        codevector_dim=cfg.codevector_dim,
+        proj_codevector_dim=cfg.proj_codevector_dim,
+        mask_time_prob=0.05,
+        mask_time_length=10,  # SpecAugment during fine-tuning (transformers' defaults)
     )
 
 
 def data2vec_audio_config(cfg: AudioEncoderConfig) -> Data2VecAudioConfig:
     return Data2VecAudioConfig(
-        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size, hidden_dropout=cfg.dropout, activation_dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout, feat_proj_dropout=cfg.dropout, final_dropout=cfg.dropout,
-        layerdrop=0.0, conv_dim=list(cfg.conv_dim), conv_kernel=list(cfg.conv_kernel),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_dropout=cfg.dropout,
+        activation_dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        feat_proj_dropout=cfg.dropout,
+        final_dropout=cfg.dropout,
+        layerdrop=0.0,
+        conv_dim=list(cfg.conv_dim),
+        conv_kernel=list(cfg.conv_kernel),
         conv_stride=list(cfg.conv_stride),
-        num_conv_pos_embeddings=cfg.num_conv_pos_layers, conv_pos_kernel_size=cfg.conv_pos_kernel_size,
+        num_conv_pos_embeddings=cfg.num_conv_pos_layers,
+        conv_pos_kernel_size=cfg.conv_pos_kernel_size,
         num_conv_pos_embedding_groups=cfg.num_conv_pos_embedding_groups,
-        mask_time_prob=0.05, mask_time_length=10,  # SpecAugment during fine-tuning; > 0 keeps masked_spec_embed
+        mask_time_prob=0.05,
+        mask_time_length=10,  # SpecAugment during fine-tuning; > 0 keeps masked_spec_embed
     )
 
 
@@ -156,15 +184,17 @@ class Wav2Vec2Encoder(Encoder):
         keep = self.model._get_feature_vector_attention_mask(frames, (~batch.padding_mask).long())
         return ~keep
 
-    def encode_with_features(self, batch: Batch, mask: Tensor | None = None,
-                             all_layers: bool = False) -> tuple[EncoderOutput, Tensor]:
+    def encode_with_features(
+        self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False
+    ) -> tuple[EncoderOutput, Tensor]:
         """Encode, and also return the layer-normed conv features ``[B, T, C]`` (the quantizer's input)."""
         padding = self.output_padding_mask(batch)
         if mask is None:  # an all-False mask also stops transformers' own SpecAugment in training mode
             mask = torch.zeros_like(padding)
         attention = (~batch.padding_mask).long() if batch.padding_mask.any() else None
-        out = self.backbone(batch.units, attention_mask=attention, mask_time_indices=mask,
-                            output_hidden_states=all_layers)
+        out = self.backbone(
+            batch.units, attention_mask=attention, mask_time_indices=mask, output_hidden_states=all_layers
+        )
         layers = tuple(out.hidden_states) if all_layers else None
         return EncoderOutput(hidden=out.last_hidden_state, padding_mask=padding, layers=layers), out.extract_features
 
@@ -191,11 +221,21 @@ class Wav2Vec2Encoder(Encoder):
 
 def conformer_config(cfg: AudioEncoderConfig) -> Wav2Vec2BertConfig:
     return Wav2Vec2BertConfig(
-        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size, feature_projection_input_dim=cfg.input_dim,
-        hidden_dropout=cfg.dropout, activation_dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
-        feat_proj_dropout=cfg.dropout, final_dropout=cfg.dropout, conformer_conv_dropout=cfg.dropout, layerdrop=0.0,
-        conv_depthwise_kernel_size=cfg.conv_depthwise_kernel_size, mask_time_prob=0.05, add_adapter=False,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        feature_projection_input_dim=cfg.input_dim,
+        hidden_dropout=cfg.dropout,
+        activation_dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        feat_proj_dropout=cfg.dropout,
+        final_dropout=cfg.dropout,
+        conformer_conv_dropout=cfg.dropout,
+        layerdrop=0.0,
+        conv_depthwise_kernel_size=cfg.conv_depthwise_kernel_size,
+        mask_time_prob=0.05,
+        add_adapter=False,
         **{CAUSAL_KEY: cfg.causal},
     )
 
@@ -216,13 +256,16 @@ class ConformerEncoder(Encoder):
         self.hidden_size = model.config.hidden_size
         self.unit_dim = model.config.feature_projection_input_dim
 
-    def encode_with_features(self, batch: Batch, mask: Tensor | None = None,
-                             all_layers: bool = False) -> tuple[EncoderOutput, Tensor]:
+    def encode_with_features(
+        self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False
+    ) -> tuple[EncoderOutput, Tensor]:
         """Encode, and also return the layer-normed input units ``[B, T, C]`` (on the unit grid, the
         protocol's default :meth:`output_padding_mask`)."""
         if batch.units.ndim != 3 or batch.units.shape[-1] != self.unit_dim:
-            raise ValueError(f"the conformer encoder reads fbank units [B, T, {self.unit_dim}], got "
-                             f"{tuple(batch.units.shape)} (data.stream=fbank; encoder.input_dim = n_mels * stride)")
+            raise ValueError(
+                f"the conformer encoder reads fbank units [B, T, {self.unit_dim}], got "
+                f"{tuple(batch.units.shape)} (data.stream=fbank; encoder.input_dim = n_mels * stride)"
+            )
         hidden, features = self.model.feature_projection(batch.units)
         if mask is not None:
             hidden = torch.where(mask.unsqueeze(-1), self.model.masked_spec_embed.to(hidden.dtype), hidden)
@@ -235,14 +278,19 @@ class ConformerEncoder(Encoder):
         keep = ~padding if padding.any() else None
         if keep is not None:
             hidden = hidden.masked_fill(padding.unsqueeze(-1), 0.0)
-        attention = create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=keep,
-                                              and_mask_function=causal_mask_function if self.causal else None)
+        attention = create_bidirectional_mask(
+            config=self.model.config,
+            inputs_embeds=hidden,
+            attention_mask=keep,
+            and_mask_function=causal_mask_function if self.causal else None,
+        )
         hidden = encoder.dropout(hidden)
         positions = encoder.embed_positions(hidden) if encoder.embed_positions is not None else None
         layers = [hidden]
         for layer in encoder.layers:
-            hidden = layer(hidden, attention_mask=attention, relative_position_embeddings=positions,
-                           conv_attention_mask=keep)
+            hidden = layer(
+                hidden, attention_mask=attention, relative_position_embeddings=positions, conv_attention_mask=keep
+            )
             layers.append(hidden)
         return hidden, tuple(layers) if all_layers else None
 
@@ -268,7 +316,9 @@ def load_audio_encoder(export_dir: Path, random_init: bool = False) -> Encoder:
 
     config = AutoConfig.from_pretrained(str(export_dir))
     if config.model_type == "wav2vec2":
-        model = Wav2Vec2ForPreTraining(config) if random_init else Wav2Vec2ForPreTraining.from_pretrained(str(export_dir))
+        model = (
+            Wav2Vec2ForPreTraining(config) if random_init else Wav2Vec2ForPreTraining.from_pretrained(str(export_dir))
+        )
         return Wav2Vec2Encoder(model)
     if config.model_type == "data2vec-audio":
         model = Data2VecAudioModel(config) if random_init else Data2VecAudioModel.from_pretrained(str(export_dir))
@@ -276,5 +326,7 @@ def load_audio_encoder(export_dir: Path, random_init: bool = False) -> Encoder:
     if config.model_type == "wav2vec2-bert":
         model = Wav2Vec2BertModel(config) if random_init else Wav2Vec2BertModel.from_pretrained(str(export_dir))
         return ConformerEncoder(model)
-    raise ValueError(f"{export_dir}: model_type {config.model_type!r} is not an mmssl audio encoder "
-                     "(wav2vec2, data2vec-audio or wav2vec2-bert)")
+    raise ValueError(
+        f"{export_dir}: model_type {config.model_type!r} is not an mmssl audio encoder "
+        "(wav2vec2, data2vec-audio or wav2vec2-bert)"
+    )

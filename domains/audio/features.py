@@ -27,10 +27,21 @@ def log_fbank(wave: Tensor, sampling_rate: int, num_mel_bins: int = 80) -> Tenso
     """``[frames, num_mel_bins]`` Kaldi log-mel energies of a ``[S]`` waveform in ``[-1, 1]``."""
     import torchaudio.compliance.kaldi as kaldi
 
-    return kaldi.fbank(wave[None] * 32768.0, num_mel_bins=num_mel_bins, sample_frequency=sampling_rate,
-                       frame_length=25.0, frame_shift=10.0, dither=0.0, preemphasis_coefficient=0.97,
-                       remove_dc_offset=True, window_type="povey", low_freq=20.0, high_freq=0.0,
-                       use_energy=False, snip_edges=True)
+    return kaldi.fbank(
+        wave[None] * 32768.0,
+        num_mel_bins=num_mel_bins,
+        sample_frequency=sampling_rate,
+        frame_length=25.0,
+        frame_shift=10.0,
+        dither=0.0,
+        preemphasis_coefficient=0.97,
+        remove_dc_offset=True,
+        window_type="povey",
+        low_freq=20.0,
+        high_freq=0.0,
+        use_energy=False,
+        snip_edges=True,
+    )
 
 
 def fbank_units(wave: Tensor, sampling_rate: int, num_mel_bins: int = 80, stride: int = 2) -> Tensor:
@@ -57,16 +68,25 @@ def mfcc_with_deltas(wave: Tensor, sampling_rate: int, num_ceps: int = 13) -> Te
     import torchaudio.compliance.kaldi as kaldi
     import torchaudio.functional as AF
 
-    mfcc = kaldi.mfcc(wave[None] * 32768.0, sample_frequency=sampling_rate, num_ceps=num_ceps, dither=0.0,
-                      snip_edges=True)  # [T, C]
+    mfcc = kaldi.mfcc(
+        wave[None] * 32768.0, sample_frequency=sampling_rate, num_ceps=num_ceps, dither=0.0, snip_edges=True
+    )  # [T, C]
     d1 = AF.compute_deltas(mfcc.T[None])[0].T
     d2 = AF.compute_deltas(d1.T[None])[0].T
     return torch.cat([mfcc, d1, d2], dim=1)
 
 
-def spec_augment(units: Tensor, padding_mask: Tensor, *, time_masks: int = 2, time_width: int = 10,
-                 freq_masks: int = 2, freq_width: int = 8, features_per_frame: int | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
+def spec_augment(
+    units: Tensor,
+    padding_mask: Tensor,
+    *,
+    time_masks: int = 2,
+    time_width: int = 10,
+    freq_masks: int = 2,
+    freq_width: int = 8,
+    features_per_frame: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """SpecAugment time and frequency masking (Park et al. 2019) of a batch of frame units.
 
     Each row gets ``time_masks`` spans of ``U[0, time_width]`` units and ``freq_masks`` bands

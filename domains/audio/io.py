@@ -56,8 +56,15 @@ class AudioClips:
     def subset(self, index: Iterable[int]) -> AudioClips:
         index = list(index)
         pick = lambda xs: None if xs is None else [xs[i] for i in index]  # noqa: E731
-        return AudioClips([self.waves[i] for i in index], self.sampling_rate, pick(self.labels),
-                          pick(self.names) or [], list(self.label_names), list(self.skipped), pick(self.groups))
+        return AudioClips(
+            [self.waves[i] for i in index],
+            self.sampling_rate,
+            pick(self.labels),
+            pick(self.names) or [],
+            list(self.label_names),
+            list(self.skipped),
+            pick(self.groups),
+        )
 
 
 def to_mono_float(samples: np.ndarray | Tensor, source_rate: int, target_rate: int) -> Tensor:
@@ -108,8 +115,14 @@ def _report(skipped: list[tuple[str, str]], where: str) -> None:
         log.warning("%s: skipped %d clip(s) that could not be used (first shown above)", where, len(skipped))
 
 
-def load_folder(root: str | Path, sampling_rate: int, min_samples: int = 1, labelled: bool = False,
-                limit: int | None = None, key: str = "data.path") -> AudioClips:
+def load_folder(
+    root: str | Path,
+    sampling_rate: int,
+    min_samples: int = 1,
+    labelled: bool = False,
+    limit: int | None = None,
+    key: str = "data.path",
+) -> AudioClips:
     """Every audio file under ``root`` (recursively, sorted). With ``labelled``, the first folder
     level names the class (``root/yes/a.wav``), as ``datasets``' ``audiofolder`` does. ``key`` is
     the setting that named the folder (``data.path``, or ``task.path`` for a task's split folders),
@@ -172,8 +185,15 @@ def _row_audio(value: Any, name: str, sampling_rate: int) -> Tensor:
     raise ValueError(f"{name}: cannot read audio from a {type(value).__name__}")
 
 
-def load_hf_audio(name_or_path: str, split: str, sampling_rate: int, audio_column: str = "audio",
-                  label_column: str | None = None, min_samples: int = 1, limit: int | None = None) -> AudioClips:
+def load_hf_audio(
+    name_or_path: str,
+    split: str,
+    sampling_rate: int,
+    audio_column: str = "audio",
+    label_column: str | None = None,
+    min_samples: int = 1,
+    limit: int | None = None,
+) -> AudioClips:
     """An audio split of a Hub dataset name or a ``save_to_disk`` folder.
 
     The audio column is read without ``datasets``' decoding (``decode=False``) and decoded

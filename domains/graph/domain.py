@@ -56,17 +56,24 @@ def node_split(y: Tensor, num_train: int, num_test: int, seed: int = 0) -> tuple
     if num_train + num_test > len(labelled):
         raise ValueError(f"{num_train} + {num_test} nodes requested, the graph has {len(labelled)} labelled")
     perm = labelled[torch.randperm(len(labelled), generator=torch.Generator().manual_seed(seed))]
-    return perm[:num_train], perm[num_train:num_train + num_test]
+    return perm[:num_train], perm[num_train : num_train + num_test]
 
 
 def node_task(graph: Data, num_train: int, num_test: int, label_names: list[str]) -> GraphTask:
     train, test = node_split(graph.y, num_train, num_test)
-    return GraphTask("node", Items(train.tolist(), graph.y[train].tolist()), Items(test.tolist(), graph.y[test].tolist()),
-                     label_names, graph)
+    return GraphTask(
+        "node",
+        Items(train.tolist(), graph.y[train].tolist()),
+        Items(test.tolist(), graph.y[test].tolist()),
+        label_names,
+        graph,
+    )
 
 
 def graph_task(train: list[Data], test: list[Data], label_names: list[str]) -> GraphTask:
-    return GraphTask("graph", Items(train, [int(g.y) for g in train]), Items(test, [int(g.y) for g in test]), label_names)
+    return GraphTask(
+        "graph", Items(train, [int(g.y) for g in train]), Items(test, [int(g.y) for g in test]), label_names
+    )
 
 
 def _wordnet_task() -> GraphTask:
@@ -133,19 +140,34 @@ class GraphDomain:
     def smoke_overrides(self, data: GraphDataConfig) -> tuple[str, ...]:
         """``--set`` strings that make a graph recipe a seconds-long run (the recipe smoke test, ``tests/recipes``) on
         PyG's built-in graphs: KarateClub (34 nodes) at node level, 24 random graphs at graph level; 32 wide."""
-        source = ("data.source=pyg", "data.name=KarateClub", "data.num_neighbors=[3, 2]", "data.eval_num_neighbors=[3, 2]")
+        source = (
+            "data.source=pyg",
+            "data.name=KarateClub",
+            "data.num_neighbors=[3, 2]",
+            "data.eval_num_neighbors=[3, 2]",
+        )
         if data.level == "graph":
-            source = ("data.source=pyg", "data.name=FakeDataset",
-                      "data.kwargs={num_graphs: 24, avg_num_nodes: 8, avg_degree: 2, num_channels: 8}")
-        return (*source, "encoder.hidden_size=32", "train.batch_size=8", "train.warmup_steps=2", "train.log_every=1",
-                "monitor.every=0")
+            source = (
+                "data.source=pyg",
+                "data.name=FakeDataset",
+                "data.kwargs={num_graphs: 24, avg_num_nodes: 8, avg_degree: 2, num_channels: 8}",
+            )
+        return (
+            *source,
+            "encoder.hidden_size=32",
+            "train.batch_size=8",
+            "train.warmup_steps=2",
+            "train.log_every=1",
+            "monitor.every=0",
+        )
 
     def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
         """Ego networks of seed nodes read by GraphSAGE; ``views``: BGRL's two views (feature masking, edge
         dropping, every node kept in place), ``generation``: GPT-GNN's hidden attributes and removed links."""
         given = {"views": ("data.views=bgrl",), "generation": ("data.views=gpt_gnn",)}
-        return needs_overrides(needs, given, base=("data.level=node", "data.mode=sampled", "data.views=none",
-                                                   "encoder.arch=sage"))
+        return needs_overrides(
+            needs, given, base=("data.level=node", "data.mode=sampled", "data.views=none", "encoder.arch=sage")
+        )
 
     def derived_objective_settings(self, data: Any, objective: str) -> dict[str, tuple[Any, str]]:
         """None: no objective setting follows from this domain's data."""
@@ -172,13 +194,25 @@ class GraphDomain:
             dataset, collate = Items(graphs), graphs_collate(with_labels=False)
             in_channels, summary = graphs[0].x.shape[1], {"graphs": len(graphs), "skipped_graphs": source.skipped}
         eval_neighbors = list(cfg.eval_num_neighbors or cfg.num_neighbors)
-        processor = GraphProcessor(level=cfg.level, in_channels=int(in_channels), num_neighbors=list(cfg.num_neighbors),
-                                   eval_num_neighbors=eval_neighbors, max_features=cfg.max_features,
-                                   source=cfg.path or cfg.name)
+        processor = GraphProcessor(
+            level=cfg.level,
+            in_channels=int(in_channels),
+            num_neighbors=list(cfg.num_neighbors),
+            eval_num_neighbors=eval_neighbors,
+            max_features=cfg.max_features,
+            source=cfg.path or cfg.name,
+        )
         if rank == 0:
             processor.save_pretrained(Path(run_dir) / "processor")
-        summary = {"data_source": cfg.source, "data_name": cfg.path or cfg.name, "level": cfg.level, "mode": cfg.mode,
-                   "node_features": int(in_channels), "views": cfg.views, **summary}
+        summary = {
+            "data_source": cfg.source,
+            "data_name": cfg.path or cfg.name,
+            "level": cfg.level,
+            "mode": cfg.mode,
+            "node_features": int(in_channels),
+            "views": cfg.views,
+            **summary,
+        }
         transform = None if cfg.views == "none" else GraphViews(cfg)
         return PretrainData(dataset, collate, processor, transform, summary)
 
@@ -200,8 +234,10 @@ class GraphDomain:
 
     def task_data(self, task: Any) -> TaskData:
         if task.name in ("file", "hub"):
-            raise ValueError(f"graph tasks are registered names ({', '.join(self.task_names())}); register your "
-                             "own PyG task in mmssl.registry.TASKS as TaskSpec(loader, domain='graph')")
+            raise ValueError(
+                f"graph tasks are registered names ({', '.join(self.task_names())}); register your "
+                "own PyG task in mmssl.registry.TASKS as TaskSpec(loader, domain='graph')"
+            )
         t = self.load_task(task.name)
         train = t.train
         if task.max_train_samples:
@@ -212,7 +248,9 @@ class GraphDomain:
     def task_collate(self, processor: GraphProcessor, task: Any) -> Callable[[list[Any]], Batch]:
         t = self.load_task(task.name)
         if t.level != processor.level:
-            raise ValueError(f"task {task.name} is {t.level}-level but the encoder was pretrained {processor.level}-level")
+            raise ValueError(
+                f"task {task.name} is {t.level}-level but the encoder was pretrained {processor.level}-level"
+            )
         if t.level == "node":
             from domains.graph.data import truncate_features
 
@@ -240,8 +278,10 @@ class GraphDomain:
 def _check_width(width: int, processor: GraphProcessor, task: str) -> None:
     """A task's node features must be as wide as those the encoder was pretrained on."""
     if width != processor.in_channels:
-        raise ValueError(f"task {task} has {width} node features but the encoder was pretrained on "
-                         f"{processor.in_channels} ({processor.source}); the GNN's first layer cannot read them")
+        raise ValueError(
+            f"task {task} has {width} node features but the encoder was pretrained on "
+            f"{processor.in_channels} ({processor.source}); the GNN's first layer cannot read them"
+        )
 
 
 @functools.lru_cache(maxsize=4)

@@ -36,6 +36,15 @@ class GraphEncoderConfig:
 
 def build_graph_encoder(cfg: GraphEncoderConfig, in_channels: int) -> GNNEncoder:
     """A freshly initialised GNN reading ``in_channels`` node features."""
-    return GNNEncoder(GraphBackbone(arch=cfg.arch, in_channels=in_channels, hidden_channels=cfg.hidden_size,
-                                   num_layers=cfg.num_layers, dropout=cfg.dropout, norm=cfg.norm, heads=cfg.heads,
-                                   jk=cfg.jk))
+    return GNNEncoder(
+        GraphBackbone(
+            arch=cfg.arch,
+            in_channels=in_channels,
+            hidden_channels=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            dropout=cfg.dropout,
+            norm=cfg.norm,
+            heads=cfg.heads,
+            jk=cfg.jk,
+        )
+    )

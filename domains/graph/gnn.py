@@ -46,8 +46,17 @@ class GraphBackbone(nn.Module, PyTorchModelHubMixin, library_name="mmssl", tags=
         jk: PyG jumping knowledge (``cat``, ``max``) or None (the last layer's output).
     """
 
-    def __init__(self, arch: str = "sage", in_channels: int = 1, hidden_channels: int = 128, num_layers: int = 2,
-                 dropout: float = 0.0, norm: str | None = None, heads: int = 1, jk: str | None = None) -> None:
+    def __init__(
+        self,
+        arch: str = "sage",
+        in_channels: int = 1,
+        hidden_channels: int = 128,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        norm: str | None = None,
+        heads: int = 1,
+        jk: str | None = None,
+    ) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"encoder.arch must be one of {', '.join(ARCHS)}, got {arch!r}")

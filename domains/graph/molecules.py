@@ -20,9 +20,13 @@ HYBRIDISATIONS = ("SP", "SP2", "SP3", "SP3D", "SP3D2")
 BONDS = ("SINGLE", "DOUBLE", "TRIPLE", "AROMATIC")
 
 ATOM_FEATURES = (
-    *(f"element={e}" for e in (*ELEMENTS, "other")), *(f"degree={d}" for d in DEGREES),
-    *(f"charge={c}" for c in CHARGES), *(f"hydrogens={h}" for h in HYDROGENS),
-    *(f"hybridisation={h}" for h in HYBRIDISATIONS), "aromatic", "in_ring",
+    *(f"element={e}" for e in (*ELEMENTS, "other")),
+    *(f"degree={d}" for d in DEGREES),
+    *(f"charge={c}" for c in CHARGES),
+    *(f"hydrogens={h}" for h in HYDROGENS),
+    *(f"hybridisation={h}" for h in HYBRIDISATIONS),
+    "aromatic",
+    "in_ring",
 )
 BOND_FEATURES = (*(f"bond={b}" for b in BONDS), "conjugated", "in_ring")
 
@@ -34,11 +38,14 @@ def _one_hot(value: Any, choices: tuple, other: bool = False) -> list[float]:
 
 def atom_features(atom: Any) -> list[float]:
     """One atom -> ``len(ATOM_FEATURES)`` 0/1 features."""
-    return (_one_hot(atom.GetSymbol(), ELEMENTS, other=True) + _one_hot(min(atom.GetDegree(), 5), DEGREES)
-            + _one_hot(max(-1, min(atom.GetFormalCharge(), 1)), CHARGES)
-            + _one_hot(min(atom.GetTotalNumHs(), 3), HYDROGENS)
-            + _one_hot(str(atom.GetHybridization()), HYBRIDISATIONS)
-            + [float(atom.GetIsAromatic()), float(atom.IsInRing())])
+    return (
+        _one_hot(atom.GetSymbol(), ELEMENTS, other=True)
+        + _one_hot(min(atom.GetDegree(), 5), DEGREES)
+        + _one_hot(max(-1, min(atom.GetFormalCharge(), 1)), CHARGES)
+        + _one_hot(min(atom.GetTotalNumHs(), 3), HYDROGENS)
+        + _one_hot(str(atom.GetHybridization()), HYBRIDISATIONS)
+        + [float(atom.GetIsAromatic()), float(atom.IsInRing())]
+    )
 
 
 def bond_features(bond: Any) -> list[float]:

@@ -102,8 +102,16 @@ class EgoNetSampler(BaseSampler):
             sampled_edges.append(len(pos))
         row, col, edge = (torch.cat(x) if x else torch.empty(0, dtype=torch.long) for x in (rows, cols, edges))
         row, col, edge = _bidirectional(row, col, edge, len(node))
-        return SamplerOutput(node=node, row=row, col=col, edge=edge, batch=batch, num_sampled_nodes=sampled_nodes,
-                             num_sampled_edges=sampled_edges, metadata=(index.input_id, index.time))
+        return SamplerOutput(
+            node=node,
+            row=row,
+            col=col,
+            edge=edge,
+            batch=batch,
+            num_sampled_nodes=sampled_nodes,
+            num_sampled_edges=sampled_edges,
+            metadata=(index.input_id, index.time),
+        )
 
     def sample_from_edges(self, index: object, neg_sampling: object = None) -> SamplerOutput:
         raise NotImplementedError("EgoNetSampler samples around seed nodes only")
@@ -123,7 +131,7 @@ def _assign(keys: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
     uniq, inverse = torch.unique(both, return_inverse=True)
     first = torch.full((len(uniq),), len(both), dtype=torch.long)
     first.scatter_reduce_(0, inverse, torch.arange(len(both)), reduce="amin")
-    cand_first = first[inverse[len(keys):]]  # position in `both` of each candidate's key's first occurrence
+    cand_first = first[inverse[len(keys) :]]  # position in `both` of each candidate's key's first occurrence
     new = cand_first == torch.arange(len(keys), len(both))
     is_old = cand_first < len(keys)
     new_rank = torch.cumsum(new.long(), 0) - 1  # numbering of new nodes in order of first occurrence
@@ -143,5 +151,6 @@ def _bidirectional(row: Tensor, col: Tensor, edge: Tensor, num_nodes: int) -> tu
     key = r * num_nodes + c
     uniq, inverse = torch.unique(key, return_inverse=True)
     first = torch.full((len(uniq),), len(key), dtype=torch.long).scatter_reduce_(
-        0, inverse, torch.arange(len(key)), reduce="amin")
+        0, inverse, torch.arange(len(key)), reduce="amin"
+    )
     return r[first], c[first], e[first]

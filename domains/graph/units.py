@@ -88,15 +88,23 @@ def ego_batch(sample: SamplerOutput, x: Tensor, **extras: Any) -> Batch:
     order = torch.argsort(sample.batch, stable=True)  # group nodes by seed; seeds come first within each group
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
-    num_rows = int(sample.metadata[0].numel()) if sample.metadata and sample.metadata[0] is not None \
+    num_rows = (
+        int(sample.metadata[0].numel())
+        if sample.metadata and sample.metadata[0] is not None
         else int(sample.batch.max()) + 1
+    )
     units, padding, index = _grid(node_rows(x, sample.node[order]), sample.batch[order], num_rows)
     node_id, _ = to_dense_batch(sample.node[order], sample.batch[order], fill_value=-1, batch_size=num_rows)
     edge_index = torch.stack([index[rank[sample.row]], index[rank[sample.col]]])
     special = torch.zeros_like(padding)
     special[:, 0] = True
-    return Batch(units=units, padding_mask=padding, special_mask=special,
-                 extras={Extra.EDGE_INDEX: edge_index, Extra.NODE_ID: node_id, **extras}, layout="ego")
+    return Batch(
+        units=units,
+        padding_mask=padding,
+        special_mask=special,
+        extras={Extra.EDGE_INDEX: edge_index, Extra.NODE_ID: node_id, **extras},
+        layout="ego",
+    )
 
 
 def full_batch(data: Data, **extras: Any) -> Batch:
@@ -104,16 +112,21 @@ def full_batch(data: Data, **extras: Any) -> Batch:
     x = node_rows(data.x, torch.arange(data.num_nodes))
     padding = torch.zeros(1, data.num_nodes, dtype=torch.bool)
     node_id = torch.arange(data.num_nodes).unsqueeze(0)
-    return Batch(units=x.unsqueeze(0), padding_mask=padding,
-                 extras={Extra.EDGE_INDEX: data.edge_index, Extra.NODE_ID: node_id, **extras}, layout="full")
+    return Batch(
+        units=x.unsqueeze(0),
+        padding_mask=padding,
+        extras={Extra.EDGE_INDEX: data.edge_index, Extra.NODE_ID: node_id, **extras},
+        layout="full",
+    )
 
 
 def graphs_batch(graphs: Sequence[Data], **extras: Any) -> Batch:
     """Small graphs batched by PyG (``Batch.from_data_list``), one row each."""
     pyg = PyGBatch.from_data_list([Data(x=g.x, edge_index=g.edge_index, num_nodes=g.num_nodes) for g in graphs])
     units, padding, index = _grid(node_rows(pyg.x, torch.arange(pyg.num_nodes)), pyg.batch, len(graphs))
-    return Batch(units=units, padding_mask=padding,
-                 extras={Extra.EDGE_INDEX: index[pyg.edge_index], **extras}, layout="graphs")
+    return Batch(
+        units=units, padding_mask=padding, extras={Extra.EDGE_INDEX: index[pyg.edge_index], **extras}, layout="graphs"
+    )
 
 
 def compact_graph(batch: Batch) -> tuple[Tensor, Tensor]:
@@ -136,6 +149,8 @@ def compact_graph(batch: Batch) -> tuple[Tensor, Tensor]:
 def layout_of(batch: Batch) -> str:
     layout = batch.layout
     if layout not in LAYOUTS or Extra.EDGE_INDEX not in batch.extras:
-        raise ValueError("a graph batch needs extras['edge_index'] and Batch.layout in "
-                         f"{LAYOUTS}; build it with domains.graph.units (got layout {layout!r})")
+        raise ValueError(
+            "a graph batch needs extras['edge_index'] and Batch.layout in "
+            f"{LAYOUTS}; build it with domains.graph.units (got layout {layout!r})"
+        )
     return layout

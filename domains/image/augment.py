@@ -55,8 +55,9 @@ def sample_bernoulli(n: int, p: float, device: torch.device, generator: torch.Ge
     return torch.rand(n, device=device, generator=generator) < p
 
 
-def _uniform(shape: tuple[int, ...], low: float, high: float, device: torch.device,
-             generator: torch.Generator | None) -> Tensor:
+def _uniform(
+    shape: tuple[int, ...], low: float, high: float, device: torch.device, generator: torch.Generator | None
+) -> Tensor:
     return torch.rand(shape, device=device, generator=generator) * (high - low) + low
 
 
@@ -83,8 +84,16 @@ def _fallback_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple
     return height, width
 
 
-def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-                      device: torch.device, generator: torch.Generator | None = None, attempts: int = 10) -> Tensor:
+def sample_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    attempts: int = 10,
+) -> Tensor:
     """Crop boxes distributed like ``torchvision.transforms.v2.RandomResizedCrop``, one per sample.
 
     Each sample makes ``attempts`` draws at once (area fraction uniform in ``scale``, log aspect
@@ -146,10 +155,13 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int | tuple[int, int], fli
     ys = _source_coords(box[:, 0], box[:, 2], out_h)
     if flip is not None:
         xs = torch.where(flip[:, None], xs.flip(1), xs)
-    grid = torch.stack((
-        ((2 * xs + 1) / W - 1)[:, None, :].expand(B, out_h, out_w),  # pixel -> [-1, 1], align_corners=False
-        ((2 * ys + 1) / H - 1)[:, :, None].expand(B, out_h, out_w),
-    ), dim=-1)
+    grid = torch.stack(
+        (
+            ((2 * xs + 1) / W - 1)[:, None, :].expand(B, out_h, out_w),  # pixel -> [-1, 1], align_corners=False
+            ((2 * ys + 1) / H - 1)[:, :, None].expand(B, out_h, out_w),
+        ),
+        dim=-1,
+    )
     src = images if images.element_size() >= 4 else images.float()  # a half-precision grid is off by pixels
     out = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode="border", align_corners=False)
     return out.to(images.dtype)
@@ -245,8 +257,16 @@ class JitterParams:
     apply: Tensor
 
 
-def sample_jitter(n: int, brightness: float, contrast: float, saturation: float, hue: float, p: float,
-                  device: torch.device, generator: torch.Generator | None = None) -> JitterParams:
+def sample_jitter(
+    n: int,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    p: float,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> JitterParams:
     """Per-sample jitter: each factor uniform in ``[max(0, 1 - s), 1 + s]`` for strength ``s``, the hue
     shift uniform in ``[-hue, hue]`` (None if ``hue`` is 0), a uniformly random order, and ``apply`` with
     probability ``p``.
@@ -256,7 +276,9 @@ def sample_jitter(n: int, brightness: float, contrast: float, saturation: float,
         return _uniform((n,), max(0.0, 1.0 - strength), 1.0 + strength, device, generator)
 
     return JitterParams(
-        brightness=factor(brightness), contrast=factor(contrast), saturation=factor(saturation),
+        brightness=factor(brightness),
+        contrast=factor(contrast),
+        saturation=factor(saturation),
         hue=_uniform((n,), -hue, hue, device, generator) if hue > 0 else None,
         order=torch.rand(n, 4, device=device, generator=generator).argsort(dim=1),
         apply=sample_bernoulli(n, p, device, generator),
@@ -308,8 +330,9 @@ def blur_kernel_size(side: int) -> int:
     return size + 1 if size % 2 == 0 else size
 
 
-def sample_blur_sigma(n: int, p: float, sigma: tuple[float, float], device: torch.device,
-                      generator: torch.Generator | None = None) -> Tensor:
+def sample_blur_sigma(
+    n: int, p: float, sigma: tuple[float, float], device: torch.device, generator: torch.Generator | None = None
+) -> Tensor:
     """``[n]`` sigmas uniform in ``sigma`` for the samples blurred with probability ``p``, 0 for the others."""
     value = _uniform((n,), sigma[0], sigma[1], device, generator)
     return torch.where(sample_bernoulli(n, p, device, generator), value, 0.0)

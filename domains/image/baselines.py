@@ -23,5 +23,8 @@ def pixel_features(arrays: ImageArrays) -> Tensor:
 
 def pixel_baseline(train: ImageArrays, test: ImageArrays) -> RawFeatures:
     """The ``pixels`` baseline of a labelled task's training and test images."""
-    return RawFeatures("pixels", (pixel_features(train), torch.as_tensor(train.labels, dtype=torch.long)),
-                       (pixel_features(test), torch.as_tensor(test.labels, dtype=torch.long)))
+    return RawFeatures(
+        "pixels",
+        (pixel_features(train), torch.as_tensor(train.labels, dtype=torch.long)),
+        (pixel_features(test), torch.as_tensor(test.labels, dtype=torch.long)),
+    )

@@ -29,7 +29,16 @@ FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_DIR = "usr/share/datasets/fashion-mnist"  # relative to the file-system (or unpacked .deb) root
 FASHION_MNIST_CHANGELOG = f"usr/share/doc/{FASHION_MNIST_PACKAGE}/changelog.Debian.gz"
 FASHION_MNIST_CLASSES = (  # label order of the paper's Table 1
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 FASHION_MNIST_SPLITS = {"train": ("train", 60_000), "test": ("t10k", 10_000)}  # split -> (file prefix, images)
 
@@ -87,7 +96,9 @@ def build_fashion_mnist(out_dir: Path) -> None:
         for split, (prefix, expected) in tqdm(FASHION_MNIST_SPLITS.items(), desc=FASHION_MNIST, unit="split"):
             images_file, labels_file = (folder / name for name in fashion_mnist_idx_files(prefix))
             arrays = read_idx(
-                images_file, labels_file, label_names=list(FASHION_MNIST_CLASSES),
+                images_file,
+                labels_file,
+                label_names=list(FASHION_MNIST_CLASSES),
                 source=f"Fashion-MNIST {split} split (Debian {FASHION_MNIST_PACKAGE} {version}, {images_file.name})",
             )
             if len(arrays) != expected:

@@ -2,6 +2,12 @@
 
 from mmssl.registry import DATASETS, DatasetBuilder
 
-DATASETS.add("fashion-mnist", DatasetBuilder(
-    "fashion-mnist", "Fashion-MNIST, 28x28 grayscale, 10 classes, 60k/10k (Debian dataset-fashion-mnist)",
-    "domains.image.builders:build_fashion_mnist", "image"))
+DATASETS.add(
+    "fashion-mnist",
+    DatasetBuilder(
+        "fashion-mnist",
+        "Fashion-MNIST, 28x28 grayscale, 10 classes, 60k/10k (Debian dataset-fashion-mnist)",
+        "domains.image.builders:build_fashion_mnist",
+        "image",
+    ),
+)

@@ -44,8 +44,12 @@ ARRAYS_FILE = "images.safetensors"
 FORMAT_NAME = "mmssl.image_arrays"
 FORMAT_VERSION = "1"
 IDX_DTYPES = {  # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/)
-    0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
 }
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})  # PIL modes decoded to one channel
 UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # PIL raises all four
@@ -186,7 +190,9 @@ def read_idx(
             raise ValueError(f"{labels_path} has {len(values):,} labels but {images_path} has {len(pixels):,} images")
         labels = torch.from_numpy(values.astype(np.int64))
     return ImageArrays(
-        images=torch.from_numpy(pixels).unsqueeze(1), labels=labels, label_names=label_names,
+        images=torch.from_numpy(pixels).unsqueeze(1),
+        labels=labels,
+        label_names=label_names,
         source=source or str(images_path),
     )
 
@@ -300,9 +306,13 @@ def _stack_hwc(pixels: list[np.ndarray], names: list[str], where: str) -> torch.
             )
     gray = sum(array.shape[2] == 1 for array in pixels)
     if 0 < gray < len(pixels):
-        logger.info("%s: %d of %d images are grayscale and the others RGB: converted the grayscale ones to RGB "
-                    "(gray copied to all three channels); --set data.channels=1 trains on grayscale instead",
-                    where, gray, len(pixels))
+        logger.info(
+            "%s: %d of %d images are grayscale and the others RGB: converted the grayscale ones to RGB "
+            "(gray copied to all three channels); --set data.channels=1 trains on grayscale instead",
+            where,
+            gray,
+            len(pixels),
+        )
         pixels = [np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array for array in pixels]
     return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
 
@@ -342,8 +352,11 @@ def load_imagefolder(
     extensions = {ext.lower() for ext in Image.registered_extensions()}
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in extensions
-                       and not p.name.startswith("."))
+        found = sorted(
+            p
+            for p in (root / name).rglob("*")
+            if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
+        )
         if not found:
             raise ValueError(f"{root / name}: class folder has no image files (.png, .jpg, ... any format PIL reads)")
         files += [(path, label) for path in found]
@@ -363,8 +376,11 @@ def load_imagefolder(
     if not pixels:
         raise ValueError(f"{root}: none of the {len(files)} image files could be read")
     arrays = ImageArrays(
-        images=_stack_hwc(pixels, kept, str(root)), labels=torch.tensor(labels, dtype=torch.int64),
-        label_names=classes, source=str(root), skipped=tuple((str(path), why) for path, why in skipped.items()),
+        images=_stack_hwc(pixels, kept, str(root)),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        label_names=classes,
+        source=str(root),
+        skipped=tuple((str(path), why) for path, why in skipped.items()),
     )
     return arrays, skipped
 
@@ -421,13 +437,12 @@ def load_hf_image_dataset(
     return ImageArrays(
         images=_stack_hwc(pixels, [f"example {i}" for i in range(len(pixels))], where),
         labels=None if label_column is None else torch.tensor(labels, dtype=torch.int64),
-        label_names=label_names, source=where,
+        label_names=label_names,
+        source=where,
     )
 
 
-def _open_hf_split(
-    name_or_path: PathLike, split: str, streaming: bool
-) -> datasets.Dataset | datasets.IterableDataset:
+def _open_hf_split(name_or_path: PathLike, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
     path = Path(name_or_path)
     if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         return datasets.load_dataset(str(name_or_path), split=split, streaming=streaming)
@@ -485,8 +500,10 @@ def save_arrays(arrays: ImageArrays, out_dir: PathLike) -> Path:
     if arrays.labels is not None:
         tensors["labels"] = arrays.labels.contiguous()
     metadata = {
-        "format": FORMAT_NAME, "version": FORMAT_VERSION,
-        "source": arrays.source, "label_names": json.dumps(arrays.label_names),
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "source": arrays.source,
+        "label_names": json.dumps(arrays.label_names),
     }
     path = out / ARRAYS_FILE
     tmp = path.with_name(path.name + ".tmp")
@@ -517,6 +534,8 @@ def load_arrays(directory: PathLike) -> ImageArrays:
     if "images" not in tensors:
         raise ValueError(f"{path}: no 'images' tensor; tensors in the file: {', '.join(sorted(keys)) or 'none'}")
     return ImageArrays(
-        images=tensors["images"], labels=tensors.get("labels"),
-        label_names=json.loads(metadata.get("label_names", "null")), source=metadata.get("source", str(path)),
+        images=tensors["images"],
+        labels=tensors.get("labels"),
+        label_names=json.loads(metadata.get("label_names", "null")),
+        source=metadata.get("source", str(path)),
     )

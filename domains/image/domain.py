@@ -102,18 +102,30 @@ def load_images(cfg: ImageDataConfig) -> ImageArrays:
 
         split_dir = prepare(cfg.name) / cfg.split
         if not split_dir.is_dir():
-            raise FileNotFoundError(f"data.split: prepared dataset {cfg.name!r} has no split {cfg.split!r} ({split_dir})")
+            raise FileNotFoundError(
+                f"data.split: prepared dataset {cfg.name!r} has no split {cfg.split!r} ({split_dir})"
+            )
         arrays = load_arrays(split_dir)
     elif cfg.source == "numpy":
         arrays = load_numpy(cfg.path)
     elif cfg.source == "imagefolder":
         arrays, _ = load_imagefolder(cfg.path, size=cfg.image_size, channels=cfg.channels)  # skips are logged there
     else:
-        arrays = load_hf_image_dataset(cfg.name, cfg.split, image_column=cfg.image_column, label_column=None,
-                                       size=cfg.image_size, channels=cfg.channels, limit=cfg.max_images)
+        arrays = load_hf_image_dataset(
+            cfg.name,
+            cfg.split,
+            image_column=cfg.image_column,
+            label_column=None,
+            size=cfg.image_size,
+            channels=cfg.channels,
+            limit=cfg.max_images,
+        )
     if cfg.max_images is not None and len(arrays) > cfg.max_images:
-        arrays = dataclasses.replace(arrays, images=arrays.images[: cfg.max_images],
-                                     labels=None if arrays.labels is None else arrays.labels[: cfg.max_images])
+        arrays = dataclasses.replace(
+            arrays,
+            images=arrays.images[: cfg.max_images],
+            labels=None if arrays.labels is None else arrays.labels[: cfg.max_images],
+        )
     return arrays
 
 
@@ -167,7 +179,7 @@ class ViewTransform:
         self.configs = () if cfg.views in PRETEXT_VIEWS else _view_configs(cfg, processor)
         if cfg.views == "jigsaw":
             try:
-                self.permutations = pretext.hamming_permutations(cfg.jigsaw_grid ** 2, cfg.jigsaw_permutations)
+                self.permutations = pretext.hamming_permutations(cfg.jigsaw_grid**2, cfg.jigsaw_permutations)
             except ValueError as e:
                 raise ValueError(f"data.jigsaw_permutations: {e}") from None
 
@@ -177,8 +189,9 @@ class ViewTransform:
             rotated, k = pretext.rotate(pixels)
             return image_batch(_normalise(rotated, self.processor), self.patch, pretext_labels=k)
         if self.cfg.views == "jigsaw":  # on normalised pixels: the gaps are the mean
-            puzzles, k = pretext.jigsaw(_normalise(pixels, self.processor), self.permutations,
-                                        self.cfg.jigsaw_grid, self.cfg.jigsaw_gap)
+            puzzles, k = pretext.jigsaw(
+                _normalise(pixels, self.processor), self.permutations, self.cfg.jigsaw_grid, self.cfg.jigsaw_gap
+            )
             return image_batch(puzzles, self.patch, pretext_labels=k)
         views = tuple(image_batch(v, self.patch) for v in augment_views.make_views(pixels, self.configs))
         first = views[0]
@@ -190,7 +203,8 @@ def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[a
     norm = {"mean": tuple(processor.image_mean), "std": tuple(processor.image_std)}
     if cfg.views == "crop":  # MAE (He et al. 2022): random resized crop 20-100% and flip, nothing else
         base: tuple[augment_views.ViewConfig, ...] = (
-            augment_views.ViewConfig(size=size, scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0),)
+            augment_views.ViewConfig(size=size, scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0),
+        )
     else:
         pair = augment_views.VIEW_PRESETS[cfg.views](size=size)
         base = tuple(pair[min(i, 1)] for i in range(cfg.num_views))
@@ -207,8 +221,9 @@ def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[a
 class ImageClassifier(ClassifierModule):
     """A classifier on patch-unit batches: ``AutoModelForImageClassification`` (ViT) or SmallResNet + linear head."""
 
-    def __init__(self, model: nn.Module, patch_size: int, head: nn.Linear | None = None,
-                 label_names: list[str] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, patch_size: int, head: nn.Linear | None = None, label_names: list[str] | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.head = head
@@ -256,15 +271,27 @@ class ImageDomain:
         """``--set`` strings that make an image recipe a seconds-long run (the recipe smoke test, ``tests/recipes``):
         the 32 random 28x28 images of the test fixture ``tiny_images`` (``{tiny_images}`` is its path), a 32-wide
         ViT of the recipe's depth or a ResNet of width 4, no kNN monitor."""
-        return ("data.source=numpy", "data.path={tiny_images}", "encoder.hidden_size=32", "encoder.num_heads=2",
-                "encoder.intermediate_size=64", "encoder.resnet_width=4", "train.batch_size=8", "train.warmup_steps=2",
-                "train.log_every=1", "monitor.every=0")
+        return (
+            "data.source=numpy",
+            "data.path={tiny_images}",
+            "encoder.hidden_size=32",
+            "encoder.num_heads=2",
+            "encoder.intermediate_size=64",
+            "encoder.resnet_width=4",
+            "train.batch_size=8",
+            "train.warmup_steps=2",
+            "train.log_every=1",
+            "monitor.every=0",
+        )
 
     def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
         """Patches of the collated images read by a ViT; ``views``: two Fashion-MNIST views, ``pretext_labels``:
         RotNet's rotations, ``encode_visible``: a ViT (a ResNet cannot drop patches)."""
-        given = {"views": ("data.views=fashion-mnist",), "pretext_labels": ("data.views=rotation",),
-                 "encode_visible": ("encoder.arch=vit",)}
+        given = {
+            "views": ("data.views=fashion-mnist",),
+            "pretext_labels": ("data.views=rotation",),
+            "encode_visible": ("encoder.arch=vit",),
+        }
         return needs_overrides(needs, given, base=("data.views=none", "encoder.arch=vit"))
 
     def derived_objective_settings(self, data: ImageDataConfig, objective: str) -> dict[str, tuple[Any, str]]:
@@ -280,22 +307,34 @@ class ImageDomain:
         """Multi-crop local views are cut into whole patches (the image size itself is checked on the data)."""
         data, enc = recipe.data, recipe.encoder
         if data.local_crops and data.local_size % enc.patch_size:
-            raise ValueError(f"data.local_size={data.local_size} is not a multiple of encoder.patch_size={enc.patch_size}")
+            raise ValueError(
+                f"data.local_size={data.local_size} is not a multiple of encoder.patch_size={enc.patch_size}"
+            )
 
     def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
         data, enc = recipe.data, recipe.encoder
         arrays = load_images(data)
         _, c, h, w = arrays.images.shape
         if h % enc.patch_size or w % enc.patch_size:
-            raise ValueError(f"encoder.patch_size={enc.patch_size} does not divide the {h}x{w} images of {arrays.source}")
+            raise ValueError(
+                f"encoder.patch_size={enc.patch_size} does not divide the {h}x{w} images of {arrays.source}"
+            )
         processor = make_processor(arrays, enc.patch_size)
         if rank == 0:
             processor.save_pretrained(str(Path(run_dir) / "processor"))
-        summary = {"data_source": data.source, "data_name": data.path or data.name, "images": len(arrays),
-                   "skipped_images": len(arrays.skipped),  # unreadable files, logged by the reader
-                   "image_shape": [c, h, w], "patch_size": enc.patch_size, "views": data.views}
+        summary = {
+            "data_source": data.source,
+            "data_name": data.path or data.name,
+            "images": len(arrays),
+            "skipped_images": len(arrays.skipped),  # unreadable files, logged by the reader
+            "image_shape": [c, h, w],
+            "patch_size": enc.patch_size,
+            "views": data.views,
+        }
         transform = None if data.views == "none" else ViewTransform(data, processor)
-        return PretrainData(ImageRows(arrays), image_collate(processor, with_labels=False), processor, transform, summary)
+        return PretrainData(
+            ImageRows(arrays), image_collate(processor, with_labels=False), processor, transform, summary
+        )
 
     def load_processor(self, path: Path) -> ViTImageProcessor:
         path = Path(path)
@@ -317,8 +356,9 @@ class ImageDomain:
                 raise ValueError("task.path is required with --task hub")
             column = task.input_column or "image"
             train = load_hf_image_dataset(task.path, "train", image_column=column, label_column=task.label_column)
-            test = load_hf_image_dataset(task.path, task.test_split or "test", image_column=column,
-                                         label_column=task.label_column)
+            test = load_hf_image_dataset(
+                task.path, task.test_split or "test", image_column=column, label_column=task.label_column
+            )
         else:
             train, test = TASKS.get(task.name)()
         if train.labels is None or test.labels is None:
@@ -335,20 +375,29 @@ class ImageDomain:
     def classifier(self, export_dir: Path, label_names: list[str], init: str) -> ImageClassifier:
         processor = self.load_processor(export_dir)
         if _is_vit(export_dir):
-            config = AutoConfig.from_pretrained(str(export_dir), id2label=dict(enumerate(label_names)),
-                                                label2id={name: i for i, name in enumerate(label_names)})
-            model = (AutoModelForImageClassification.from_config(config) if init == "random"
-                     else AutoModelForImageClassification.from_pretrained(str(export_dir), config=config))
+            config = AutoConfig.from_pretrained(
+                str(export_dir),
+                id2label=dict(enumerate(label_names)),
+                label2id={name: i for i, name in enumerate(label_names)},
+            )
+            model = (
+                AutoModelForImageClassification.from_config(config)
+                if init == "random"
+                else AutoModelForImageClassification.from_pretrained(str(export_dir), config=config)
+            )
             return ImageClassifier(model, int(processor.patch_size))
         backbone = _fresh_resnet(export_dir) if init == "random" else SmallResNet.from_pretrained(str(export_dir))
-        return ImageClassifier(backbone, int(processor.patch_size), nn.Linear(backbone.out_dim, len(label_names)),
-                               label_names)
+        return ImageClassifier(
+            backbone, int(processor.patch_size), nn.Linear(backbone.out_dim, len(label_names)), label_names
+        )
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
         processor = self.load_processor(export_dir)
         if _is_vit(export_dir):
             if random_init:
-                model = ViTModel(AutoConfig.from_pretrained(str(export_dir)), add_pooling_layer=False, use_mask_token=True)
+                model = ViTModel(
+                    AutoConfig.from_pretrained(str(export_dir)), add_pooling_layer=False, use_mask_token=True
+                )
             else:
                 model = ViTModel.from_pretrained(str(export_dir), add_pooling_layer=False, use_mask_token=True)
             return ViTEncoder(model)

@@ -48,7 +48,9 @@ class ImageEncoderConfig:
         if self.patch_size < 1:
             raise ValueError("encoder.patch_size must be >= 1")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"encoder.hidden_size={self.hidden_size} is not divisible by encoder.num_heads={self.num_heads}")
+            raise ValueError(
+                f"encoder.hidden_size={self.hidden_size} is not divisible by encoder.num_heads={self.num_heads}"
+            )
 
 
 class ViTEncoder(Encoder):
@@ -98,7 +100,9 @@ class ViTEncoder(Encoder):
     def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
         seq, layers = self._transformer(self.embed(batch, mask), all_layers)
         return EncoderOutput(
-            hidden=seq[:, 1:], padding_mask=batch.padding_mask, summary=seq[:, 0],
+            hidden=seq[:, 1:],
+            padding_mask=batch.padding_mask,
+            summary=seq[:, 0],
             layers=tuple(h[:, 1:] for h in layers) if layers is not None else None,
         )
 
@@ -150,14 +154,21 @@ class ResNetEncoder(Encoder):
 def build_image_encoder(cfg: ImageEncoderConfig, image_size: tuple[int, int], channels: int) -> Encoder:
     """A freshly initialised encoder for ``channels x H x W`` images."""
     if cfg.arch == "resnet":
-        return ResNetEncoder(SmallResNet(in_channels=channels, depth=cfg.resnet_depth, width=cfg.resnet_width),
-                             cfg.patch_size)
+        return ResNetEncoder(
+            SmallResNet(in_channels=channels, depth=cfg.resnet_depth, width=cfg.resnet_width), cfg.patch_size
+        )
     h, w = image_size
     if h != w:
         raise ValueError(f"the vit encoder needs square images, got {h}x{w}")
     config = ViTConfig(
-        image_size=h, patch_size=cfg.patch_size, num_channels=channels, hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.attention_dropout,
+        image_size=h,
+        patch_size=cfg.patch_size,
+        num_channels=channels,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.attention_dropout,
     )
     return ViTEncoder(ViTModel(config, add_pooling_layer=False, use_mask_token=True))

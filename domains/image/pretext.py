@@ -62,8 +62,9 @@ def hamming_permutations(num_tiles: int, count: int, seed: int = 0) -> Tensor:
     return every[chosen]
 
 
-def jigsaw(pixels: Tensor, permutations: Tensor, grid: int, gap: int = 2,
-           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def jigsaw(
+    pixels: Tensor, permutations: Tensor, grid: int, gap: int = 2, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Shuffle a ``grid x grid`` puzzle of each image by a random permutation from ``permutations``.
 
     The image's top-left ``grid * (H // grid)`` square is cut into cells of side ``t = H // grid``;
@@ -103,7 +104,7 @@ def jigsaw(pixels: Tensor, permutations: Tensor, grid: int, gap: int = 2,
     crops = torch.gather(crops, 4, cols)  # [B, tiles, C, s, s]
     lo = gap // 2
     placed = pixels.new_zeros(b, tiles, c, t, t)
-    placed[..., lo: lo + s, lo: lo + s] = crops
+    placed[..., lo : lo + s, lo : lo + s] = crops
     placed = placed.view(b, grid, grid, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, c, grid * t, grid * t)
     out = pixels.new_zeros(b, c, h, w)
     out[:, :, : grid * t, : grid * t] = placed

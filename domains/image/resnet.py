@@ -32,7 +32,8 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = (
             nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
-            if stride != 1 or in_ch != out_ch else nn.Identity()
+            if stride != 1 or in_ch != out_ch
+            else nn.Identity()
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -55,8 +56,9 @@ class SmallResNet(nn.Module, PyTorchModelHubMixin, library_name="mmssl", tags=["
         if depth not in STAGES:
             raise ValueError(f"resnet depth must be one of {sorted(STAGES)}, got {depth}")
         self.in_channels = in_channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
         blocks: list[nn.Module] = []
         in_ch = width
         for stage, count in enumerate(STAGES[depth]):

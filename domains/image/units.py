@@ -42,8 +42,12 @@ def image_batch(images: Tensor, patch_size: int, **extras: Tensor) -> Batch:
     b, _, h, w = images.shape
     units = patchify(images, patch_size)
     grid = (h // patch_size, w // patch_size)
-    return Batch(units=units, padding_mask=torch.zeros(units.shape[:2], dtype=torch.bool, device=units.device),
-                 extras=extras, grid=grid)
+    return Batch(
+        units=units,
+        padding_mask=torch.zeros(units.shape[:2], dtype=torch.bool, device=units.device),
+        extras=extras,
+        grid=grid,
+    )
 
 
 def grid_of(batch: Batch) -> tuple[int, int]:
@@ -51,4 +55,3 @@ def grid_of(batch: Batch) -> tuple[int, int]:
     if batch.grid is None:
         raise ValueError("an image batch needs Batch.grid = (rows, cols); build it with image_batch()")
     return batch.grid
-

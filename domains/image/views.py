@@ -105,8 +105,10 @@ class ViewConfig:
             if not _is_number(value) or not 0 <= value <= high:
                 raise ValueError(f"ViewConfig.{name} must be a number in [0, {high}], got {value!r}")
         if (self.mean is None) != (self.std is None) or (self.mean is not None and len(self.mean) != len(self.std)):
-            raise ValueError(f"ViewConfig.mean and ViewConfig.std must be given together, one value per channel, "
-                             f"got mean={self.mean}, std={self.std}")
+            raise ValueError(
+                f"ViewConfig.mean and ViewConfig.std must be given together, one value per channel, "
+                f"got mean={self.mean}, std={self.std}"
+            )
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"ViewConfig.std must be > 0, got {self.std}")
 
@@ -135,8 +137,12 @@ def augment(images: Tensor, config: ViewConfig, generator: torch.Generator | Non
     boxes = sample_crop_boxes(B, H, W, config.scale, config.ratio, device, generator)
     x = resized_crop(images, boxes, config.size, sample_bernoulli(B, config.flip_p, device, generator))
     if config.jitters:
-        x = color_jitter(x, sample_jitter(B, config.brightness, config.contrast, config.saturation, config.hue,
-                                          config.jitter_p, device, generator))
+        x = color_jitter(
+            x,
+            sample_jitter(
+                B, config.brightness, config.contrast, config.saturation, config.hue, config.jitter_p, device, generator
+            ),
+        )
     if config.grayscale_p > 0 and C == 3:
         x = random_grayscale(x, sample_bernoulli(B, config.grayscale_p, device, generator))
     if config.blur_p > 0:
@@ -170,8 +176,13 @@ def make_views(images: Tensor, configs: Sequence[ViewConfig], generator: torch.G
 # --------------------------------------------------------------------------- presets
 def simclr_views(size: int = 224, strength: float = 1.0) -> tuple[ViewConfig, ViewConfig]:
     """SimCLR (Chen et al. 2020, appendix A): two views from one distribution, colour strength ``s``."""
-    view = ViewConfig(size=size, brightness=0.8 * strength, contrast=0.8 * strength,
-                      saturation=0.8 * strength, hue=min(0.2 * strength, 0.5))
+    view = ViewConfig(
+        size=size,
+        brightness=0.8 * strength,
+        contrast=0.8 * strength,
+        saturation=0.8 * strength,
+        hue=min(0.2 * strength, 0.5),
+    )
     return view, view
 
 
@@ -186,13 +197,15 @@ def byol_views(size: int = 224, scale: tuple[float, float] = (0.08, 1.0)) -> tup
 
     Barlow Twins (Zbontar et al. 2021), VICReg (Bardes et al. 2022) and DINO's global crops use the same pair.
     """
-    first = ViewConfig(size=size, scale=scale, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
-                       blur_p=1.0, solarize_p=0.0)
+    first = ViewConfig(
+        size=size, scale=scale, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, blur_p=1.0, solarize_p=0.0
+    )
     return first, dataclasses.replace(first, blur_p=0.1, solarize_p=0.2)
 
 
-def multi_crop_views(global_views: Sequence[ViewConfig], local_view: ViewConfig,
-                     n_local: int) -> tuple[ViewConfig, ...]:
+def multi_crop_views(
+    global_views: Sequence[ViewConfig], local_view: ViewConfig, n_local: int
+) -> tuple[ViewConfig, ...]:
     """Multi-crop (Caron et al. 2020, SwAV): the global views, then ``n_local`` small crops from ``local_view``."""
     if n_local < 0:
         raise ValueError(f"n_local must be >= 0, got {n_local}")
@@ -220,8 +233,9 @@ def fashion_mnist_views(size: int = 28) -> tuple[ViewConfig, ViewConfig]:
 
     No normalisation; ``dataclasses.replace(view, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)`` adds it.
     """
-    view = ViewConfig(size=size, scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0,
-                      grayscale_p=0.0, blur_p=0.0)
+    view = ViewConfig(
+        size=size, scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, grayscale_p=0.0, blur_p=0.0
+    )
     return view, view
 
 

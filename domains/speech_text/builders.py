@@ -72,8 +72,14 @@ def corpus_sentences(min_words: int = MIN_WORDS, max_words: int = MAX_WORDS) -> 
     return out
 
 
-def build_pairs(out: Path, train_sentences: Sequence[str], test_sentences: Sequence[str],
-                train_voices: Sequence[str], test_voices: Sequence[str], seed: int = 0) -> None:
+def build_pairs(
+    out: Path,
+    train_sentences: Sequence[str],
+    test_sentences: Sequence[str],
+    train_voices: Sequence[str],
+    test_voices: Sequence[str],
+    seed: int = 0,
+) -> None:
     """Render and write the two splits; each sentence is read once, by a voice of its split.
 
     Raises:
@@ -100,5 +106,10 @@ def build_speech_text(out: Path) -> None:
     if len(sentences) < TRAIN_SENTENCES + TEST_SENTENCES:
         raise RuntimeError(f"the embedded corpus has only {len(sentences)} sentences of {MIN_WORDS}-{MAX_WORDS} words")
     train_voices, test_voices = voices()
-    build_pairs(out, sentences[:TRAIN_SENTENCES], sentences[TRAIN_SENTENCES:TRAIN_SENTENCES + TEST_SENTENCES],
-                train_voices, test_voices)
+    build_pairs(
+        out,
+        sentences[:TRAIN_SENTENCES],
+        sentences[TRAIN_SENTENCES : TRAIN_SENTENCES + TEST_SENTENCES],
+        train_voices,
+        test_voices,
+    )

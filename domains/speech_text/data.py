@@ -67,10 +67,16 @@ class SpeechTextDataConfig:
 
     def audio(self) -> AudioDataConfig:
         """The speech stream settings as the audio domain's data config."""
-        return AudioDataConfig(source="prepared", sampling_rate=self.sampling_rate, stream=self.stream,
-                               num_mel_bins=self.num_mel_bins, frame_stride=self.frame_stride,
-                               max_seconds=self.max_seconds, min_seconds=self.min_seconds,
-                               spec_augment=self.spec_augment)
+        return AudioDataConfig(
+            source="prepared",
+            sampling_rate=self.sampling_rate,
+            stream=self.stream,
+            num_mel_bins=self.num_mel_bins,
+            frame_stride=self.frame_stride,
+            max_seconds=self.max_seconds,
+            min_seconds=self.min_seconds,
+            spec_augment=self.spec_augment,
+        )
 
 
 @dataclass
@@ -95,8 +101,10 @@ def split_dir(cfg: SpeechTextDataConfig, split: str) -> Path:
         root = Path(cfg.path)
     path = root / split
     if not (path / PAIRS_FILE).is_file():
-        raise FileNotFoundError(f"data.split: {cfg.source} dataset {cfg.path or cfg.name!r} has no paired split "
-                                f"{split!r} ({path / PAIRS_FILE} is missing)")
+        raise FileNotFoundError(
+            f"data.split: {cfg.source} dataset {cfg.path or cfg.name!r} has no paired split "
+            f"{split!r} ({path / PAIRS_FILE} is missing)"
+        )
     return path
 
 
@@ -111,8 +119,10 @@ def read_texts(path: Path, column: str) -> list[str]:
         for i, line in enumerate(f):
             row = json.loads(line)
             if column not in row or not isinstance(row[column], str):
-                raise KeyError(f"data.text_column: column {column!r} is missing from line {i + 1} of {path}; "
-                               f"columns: {', '.join(row)}")
+                raise KeyError(
+                    f"data.text_column: column {column!r} is missing from line {i + 1} of {path}; "
+                    f"columns: {', '.join(row)}"
+                )
             texts.append(row[column])
     return texts
 
@@ -194,11 +204,21 @@ class SpeechTextCollator:
         self.max_tokens = min(max_tokens, tokenizer.model_max_length)
 
     def text_batch(self, texts: list[str]) -> Batch:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt",
-                             return_special_tokens_mask=True)
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_tensors="pt",
+            return_special_tokens_mask=True,
+        )
         extras = {Extra.TOKEN_TYPE_IDS: enc["token_type_ids"]} if "token_type_ids" in enc else {}
-        return Batch(units=enc["input_ids"], padding_mask=enc["attention_mask"] == 0,
-                     special_mask=enc["special_tokens_mask"].bool(), extras=extras)
+        return Batch(
+            units=enc["input_ids"],
+            padding_mask=enc["attention_mask"] == 0,
+            special_mask=enc["special_tokens_mask"].bool(),
+            extras=extras,
+        )
 
     def __call__(self, rows: list[dict[str, Any]]) -> Batch:
         speech = self.audio(rows)

@@ -63,11 +63,25 @@ class SpeechTextDomain:
         """``--set`` strings that make a speech-text recipe a seconds-long run (the recipe smoke test,
         ``tests/recipes``): the 16 synthetic pairs of the test fixture ``pairs_folder`` (``{pairs_folder}`` is its
         path), a 100-piece vocabulary, both towers 32 wide at the recipe's depth."""
-        return ("data.source=folder", "data.path={pairs_folder}", "data.max_seconds=2.0", "data.bucket_batches=1",
-                "data.spec_augment=false", "data.tokenizer.vocab_size=100", "data.max_text_tokens=16",
-                "encoder.audio.hidden_size=32", "encoder.audio.num_heads=2", "encoder.audio.intermediate_size=64",
-                "encoder.audio.conv_depthwise_kernel_size=3", "encoder.text.hidden_size=32", "encoder.text.num_heads=2",
-                "encoder.text.intermediate_size=64", "train.batch_size=4", "train.warmup_steps=2", "train.log_every=1")
+        return (
+            "data.source=folder",
+            "data.path={pairs_folder}",
+            "data.max_seconds=2.0",
+            "data.bucket_batches=1",
+            "data.spec_augment=false",
+            "data.tokenizer.vocab_size=100",
+            "data.max_text_tokens=16",
+            "encoder.audio.hidden_size=32",
+            "encoder.audio.num_heads=2",
+            "encoder.audio.intermediate_size=64",
+            "encoder.audio.conv_depthwise_kernel_size=3",
+            "encoder.text.hidden_size=32",
+            "encoder.text.num_heads=2",
+            "encoder.text.intermediate_size=64",
+            "train.batch_size=4",
+            "train.warmup_steps=2",
+            "train.log_every=1",
+        )
 
     def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
         """Fbank units of speech with the sentence each clip reads in ``Batch.pair``, for objectives that need the
@@ -84,7 +98,10 @@ class SpeechTextDomain:
         if data.tokenizer.name_or_path:
             tokenizer, source = load_tokenizer(data.tokenizer.name_or_path), data.tokenizer.name_or_path
         else:  # the training sentences only: held-out sentences stay unseen
-            tokenizer, source = train_tokenizer(iter(pairs.texts), data.tokenizer, "bert", text.max_position_embeddings), "trained"
+            tokenizer, source = (
+                train_tokenizer(iter(pairs.texts), data.tokenizer, "bert", text.max_position_embeddings),
+                "trained",
+            )
         check_tokenizer(tokenizer, "bert", source)
         processor = SpeechTextProcessor(tokenizer, make_processor(data.audio()))
         processor.save_pretrained(saved)
@@ -99,10 +116,14 @@ class SpeechTextDomain:
         data, enc = recipe.data, recipe.encoder
         wants = "waveform" if enc.audio.arch == "wav2vec2" else "fbank"
         if data.stream != wants:
-            raise ValueError(f"encoder.audio.arch={enc.audio.arch} reads data.stream={wants}, got data.stream={data.stream}")
+            raise ValueError(
+                f"encoder.audio.arch={enc.audio.arch} reads data.stream={wants}, got data.stream={data.stream}"
+            )
         if enc.audio.arch == "conformer" and enc.audio.input_dim != data.num_mel_bins * data.frame_stride:
-            raise ValueError(f"encoder.audio.input_dim={enc.audio.input_dim} must be data.num_mel_bins * "
-                             f"data.frame_stride = {data.num_mel_bins * data.frame_stride}")
+            raise ValueError(
+                f"encoder.audio.input_dim={enc.audio.input_dim} must be data.num_mel_bins * "
+                f"data.frame_stride = {data.num_mel_bins * data.frame_stride}"
+            )
 
     def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
         data = recipe.data
@@ -112,11 +133,19 @@ class SpeechTextDomain:
         max_samples = int(data.max_seconds * data.sampling_rate)  # kept pairs are never longer: no crop
         global_batch = recipe.train.batch_size * world_size
         stream = BucketedClips(pairs.clips, global_batch, max_samples, recipe.train.seed, data.bucket_batches)
-        collate = SpeechTextCollator(audio_collator(processor.feature_extractor, False), processor.tokenizer,
-                                     data.max_text_tokens)
-        summary = {"data_source": data.source, "data_name": data.path or data.name, "pairs": len(pairs),
-                   "hours": round(pairs.clips.seconds / 3600, 3), "dropped_pairs": pairs.dropped,
-                   "stream": data.stream, "sampling_rate": data.sampling_rate, "vocab_size": len(processor.tokenizer)}
+        collate = SpeechTextCollator(
+            audio_collator(processor.feature_extractor, False), processor.tokenizer, data.max_text_tokens
+        )
+        summary = {
+            "data_source": data.source,
+            "data_name": data.path or data.name,
+            "pairs": len(pairs),
+            "hours": round(pairs.clips.seconds / 3600, 3),
+            "dropped_pairs": pairs.dropped,
+            "stream": data.stream,
+            "sampling_rate": data.sampling_rate,
+            "vocab_size": len(processor.tokenizer),
+        }
         transform = SpecAugmentTransform(audio) if data.spec_augment else None
         return PretrainData(PairedStream(stream, pairs.texts), collate, processor, transform, summary)
 
@@ -124,7 +153,9 @@ class SpeechTextDomain:
         path = Path(path)  # a run keeps it in processor/, an export at its root
         return SpeechTextProcessor.from_pretrained(path / PROCESSOR_DIR if (path / PROCESSOR_DIR).is_dir() else path)
 
-    def build_encoder(self, encoder_config: SpeechTextEncoderConfig, processor: SpeechTextProcessor) -> SpeechTextEncoder:
+    def build_encoder(
+        self, encoder_config: SpeechTextEncoderConfig, processor: SpeechTextProcessor
+    ) -> SpeechTextEncoder:
         return build_speech_text_encoder(encoder_config, processor.tokenizer)
 
     # ------------------------------------------------------------------ downstream
@@ -136,8 +167,9 @@ class SpeechTextDomain:
     def task_data(self, task: Any) -> TaskData:
         """Paired rows of ``speech-text`` (or of the folder ``task.path``); ``label_names`` is empty (no classes)."""
         if task.path:  # a folder in the builder's format: train/ and test/ (or task.test_split)
-            cfg = SpeechTextDataConfig(source="folder", path=task.path, text_column=task.input_column or "text",
-                                       max_seconds=30.0)
+            cfg = SpeechTextDataConfig(
+                source="folder", path=task.path, text_column=task.input_column or "text", max_seconds=30.0
+            )
             train, test = load_pairs(cfg, "train"), load_pairs(cfg, task.test_split or "test")
         else:
             train, test = TASKS.get(task.name)()
@@ -148,12 +180,17 @@ class SpeechTextDomain:
         return TaskData(PairedRows(train), PairedRows(test), [])
 
     def task_collate(self, processor: SpeechTextProcessor, task: Any) -> Callable[[list[Any]], Batch]:
-        return SpeechTextCollator(audio_collator(processor.feature_extractor, False), processor.tokenizer,
-                                  min(task.max_length, TASK_MAX_TOKENS))
+        return SpeechTextCollator(
+            audio_collator(processor.feature_extractor, False),
+            processor.tokenizer,
+            min(task.max_length, TASK_MAX_TOKENS),
+        )
 
     def classifier(self, export_dir: Path, label_names: list[str], init: str) -> Any:
-        raise ValueError("a speech-text export is evaluated with --protocol retrieval; to fine-tune one tower, pass "
-                         f"{Path(export_dir) / 'text'} with --domain text, or {Path(export_dir) / 'audio'} with --domain audio")
+        raise ValueError(
+            "a speech-text export is evaluated with --protocol retrieval; to fine-tune one tower, pass "
+            f"{Path(export_dir) / 'text'} with --domain text, or {Path(export_dir) / 'audio'} with --domain audio"
+        )
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> SpeechTextEncoder:
         return load_speech_text_encoder(export_dir, random_init)
@@ -161,9 +198,11 @@ class SpeechTextDomain:
     def raw_features(self, data: TaskData, task: Any) -> RawFeatures:
         """Refused with a ``ValueError``: the paired tasks have no classes for a probe (retrieval compares
         against random init instead)."""
-        raise ValueError(f"the speech_text domain has no raw-feature baseline (init=raw): task {task.name!r} pairs "
-                         "speech with text and has no labels to probe; evaluate it with --protocol retrieval, "
-                         "against --set init=random")
+        raise ValueError(
+            f"the speech_text domain has no raw-feature baseline (init=raw): task {task.name!r} pairs "
+            "speech with text and has no labels to probe; evaluate it with --protocol retrieval, "
+            "against --set init=random"
+        )
 
 
 DOMAINS.add("speech_text", SpeechTextDomain())

@@ -72,8 +72,10 @@ class SpeechTextEncoder(TwoTowerEncoder):
         """``audio/`` and ``text/`` in their libraries' formats, each with a short model card."""
         self.audio.export(out_dir / AUDIO_DIR)
         self.text.export(out_dir / TEXT_DIR)
-        loads = {AUDIO_DIR: ("speech", "AutoModel.from_pretrained('audio')", "main_projection.weight"),
-                 TEXT_DIR: ("text", "AutoModel.from_pretrained('text')", "paired_projection.weight")}
+        loads = {
+            AUDIO_DIR: ("speech", "AutoModel.from_pretrained('audio')", "main_projection.weight"),
+            TEXT_DIR: ("text", "AutoModel.from_pretrained('text')", "paired_projection.weight"),
+        }
         for folder, (name, load, head) in loads.items():
             (out_dir / folder / "README.md").write_text(TOWER_CARD.format(name=name.capitalize(), load=load, head=head))
 

@@ -22,8 +22,9 @@ from mmssl.domain import RawFeatures
 TFIDF_MAX_WORDS = 4096
 
 
-def tfidf_features(train_texts: list[str], test_texts: list[str],
-                   max_words: int = TFIDF_MAX_WORDS) -> tuple[Tensor, Tensor]:
+def tfidf_features(
+    train_texts: list[str], test_texts: list[str], max_words: int = TFIDF_MAX_WORDS
+) -> tuple[Tensor, Tensor]:
     """``([N, F], [M, F])`` float32 TF-IDF vectors, ``F <= max_words``, fitted on ``train_texts`` alone."""
     from sklearn.feature_extraction.text import TfidfVectorizer  # the probes' dependency; pretraining needs none
 
@@ -31,8 +32,10 @@ def tfidf_features(train_texts: list[str], test_texts: list[str],
     try:
         train = vectorizer.fit_transform(train_texts)
     except ValueError:  # scikit-learn's "empty vocabulary"
-        raise ValueError("task.input_column: the training texts hold no word of two or more letters or digits, "
-                         "so the tf-idf baseline has no vocabulary") from None
+        raise ValueError(
+            "task.input_column: the training texts hold no word of two or more letters or digits, "
+            "so the tf-idf baseline has no vocabulary"
+        ) from None
     test = vectorizer.transform(test_texts)
     return torch.from_numpy(train.toarray()), torch.from_numpy(test.toarray())
 
@@ -41,5 +44,8 @@ def tfidf_baseline(train: datasets.Dataset, test: datasets.Dataset) -> RawFeatur
     """The ``tf-idf`` baseline of a text task's rows ``{"text", "label"}``
     (:func:`domains.text.tasks.text_task_data`)."""
     x_train, x_test = tfidf_features(list(train["text"]), list(test["text"]))
-    return RawFeatures("tf-idf", (x_train, torch.tensor(train["label"], dtype=torch.long)),
-                       (x_test, torch.tensor(test["label"], dtype=torch.long)))
+    return RawFeatures(
+        "tf-idf",
+        (x_train, torch.tensor(train["label"], dtype=torch.long)),
+        (x_test, torch.tensor(test["label"], dtype=torch.long)),
+    )

@@ -145,7 +145,8 @@ def build_python_docs(out_dir: Path) -> None:
         sources = deb_file(root, "usr/share/doc/python3.11/html/_sources", "python3.11-doc")
         files = sorted(sources.rglob("*.rst.txt"))
         texts = [
-            p for f in tqdm(files, desc="python docs", leave=False)
+            p
+            for f in tqdm(files, desc="python docs", leave=False)
             for p in rst_paragraphs(f.read_text("utf-8", errors="replace"))
         ]
     _save({"text": texts}, out_dir, "python-docs")
@@ -156,8 +157,12 @@ def build_fortunes(out_dir: Path) -> None:
     with extracted_debs(["fortunes", "fortunes-min"]) as root:
         folder = deb_file(root, "usr/share/games/fortunes", "fortunes")
         files = sorted(f for f in folder.iterdir() if f.is_file() and not f.is_symlink() and not f.suffix)
-        quotes = [q for f in files if f.name not in SKIPPED_FORTUNE_FILES
-                  for q in split_fortunes(f.read_text("utf-8", errors="replace"))]
+        quotes = [
+            q
+            for f in files
+            if f.name not in SKIPPED_FORTUNE_FILES
+            for q in split_fortunes(f.read_text("utf-8", errors="replace"))
+        ]
     _save({"text": list(dict.fromkeys(quotes))}, out_dir, "fortunes")
 
 

@@ -85,8 +85,12 @@ class BlockCollator:
         units = torch.cat([torch.full((B, 1), self.cls), raw, torch.full((B, 1), self.pad)], dim=1)
         units[torch.arange(B), lengths + 1] = self.sep
         j, end = torch.arange(L + 2), lengths[:, None] + 1
-        return Batch(units=units, padding_mask=j > end, special_mask=(j == 0) | (j == end),
-                     extras={Extra.TOKEN_TYPE_IDS: torch.zeros(B, L + 2, dtype=torch.long)})
+        return Batch(
+            units=units,
+            padding_mask=j > end,
+            special_mask=(j == 0) | (j == end),
+            extras={Extra.TOKEN_TYPE_IDS: torch.zeros(B, L + 2, dtype=torch.long)},
+        )
 
 
 class SentenceOrderTransform:
@@ -112,8 +116,9 @@ def classification_collate(tokenizer: PreTrainedTokenizerBase, max_length: int):
     max_length = min(max_length, tokenizer.model_max_length)
 
     def collate(rows: list[dict[str, Any]]) -> Batch:
-        enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+        enc = tokenizer(
+            [r["text"] for r in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         extras = {Extra.LABELS: torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)}
         if "token_type_ids" in enc:
             extras[Extra.TOKEN_TYPE_IDS] = enc["token_type_ids"]

@@ -25,7 +25,9 @@ class TextDataConfig:
     # embedded corpus, `mmssl data prepare` name, Hub dataset name / local dataset folder, or (source=task)
     # a registered fine-tuning task whose training-split texts, never labels or held-out texts, are the corpus
     name: str = "austen"
-    paths: list[str] = field(default_factory=list)  # source=files: .txt (one paragraph per sample), .csv, .json(l), .parquet; globs ok
+    paths: list[str] = field(
+        default_factory=list
+    )  # source=files: .txt (one paragraph per sample), .csv, .json(l), .parquet; globs ok
     hub_config: str | None = None  # source=hub: dataset configuration name
     split: str = "train"
     text_column: str = "text"
@@ -90,10 +92,16 @@ def load_texts(cfg: TextDataConfig) -> datasets.Dataset | datasets.IterableDatas
         ds = datasets.load_dataset(cfg.name, cfg.hub_config, split=cfg.split, streaming=cfg.streaming)
     columns = ds.column_names
     if columns is not None and cfg.text_column not in columns:
-        raise KeyError(f"data.text_column: column {cfg.text_column!r} not in {cfg.source} dataset "
-                       f"{cfg.name if cfg.source != 'files' else cfg.paths}; available: {', '.join(columns)}")
+        raise KeyError(
+            f"data.text_column: column {cfg.text_column!r} not in {cfg.source} dataset "
+            f"{cfg.name if cfg.source != 'files' else cfg.paths}; available: {', '.join(columns)}"
+        )
     if cfg.max_texts is not None:
-        ds = ds.take(cfg.max_texts) if isinstance(ds, datasets.IterableDataset) else ds.select(range(min(cfg.max_texts, len(ds))))
+        ds = (
+            ds.take(cfg.max_texts)
+            if isinstance(ds, datasets.IterableDataset)
+            else ds.select(range(min(cfg.max_texts, len(ds))))
+        )
     if cfg.task_texts is not None:
         ds = _with_task_texts(ds, cfg)
     return ds
@@ -141,7 +149,9 @@ def pack_blocks(ds: Any, tokenizer: PreTrainedTokenizerBase, column: str, length
     def tokenize_and_pack(batch: dict[str, list]) -> dict[str, list]:
         texts = [t for t in batch[column] if isinstance(t, str) and t.strip()]
         if packing == "line":
-            rows = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=length, verbose=False)["input_ids"]
+            rows = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=length, verbose=False)[
+                "input_ids"
+            ]
             return {"input_ids": [r for r in rows if r]}
         ids: list[int] = []
         for seq in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:

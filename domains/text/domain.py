@@ -34,23 +34,37 @@ class TextDomain:
         """``--set`` strings that make a text recipe a seconds-long run (the recipe smoke test, ``tests/recipes``):
         400 paragraphs of its corpus in 32-token blocks, a 300-piece vocabulary, a 32-wide encoder of the
         recipe's depth (so settings that count layers, such as data2vec's ``top_k_layers``, stay valid)."""
-        return ("data.max_texts=400", "data.block_size=32", "data.tokenizer.vocab_size=300", "encoder.hidden_size=32",
-                "encoder.num_heads=2", "encoder.intermediate_size=64", "encoder.max_position_embeddings=64",
-                "train.batch_size=8", "train.warmup_steps=2", "train.log_every=1")
+        return (
+            "data.max_texts=400",
+            "data.block_size=32",
+            "data.tokenizer.vocab_size=300",
+            "encoder.hidden_size=32",
+            "encoder.num_heads=2",
+            "encoder.intermediate_size=64",
+            "encoder.max_position_embeddings=64",
+            "train.batch_size=8",
+            "train.warmup_steps=2",
+            "train.log_every=1",
+        )
 
     def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
         """Token ids read by BERT (it has the mask token); ``causal``: GPT-2. No views, labels or pairs."""
         return needs_overrides(needs, {"causal": ("encoder.arch=gpt2",)}, base=("encoder.arch=bert",))
 
     # ------------------------------------------------------------------ pretraining
-    def _tokenizer(self, data: TextDataConfig, arch: str, texts: Any, run_dir: Path, max_length: int) -> PreTrainedTokenizerBase:
+    def _tokenizer(
+        self, data: TextDataConfig, arch: str, texts: Any, run_dir: Path, max_length: int
+    ) -> PreTrainedTokenizerBase:
         saved = Path(run_dir) / TOKENIZER_DIR
         if (saved / "tokenizer_config.json").is_file():  # resumed run, or a non-main process
             tokenizer, source = load_tokenizer(saved), str(saved)
         elif data.tokenizer.name_or_path:
             tokenizer, source = load_tokenizer(data.tokenizer.name_or_path), data.tokenizer.name_or_path
         else:
-            tokenizer, source = train_tokenizer(iter_texts(texts, data.text_column), data.tokenizer, arch, max_length), "trained"
+            tokenizer, source = (
+                train_tokenizer(iter_texts(texts, data.text_column), data.tokenizer, arch, max_length),
+                "trained",
+            )
         check_tokenizer(tokenizer, arch, source)
         if not saved.exists():
             tokenizer.save_pretrained(str(saved))
@@ -64,9 +78,13 @@ class TextDomain:
         """A block must fit the encoder's positions; sentence pairs need BERT's segment embeddings."""
         data, enc = recipe.data, recipe.encoder
         if data.block_size > enc.max_position_embeddings:
-            raise ValueError(f"data.block_size={data.block_size} exceeds encoder.max_position_embeddings={enc.max_position_embeddings}")
+            raise ValueError(
+                f"data.block_size={data.block_size} exceeds encoder.max_position_embeddings={enc.max_position_embeddings}"
+            )
         if data.sentence_pairs and enc.arch != "bert":
-            raise ValueError("data.sentence_pairs needs encoder.arch=bert (sentence order prediction is a BERT/ALBERT task)")
+            raise ValueError(
+                "data.sentence_pairs needs encoder.arch=bert (sentence order prediction is a BERT/ALBERT task)"
+            )
 
     def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
         data, enc = recipe.data, recipe.encoder
@@ -74,19 +92,33 @@ class TextDomain:
         tokenizer = self._tokenizer(data, enc.arch, texts, run_dir, enc.max_position_embeddings)
         n_special = 0 if enc.arch == "gpt2" else 3 if data.sentence_pairs else 2
         blocks = pack_blocks(texts, tokenizer, data.text_column, data.block_size - n_special, data.packing)
-        summary: dict[str, Any] = {"data_source": data.source, "data_name": data.name if data.source != "files" else ",".join(data.paths),
-                                   "block_size": data.block_size, "packing": data.packing, "vocab_size": len(tokenizer)}
+        summary: dict[str, Any] = {
+            "data_source": data.source,
+            "data_name": data.name if data.source != "files" else ",".join(data.paths),
+            "block_size": data.block_size,
+            "packing": data.packing,
+            "vocab_size": len(tokenizer),
+        }
         if data.task_texts:
             summary["task_texts"] = f"{data.task_texts} (training split texts, no labels)"
         if isinstance(blocks, datasets.Dataset):
             if len(blocks) == 0:
-                raise ValueError(f"data: the {data.source} corpus {data.name!r} holds less than one block of "
-                                 f"{data.block_size} tokens (data.block_size)")
-            n_tokens = len(blocks) * data.block_size if data.packing == "concat" else \
-                pc.sum(pc.list_value_length(blocks.data.column("input_ids"))).as_py() + n_special * len(blocks)
+                raise ValueError(
+                    f"data: the {data.source} corpus {data.name!r} holds less than one block of "
+                    f"{data.block_size} tokens (data.block_size)"
+                )
+            n_tokens = (
+                len(blocks) * data.block_size
+                if data.packing == "concat"
+                else pc.sum(pc.list_value_length(blocks.data.column("input_ids"))).as_py() + n_special * len(blocks)
+            )
             summary.update(blocks=len(blocks), tokens=n_tokens)
-        transform = SentenceOrderTransform(tokenizer.cls_token_id, tokenizer.sep_token_id) if data.sentence_pairs else None
-        return PretrainData(blocks, BlockCollator(tokenizer, enc.arch, data.sentence_pairs), tokenizer, transform, summary)
+        transform = (
+            SentenceOrderTransform(tokenizer.cls_token_id, tokenizer.sep_token_id) if data.sentence_pairs else None
+        )
+        return PretrainData(
+            blocks, BlockCollator(tokenizer, enc.arch, data.sentence_pairs), tokenizer, transform, summary
+        )
 
     def load_processor(self, path: Path) -> PreTrainedTokenizerBase:
         path = Path(path)  # a run keeps its tokenizer in a subfolder, an export at its root

@@ -38,27 +38,50 @@ class TextEncoderConfig:
     max_position_embeddings: int = 512
     dropout: float = 0.1
     attention_dropout: float = 0.1
-    init_from: str | None = None  # continue from a transformers checkpoint (folder or Hub name); sizes then come from it
+    init_from: str | None = (
+        None  # continue from a transformers checkpoint (folder or Hub name); sizes then come from it
+    )
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"encoder.hidden_size={self.hidden_size} is not divisible by encoder.num_heads={self.num_heads}")
+            raise ValueError(
+                f"encoder.hidden_size={self.hidden_size} is not divisible by encoder.num_heads={self.num_heads}"
+            )
 
 
 def _fresh_model(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     if cfg.arch == "bert":
-        return BertForMaskedLM(BertConfig(
-            vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-            max_position_embeddings=cfg.max_position_embeddings, hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.attention_dropout, pad_token_id=tokenizer.pad_token_id, type_vocab_size=2,
-        ))
+        return BertForMaskedLM(
+            BertConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=cfg.hidden_size,
+                num_hidden_layers=cfg.num_layers,
+                num_attention_heads=cfg.num_heads,
+                intermediate_size=cfg.intermediate_size,
+                max_position_embeddings=cfg.max_position_embeddings,
+                hidden_dropout_prob=cfg.dropout,
+                attention_probs_dropout_prob=cfg.attention_dropout,
+                pad_token_id=tokenizer.pad_token_id,
+                type_vocab_size=2,
+            )
+        )
     eos = tokenizer.eos_token_id
-    return GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tokenizer), n_positions=cfg.max_position_embeddings, n_embd=cfg.hidden_size,
-        n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.intermediate_size, resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout, attn_pdrop=cfg.attention_dropout, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-    ))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=cfg.max_position_embeddings,
+            n_embd=cfg.hidden_size,
+            n_layer=cfg.num_layers,
+            n_head=cfg.num_heads,
+            n_inner=cfg.intermediate_size,
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.attention_dropout,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    )
 
 
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str) -> None:
@@ -81,8 +104,9 @@ def attention_core(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, dropout
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         with torch.autocast("cpu", enabled=False):
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=keep, dropout_p=dropout_p,
-                                                  scale=scale)
+            return F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=keep, dropout_p=dropout_p, scale=scale
+            )
     return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p, scale=scale)
 
 
@@ -120,8 +144,14 @@ def bert_layer_at(layer: BertLayer, hidden: Tensor, positions: Tensor | None, pa
         return x.view(b, -1, heads, head_dim).transpose(1, 2)
 
     keep = None if not padding_mask.any() else (~padding_mask)[:, None, None, :]
-    context = attention_core(split(attn.query(queries_in)), split(attn.key(hidden)), split(attn.value(hidden)), keep,
-                             attn.dropout.p if attn.training else 0.0, attn.scaling)
+    context = attention_core(
+        split(attn.query(queries_in)),
+        split(attn.key(hidden)),
+        split(attn.value(hidden)),
+        keep,
+        attn.dropout.p if attn.training else 0.0,
+        attn.scaling,
+    )
     context = context.transpose(1, 2).reshape(b, m, d)
     if valid is not None:
         context, queries_in = context[valid], queries_in[valid]  # [N, D]

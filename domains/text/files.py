@@ -56,11 +56,15 @@ def _utf8_name(path: Path) -> str:
 def _check_text_bytes(head: bytes, path: Path, key: str, complete: bool) -> None:
     """UTF-16, binary (NUL bytes) and non-UTF-8 text are errors; ``complete``: ``head`` is the whole file."""
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise ValueError(f"{key}: {path} is UTF-16 text; convert it to UTF-8 first, e.g. "
-                         f"iconv -f utf-16 -t utf-8 {path} > {_utf8_name(path)}")
+        raise ValueError(
+            f"{key}: {path} is UTF-16 text; convert it to UTF-8 first, e.g. "
+            f"iconv -f utf-16 -t utf-8 {path} > {_utf8_name(path)}"
+        )
     if b"\0" in head:
-        raise ValueError(f"{key}: {path} is a binary file, not text (a NUL byte at offset {head.index(0)}); "
-                         f"pass a UTF-8 text file ({', '.join(sorted(LOADERS))})")
+        raise ValueError(
+            f"{key}: {path} is a binary file, not text (a NUL byte at offset {head.index(0)}); "
+            f"pass a UTF-8 text file ({', '.join(sorted(LOADERS))})"
+        )
     try:  # incremental: a character cut at the end of the first megabyte is not an error
         codecs.getincrementaldecoder("utf-8")().decode(head, final=complete)
     except UnicodeDecodeError as e:
@@ -68,9 +72,11 @@ def _check_text_bytes(head: bytes, path: Path, key: str, complete: bool) -> None
 
 
 def _not_utf8(path: Path, key: str, offset: int, byte: int) -> str:
-    return (f"{key}: {path} is not UTF-8 text (byte 0x{byte:02X} at offset {offset:,}); convert it to UTF-8 first, "
-            f"e.g. iconv -f latin1 -t utf-8 {path} > {_utf8_name(path)} (latin1 or cp1252 for Western European "
-            f"text; `file -i {path}` guesses the encoding)")
+    return (
+        f"{key}: {path} is not UTF-8 text (byte 0x{byte:02X} at offset {offset:,}); convert it to UTF-8 first, "
+        f"e.g. iconv -f latin1 -t utf-8 {path} > {_utf8_name(path)} (latin1 or cp1252 for Western European "
+        f"text; `file -i {path}` guesses the encoding)"
+    )
 
 
 def _utf8_problem(path: Path, key: str) -> str | None:
@@ -146,7 +152,9 @@ def _quiet_builder_errors() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def load_local_files(files: list[str], key: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
+def load_local_files(
+    files: list[str], key: str, streaming: bool = False
+) -> datasets.Dataset | datasets.IterableDataset:
     """Local ``.txt`` (one paragraph per row), ``.csv``, ``.json(l)`` or ``.parquet`` files as one dataset.
 
     Used by pretraining sources (``data.paths``) and fine-tuning tasks (``task.path``). Every file is

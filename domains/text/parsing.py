@@ -80,14 +80,59 @@ _GCIDE_SOURCE = re.compile(  # source tags such as [1913 Webster], [WordNet 1.5 
 _GCIDE_PRONUNCIATION = re.compile(r"\\[^\\]{1,150}?\\(?:\s*\([^()]{0,150}?[\"*`?][^()]{0,150}?\))?")
 _GCIDE_ACCENT = re.compile(r"\[([\^'`=\-.\"~,*])([A-Za-z]{1,2})\]|\[([A-Za-z]{1,2})\^\]")
 _GCIDE_NAMED = re.compile(r"\[([A-Za-z]{2,8})\]")
-_COMBINING = {"^": "\u0302", "'": "\u0301", "`": "\u0300", "=": "\u0304", "-": "\u0304",
-              ".": "\u0307", '"': "\u0308", "~": "\u0303", ",": "\u0327", "*": "", "breve": "\u0306"}
-_GCIDE_SYMBOLS = {"ae": "æ", "AE": "Æ", "oe": "œ", "OE": "Œ", "imac": "ī", "aum": "ä", "eth": "ð",
-                  "thorn": "þ", "ng": "ŋ", "deg": "°", "min": "′", "sec": "″", "sect": "§", "yogh": "ȝ",
-                  "pounds": "£", "times": "×", "middot": "·", "para": "¶", "dagger": "†", "dag": "†",
-                  "ldqo": "“", "rdqo": "”", "root": "√", "cuberoot": "∛", "flat": "♭", "sharp": "♯",
-                  "natural": "♮", "hand": "☞", "rarr": "→", "add": "a", "asl": "a", "udd": "u",
-                  "dsdot": "ḍ", "lsdot": "ḷ", "zdot": "ż", "th": "th", "nbsp": " ", "break": " "}
+_COMBINING = {
+    "^": "\u0302",
+    "'": "\u0301",
+    "`": "\u0300",
+    "=": "\u0304",
+    "-": "\u0304",
+    ".": "\u0307",
+    '"': "\u0308",
+    "~": "\u0303",
+    ",": "\u0327",
+    "*": "",
+    "breve": "\u0306",
+}
+_GCIDE_SYMBOLS = {
+    "ae": "æ",
+    "AE": "Æ",
+    "oe": "œ",
+    "OE": "Œ",
+    "imac": "ī",
+    "aum": "ä",
+    "eth": "ð",
+    "thorn": "þ",
+    "ng": "ŋ",
+    "deg": "°",
+    "min": "′",
+    "sec": "″",
+    "sect": "§",
+    "yogh": "ȝ",
+    "pounds": "£",
+    "times": "×",
+    "middot": "·",
+    "para": "¶",
+    "dagger": "†",
+    "dag": "†",
+    "ldqo": "“",
+    "rdqo": "”",
+    "root": "√",
+    "cuberoot": "∛",
+    "flat": "♭",
+    "sharp": "♯",
+    "natural": "♮",
+    "hand": "☞",
+    "rarr": "→",
+    "add": "a",
+    "asl": "a",
+    "udd": "u",
+    "dsdot": "ḍ",
+    "lsdot": "ḷ",
+    "zdot": "ż",
+    "th": "th",
+    "nbsp": " ",
+    "break": " ",
+}
 
 
 def _accent(match: re.Match[str]) -> str:
@@ -142,13 +187,59 @@ def gcide_entries(index_text: str, dictionary: bytes) -> list[str]:
 _RST_EXPLICIT = re.compile(r"^\s*\.\.(?:\s+(?:([\w:-]+)::)?|$)")
 _RST_RULE = re.compile(r"^\s*(?:([!-/:-@\[-`{-~])\1{2,}|=+(?: +=+)+|\+[-=+]+\+|\|.*\|)\s*$")  # + table rows
 _RST_OPTION = re.compile(r"^\s*:[\w-]+:(?:\s|$)")
-_RST_SKIP_BODY = frozenset({"index", "toctree", "code-block", "sourcecode", "code", "testcode", "testoutput",
-                            "testsetup", "testcleanup", "doctest", "productionlist", "highlight", "literalinclude",
-                            "image", "figure", "raw", "csv-table", "list-table", "tabularcolumns", "include",
-                            "audit-event", "audit-event-table", "moduleauthor", "sectionauthor", None})
-_RST_INLINE_BODY = frozenset({"note", "warning", "seealso", "versionadded", "versionchanged", "deprecated",
-                              "deprecated-removed", "impl-detail", "important", "tip", "caution", "attention",
-                              "danger", "hint", "admonition", "topic", "sidebar", "glossary", "only", "rubric"})
+_RST_SKIP_BODY = frozenset(
+    {
+        "index",
+        "toctree",
+        "code-block",
+        "sourcecode",
+        "code",
+        "testcode",
+        "testoutput",
+        "testsetup",
+        "testcleanup",
+        "doctest",
+        "productionlist",
+        "highlight",
+        "literalinclude",
+        "image",
+        "figure",
+        "raw",
+        "csv-table",
+        "list-table",
+        "tabularcolumns",
+        "include",
+        "audit-event",
+        "audit-event-table",
+        "moduleauthor",
+        "sectionauthor",
+        None,
+    }
+)
+_RST_INLINE_BODY = frozenset(
+    {
+        "note",
+        "warning",
+        "seealso",
+        "versionadded",
+        "versionchanged",
+        "deprecated",
+        "deprecated-removed",
+        "impl-detail",
+        "important",
+        "tip",
+        "caution",
+        "attention",
+        "danger",
+        "hint",
+        "admonition",
+        "topic",
+        "sidebar",
+        "glossary",
+        "only",
+        "rubric",
+    }
+)
 _RST_INLINE = re.compile(
     r"``(?P<literal>.+?)``|:[\w:.+-]+:`(?P<role>[^`]+)`|`(?P<ref>[^`]+)`_{0,2}"
     r"|\*\*(?P<strong>[^*]+)\*\*|(?<![\w\\*])\*(?P<emph>[^*\s](?:[^*]*[^*\s])?)\*(?![\w*])"
@@ -264,4 +355,3 @@ def parse_embedded_corpus(text: str) -> tuple[list[str], list[str]]:
             texts.append(block)
             books.append(title)
     return texts, books
-

@@ -73,8 +73,10 @@ def _usable_rows(ds: datasets.Dataset, task: Any, where: str) -> tuple[datasets.
     for i, (text, label) in enumerate(zip(ds[input_column], ds[task.label_column])):
         if _is_missing_label(label, class_label):
             if task.missing_labels == "error":
-                raise ValueError(f"task.label_column: row {i + 1} of {where} has no label in column "
-                                 f"{task.label_column!r}; set task.missing_labels=skip to skip such rows")
+                raise ValueError(
+                    f"task.label_column: row {i + 1} of {where} has no label in column "
+                    f"{task.label_column!r}; set task.missing_labels=skip to skip such rows"
+                )
             reason = "missing_label"
         elif text is None or (isinstance(text, str) and not text.strip()):
             reason = "empty_text"
@@ -84,8 +86,13 @@ def _usable_rows(ds: datasets.Dataset, task: Any, where: str) -> tuple[datasets.
         skipped[reason] += 1
         first.setdefault(reason, i + 1)
     if skipped:
-        log.warning("%s: skipped %d of %d rows: %s", where, sum(skipped.values()), len(ds), ", ".join(
-            f"{n} with {SKIP_REASONS[r]} (first: row {first[r]})" for r, n in skipped.items()))
+        log.warning(
+            "%s: skipped %d of %d rows: %s",
+            where,
+            sum(skipped.values()),
+            len(ds),
+            ", ".join(f"{n} with {SKIP_REASONS[r]} (first: row {first[r]})" for r, n in skipped.items()),
+        )
     return (ds if len(keep) == len(ds) else ds.select(keep)), skipped
 
 
@@ -101,13 +108,16 @@ def _normalise(ds: datasets.Dataset, task: Any, labels: list[Any] | None) -> tup
     def convert(row: dict[str, Any]) -> dict[str, Any]:
         value = names[row[task.label_column]] if names else _label_value(row[task.label_column])
         if value not in index:
-            raise ValueError(f"task.label_column: label {value!r} of a test row is absent from the training labels "
-                             f"({', '.join(map(str, labels))}); a classifier cannot learn a class it never sees")
+            raise ValueError(
+                f"task.label_column: label {value!r} of a test row is absent from the training labels "
+                f"({', '.join(map(str, labels))}); a classifier cannot learn a class it never sees"
+            )
         text = row[input_column]
         return {"text": text if isinstance(text, str) else str(text), "label": index[value]}
 
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=[str(x) for x in labels])})
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=[str(x) for x in labels])}
+    )
     return ds.map(convert, remove_columns=ds.column_names, features=features), labels
 
 
@@ -117,24 +127,31 @@ def _check_hold_out(label_ids: list[int], labels: list[Any], task: Any) -> None:
     _check_two_classes(counts, labels, task, "the task")
     rare = [labels[i] for i, n in counts.items() if n < 2]
     if rare:
-        raise ValueError(f"task.label_column: label {rare[0]!r} has a single row; a stratified hold-out "
-                         f"(task.test_fraction) needs at least two rows of every label: add rows or drop that one")
+        raise ValueError(
+            f"task.label_column: label {rare[0]!r} has a single row; a stratified hold-out "
+            f"(task.test_fraction) needs at least two rows of every label: add rows or drop that one"
+        )
     n_test = math.ceil(task.test_fraction * len(label_ids))
     if min(n_test, len(label_ids) - n_test) < len(counts):
-        raise ValueError(f"task.test_fraction={task.test_fraction} splits the {len(label_ids)} rows into {n_test} "
-                         f"test and {len(label_ids) - n_test} training rows, fewer than the {len(counts)} labels: "
-                         "add rows or change task.test_fraction")
+        raise ValueError(
+            f"task.test_fraction={task.test_fraction} splits the {len(label_ids)} rows into {n_test} "
+            f"test and {len(label_ids) - n_test} training rows, fewer than the {len(counts)} labels: "
+            "add rows or change task.test_fraction"
+        )
 
 
 def _check_two_classes(counts: Counter, labels: list[Any], task: Any, where: str) -> None:
     if len(counts) < 2:
         found = f"only the label {labels[next(iter(counts))]!r}" if counts else "no usable row"
-        raise ValueError(f"task.label_column: {where} has {found} in column {task.label_column!r}; "
-                         "a classifier needs at least two labels")
+        raise ValueError(
+            f"task.label_column: {where} has {found} in column {task.label_column!r}; "
+            "a classifier needs at least two labels"
+        )
 
 
-def _split_data(train: datasets.Dataset, test: datasets.Dataset, labels: list[Any], task: Any,
-                skipped: Counter) -> TaskData:
+def _split_data(
+    train: datasets.Dataset, test: datasets.Dataset, labels: list[Any], task: Any, skipped: Counter
+) -> TaskData:
     """Cap the training rows (``task.max_train_samples``) and check the labels both splits hold."""
     if task.max_train_samples:
         train = train.select(range(min(task.max_train_samples, len(train))))
@@ -142,8 +159,10 @@ def _split_data(train: datasets.Dataset, test: datasets.Dataset, labels: list[An
     _check_two_classes(seen, labels, task, "the training split")
     unseen = sorted(set(test["label"]) - set(seen))
     if unseen:
-        raise ValueError(f"task.label_column: label {labels[unseen[0]]!r} of a test row is absent from the training "
-                         "split; a classifier cannot learn a class it never sees")
+        raise ValueError(
+            f"task.label_column: label {labels[unseen[0]]!r} of a test row is absent from the training "
+            "split; a classifier cannot learn a class it never sees"
+        )
     return TaskData(train, test, [str(x) for x in labels], dict(skipped))
 
 
@@ -196,8 +215,9 @@ def sequence_classifier(export_dir: Path, label_names: list[str], init: str) -> 
     The label names go into the config (``id2label`` / ``label2id``), so the fine-tuned export's
     ``text-classification`` pipeline answers with them.
     """
-    config = AutoConfig.from_pretrained(str(export_dir), id2label=dict(enumerate(label_names)),
-                                        label2id={name: i for i, name in enumerate(label_names)})
+    config = AutoConfig.from_pretrained(
+        str(export_dir), id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)}
+    )
     if init == "random":
         model = AutoModelForSequenceClassification.from_config(config)
     else:

@@ -14,7 +14,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 log = logging.getLogger(__name__)
 
-BERT_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+BERT_SPECIALS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 GPT_EOS = "<|endoftext|>"
 
 
@@ -56,7 +62,9 @@ def canonical_ids(tok: Tokenizer, extra_specials: Collection[str] = ()) -> Token
     fixed = sorted((t for t in vocab if t in specials), key=vocab.__getitem__)
     alphabet = sorted(t for t in vocab if t not in specials and is_alphabet(t))
     by_string = data["model"]["type"] == "WordPiece"
-    learned = sorted((t for t in vocab if t not in specials and not is_alphabet(t)), key=None if by_string else vocab.__getitem__)
+    learned = sorted(
+        (t for t in vocab if t not in specials and not is_alphabet(t)), key=None if by_string else vocab.__getitem__
+    )
     data["model"]["vocab"] = {t: i for i, t in enumerate(fixed + alphabet + learned)}
     return Tokenizer.from_str(json.dumps(data))
 
@@ -69,8 +77,9 @@ def continuation_pieces(tok: Tokenizer, texts: list[str]) -> list[str]:
     100,000 GCIDE entries (2 cores). Listing the characters in Python instead is slower and has to re-implement
     the pre-tokenizer's notion of a word."""
     probe = Tokenizer.from_str(tok.to_str())
-    probe.train_from_iterator(texts, trainer=trainers.WordPieceTrainer(vocab_size=1, special_tokens=["[UNK]"],
-                                                                       show_progress=False))
+    probe.train_from_iterator(
+        texts, trainer=trainers.WordPieceTrainer(vocab_size=1, special_tokens=["[UNK]"], show_progress=False)
+    )
     return sorted(t for t in probe.get_vocab() if t.startswith("##"))
 
 
@@ -89,8 +98,12 @@ def _bert_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = list(BERT_SPECIALS.values())
     pieces = continuation_pieces(tok, texts)
-    trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                        special_tokens=specials + pieces, show_progress=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=specials + pieces,
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     tok = canonical_ids(tok, extra_specials=pieces)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -107,13 +120,20 @@ def _gpt_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) 
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=[GPT_EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=[GPT_EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=canonical_ids(tok), model_max_length=max_length,
-        bos_token=GPT_EOS, eos_token=GPT_EOS, unk_token=GPT_EOS, pad_token=GPT_EOS,
+        tokenizer_object=canonical_ids(tok),
+        model_max_length=max_length,
+        bos_token=GPT_EOS,
+        eos_token=GPT_EOS,
+        unk_token=GPT_EOS,
+        pad_token=GPT_EOS,
     )
 
 

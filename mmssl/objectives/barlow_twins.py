@@ -73,8 +73,9 @@ class BarlowTwins(Objective):
 
     def __init__(self, config: BarlowTwinsConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
-        self.projector = configured_head("barlow_twins_projector", encoder.hidden_size, config.projector_hidden_dim,
-                                         config.projector_dim)
+        self.projector = configured_head(
+            "barlow_twins_projector", encoder.hidden_size, config.projector_hidden_dim, config.projector_dim
+        )
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
         v1, v2 = views_of(batch, "barlow_twins", exactly_two=True)

@@ -67,8 +67,9 @@ class BestRQ(Objective):
         super().__init__(config, encoder)
         if encoder.unit_dim is None:
             raise ValueError(f"best-rq quantizes feature units, but {type(encoder).__name__} has no unit_dim")
-        self.quantizer = RandomProjectionQuantizer(encoder.unit_dim, config.codebook_size, config.codebook_dim,
-                                                   config.seed)
+        self.quantizer = RandomProjectionQuantizer(
+            encoder.unit_dim, config.codebook_size, config.codebook_dim, config.seed
+        )
         self.head = nn.Linear(encoder.hidden_size, config.codebook_size)
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
@@ -81,6 +82,9 @@ class BestRQ(Objective):
         hidden = encoder.encode(batch, mask=mask).hidden
         loss, acc = unit_classification_loss(self.head(hidden[mask]), targets)
         used = torch.unique(targets).numel() / cfg.codebook_size
-        logs = {"masked_accuracy": acc, "codes_used": torch.tensor(used),
-                "masked_fraction": (mask.sum() / batch.maskable.sum().clamp(min=1)).detach()}
+        logs = {
+            "masked_accuracy": acc,
+            "codes_used": torch.tensor(used),
+            "masked_fraction": (mask.sum() / batch.maskable.sum().clamp(min=1)).detach(),
+        }
         return ObjectiveOutput(loss=loss, terms={"best_rq": loss}, logs=logs)

@@ -50,8 +50,9 @@ class BGRL(Objective):
         d = encoder.hidden_size
         self.predictor = MLPHead(d, config.predictor_hidden_dim, d, num_layers=2)
         # batch norm in the GNN uses batch statistics in the teacher too
-        self.teacher = MomentumTeacher(encoder, CosineSchedule(config.base_momentum, config.final_momentum),
-                                       train_mode=True)
+        self.teacher = MomentumTeacher(
+            encoder, CosineSchedule(config.base_momentum, config.final_momentum), train_mode=True
+        )
 
     def _target(self, view: Batch) -> Tensor:
         with torch.no_grad():

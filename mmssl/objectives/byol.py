@@ -70,10 +70,12 @@ class BYOL(Objective):
 
     def __init__(self, config: BYOLConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
-        self.projector = configured_head("byol_projector", encoder.hidden_size, config.projector_hidden_dim,
-                                         config.projector_dim)
-        self.predictor = configured_head("byol_predictor", config.projector_dim, config.predictor_hidden_dim,
-                                         config.projector_dim)
+        self.projector = configured_head(
+            "byol_projector", encoder.hidden_size, config.projector_hidden_dim, config.projector_dim
+        )
+        self.predictor = configured_head(
+            "byol_predictor", config.projector_dim, config.predictor_hidden_dim, config.projector_dim
+        )
         schedule = CosineSchedule(config.base_momentum, config.final_momentum)
         self.teacher = MomentumTeacher(Branch(encoder, self.projector), schedule, train_mode=True)
 

@@ -52,6 +52,8 @@ def check_span_fits(maskable: Tensor, span_length: int, name: str) -> None:
         ValueError: If ``T < span_length``.
     """
     if maskable.shape[1] < span_length:
-        raise ValueError(f"objective.{name}={span_length} is longer than the rows of this batch "
-                         f"({maskable.shape[1]} units), so nothing can be masked; lower objective.{name} "
-                         "or give longer inputs")
+        raise ValueError(
+            f"objective.{name}={span_length} is longer than the rows of this batch "
+            f"({maskable.shape[1]} units), so nothing can be masked; lower objective.{name} "
+            "or give longer inputs"
+        )

@@ -102,15 +102,27 @@ class ClipHeads(nn.Module):
         learn_temperature: whether ``log s`` is trained.
     """
 
-    def __init__(self, main_dim: int, paired_dim: int, projection_dim: int, init_temperature: float = 0.07,
-                 max_logit_scale: float = 100.0, learn_temperature: bool = True) -> None:
+    def __init__(
+        self,
+        main_dim: int,
+        paired_dim: int,
+        projection_dim: int,
+        init_temperature: float = 0.07,
+        max_logit_scale: float = 100.0,
+        learn_temperature: bool = True,
+    ) -> None:
         super().__init__()
-        self.dims = {"main_dim": main_dim, "paired_dim": paired_dim, "projection_dim": projection_dim,
-                     "max_logit_scale": max_logit_scale}
+        self.dims = {
+            "main_dim": main_dim,
+            "paired_dim": paired_dim,
+            "projection_dim": projection_dim,
+            "max_logit_scale": max_logit_scale,
+        }
         self.main_projection = nn.Linear(main_dim, projection_dim, bias=False)
         self.paired_projection = nn.Linear(paired_dim, projection_dim, bias=False)
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)),
-                                            requires_grad=learn_temperature)
+        self.log_logit_scale = nn.Parameter(
+            torch.tensor(math.log(1 / init_temperature)), requires_grad=learn_temperature
+        )
         self.max_logit_scale = max_logit_scale
 
     def logit_scale(self) -> Tensor:
@@ -142,8 +154,10 @@ class ClipHeads(nn.Module):
 def two_towers(encoder: Encoder) -> TwoTowerEncoder:
     """``encoder`` checked to be a :class:`TwoTowerEncoder`."""
     if not isinstance(encoder, TwoTowerEncoder):
-        raise ValueError(f"objective clip needs a two-tower encoder (paired modalities), got {type(encoder).__name__}; "
-                         "use a paired domain such as speech_text")
+        raise ValueError(
+            f"objective clip needs a two-tower encoder (paired modalities), got {type(encoder).__name__}; "
+            "use a paired domain such as speech_text"
+        )
     return encoder
 
 
@@ -156,8 +170,14 @@ class CLIP(Objective):
     def __init__(self, config: ClipConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
         towers = two_towers(encoder)
-        self.heads = ClipHeads(towers.main.hidden_size, towers.paired.hidden_size, config.projection_dim,
-                               config.init_temperature, config.max_logit_scale, config.learn_temperature)
+        self.heads = ClipHeads(
+            towers.main.hidden_size,
+            towers.paired.hidden_size,
+            config.projection_dim,
+            config.init_temperature,
+            config.max_logit_scale,
+            config.learn_temperature,
+        )
         towers.attach_export("clip", self.heads)
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
@@ -167,6 +187,9 @@ class CLIP(Objective):
         with torch.no_grad():
             sims = F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).T  # [B, B], local only
             target = torch.arange(a.shape[0], device=a.device)
-            logs = {"logit_scale": scale.detach(), "accuracy_a_to_b": (sims.argmax(1) == target).float().mean(),
-                    "accuracy_b_to_a": (sims.argmax(0) == target).float().mean()}
+            logs = {
+                "logit_scale": scale.detach(),
+                "accuracy_a_to_b": (sims.argmax(1) == target).float().mean(),
+                "accuracy_b_to_a": (sims.argmax(0) == target).float().mean(),
+            }
         return ObjectiveOutput(loss=loss, terms={"clip": loss}, logs=logs)

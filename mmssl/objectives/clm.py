@@ -29,8 +29,10 @@ class CausalLM(Objective):
     def __init__(self, config: CausalLMConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
         if not encoder.causal:  # a bidirectional encoder sees the unit it is asked to predict
-            raise ValueError(f"clm predicts each unit from the ones before it and needs a causal encoder "
-                             f"(e.g. encoder.arch=gpt2), got {type(encoder).__name__}, which sees both sides")
+            raise ValueError(
+                f"clm predicts each unit from the ones before it and needs a causal encoder "
+                f"(e.g. encoder.arch=gpt2), got {type(encoder).__name__}, which sees both sides"
+            )
         self.head = vocab_head(encoder)
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:

@@ -98,8 +98,9 @@ def normalise_units(x: Tensor, padding_mask: Tensor, kind: NormKind) -> Tensor:
     return (x - mean) * torch.rsqrt(var + 1e-5) * keep
 
 
-def teacher_targets(layers: tuple[Tensor, ...], padding_mask: Tensor, top_k: int, layer_norm: NormKind,
-                    final_norm: NormKind) -> Tensor:
+def teacher_targets(
+    layers: tuple[Tensor, ...], padding_mask: Tensor, top_k: int, layer_norm: NormKind, final_norm: NormKind
+) -> Tensor:
     """data2vec targets: ``final_norm(mean_{l in top K} layer_norm(layers[l]))``, ``[B, T, D]`` float32.
 
     ``layers`` is the encoder's per-layer outputs with the embedding output first, so the
@@ -126,8 +127,12 @@ def repeat_batch(batch: Batch, times: int) -> Batch:
         return x.repeat(times, *([1] * (x.ndim - 1)))
 
     extras = {k: rep(v) if isinstance(v, Tensor) and v.ndim and v.shape[0] == b else v for k, v in batch.extras.items()}
-    return batch.replace(units=rep(batch.units), padding_mask=rep(batch.padding_mask),
-                         special_mask=None if batch.special_mask is None else rep(batch.special_mask), extras=extras)
+    return batch.replace(
+        units=rep(batch.units),
+        padding_mask=rep(batch.padding_mask),
+        special_mask=None if batch.special_mask is None else rep(batch.special_mask),
+        extras=extras,
+    )
 
 
 def output_maskable(batch: Batch, output_padding: Tensor) -> Tensor:
@@ -146,7 +151,9 @@ class Data2Vec(Objective):
     def __init__(self, config: Data2VecConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
         if config.mask == "bert" and encoder.mask_token_id is None:
-            raise ValueError(f"objective.mask=bert needs an encoder with a mask token; {type(encoder).__name__} has none")
+            raise ValueError(
+                f"objective.mask=bert needs an encoder with a mask token; {type(encoder).__name__} has none"
+            )
         schedule = LinearSchedule(config.ema_decay, config.ema_end_decay, config.ema_anneal_steps)
         self.teacher = MomentumTeacher(encoder, schedule, train_mode=False)  # data2vec: teacher always in eval mode
         self.head = nn.Linear(encoder.hidden_size, encoder.hidden_size)  # the paper's linear regression head
@@ -159,18 +166,27 @@ class Data2Vec(Objective):
         """
         cfg = self.config
         if cfg.mask in ("bert", "block") and maskable.shape != batch.padding_mask.shape:
-            raise ValueError(f"objective.mask={cfg.mask} masks the batch's own units, but this encoder's output grid "
-                             f"{tuple(maskable.shape)} is not the unit grid {tuple(batch.padding_mask.shape)} "
-                             "(e.g. conv frames of a waveform); use mask=span or mask=random")
+            raise ValueError(
+                f"objective.mask={cfg.mask} masks the batch's own units, but this encoder's output grid "
+                f"{tuple(maskable.shape)} is not the unit grid {tuple(batch.padding_mask.shape)} "
+                "(e.g. conv frames of a waveform); use mask=span or mask=random"
+            )
         if cfg.mask == "bert":
-            mask, corrupted = bert_mask(batch.units, maskable, mask_token_id=encoder.mask_token_id,
-                                        vocab_size=encoder.vocab_size, mask_prob=cfg.mask_prob)
+            mask, corrupted = bert_mask(
+                batch.units,
+                maskable,
+                mask_token_id=encoder.mask_token_id,
+                vocab_size=encoder.vocab_size,
+                mask_prob=cfg.mask_prob,
+            )
             return mask, batch.replace(units=corrupted)
         if cfg.mask == "block":
             mask = grid_block_mask(batch, cfg.mask_prob, cfg.min_block)
             if mask is None:
-                raise ValueError("objective.mask=block needs a 2-D unit grid (Batch.grid); "
-                                 "use mask=random or mask=span for this domain")
+                raise ValueError(
+                    "objective.mask=block needs a 2-D unit grid (Batch.grid); "
+                    "use mask=random or mask=span for this domain"
+                )
         elif cfg.mask == "span":
             check_span_fits(maskable, cfg.span_length, "span_length")
             mask = span_mask(maskable, start_prob=cfg.mask_prob, span_length=cfg.span_length, min_spans=1)
@@ -183,11 +199,14 @@ class Data2Vec(Objective):
         with torch.no_grad():  # one teacher pass on the unmasked batch, shared by every mask
             teacher = self.teacher.module.encode(batch, all_layers=True)
             if teacher.layers is None:
-                raise ValueError(f"{type(encoder).__name__}.encode(all_layers=True) returned no layers; "
-                                 "data2vec needs per-layer outputs")
+                raise ValueError(
+                    f"{type(encoder).__name__}.encode(all_layers=True) returned no layers; "
+                    "data2vec needs per-layer outputs"
+                )
             # targets live on the encoder's output grid (conv frames for waveforms, else the unit grid)
-            targets = teacher_targets(teacher.layers, teacher.padding_mask, cfg.top_k_layers, cfg.layer_norm_targets,
-                                      cfg.final_norm)
+            targets = teacher_targets(
+                teacher.layers, teacher.padding_mask, cfg.top_k_layers, cfg.layer_norm_targets, cfg.final_norm
+            )
         student_batch = repeat_batch(batch, cfg.num_masks)
         maskable = output_maskable(student_batch, teacher.padding_mask.repeat(cfg.num_masks, 1))
         mask, student_batch = self.make_mask(encoder, student_batch, maskable)

@@ -48,8 +48,9 @@ def row_summary(hidden: Tensor, padding_mask: Tensor) -> Tensor:
     return torch.sigmoid((hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0))
 
 
-def dgi_logits(pos: Tensor, neg: Tensor, summary: Tensor, weight: Tensor,
-               index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def dgi_logits(
+    pos: Tensor, neg: Tensor, summary: Tensor, weight: Tensor, index: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The bilinear discriminator's logits ``h^T W s`` for the real and the corrupted locals.
 
     ``W s`` is computed once per *summary* (``[S, D] x [D, D]``), then looked up for each local:
@@ -94,8 +95,9 @@ def dgi_loss(pos: Tensor, neg: Tensor, summary: Tensor, weight: Tensor, index: T
 
 
 def _bce_pair(pos_logits: Tensor, neg_logits: Tensor) -> Tensor:
-    return (F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits))
-            + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits)))
+    return F.binary_cross_entropy_with_logits(
+        pos_logits, torch.ones_like(pos_logits)
+    ) + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,9 @@ from mmssl.objectives.memory import MemoryQueue
 from mmssl.types import Batch, Extra, ObjectiveOutput
 
 
-def link_contrastive_loss(query: Tensor, key: Tensor, queue: Tensor | None, temperature: float,
-                          key_ids: Tensor | None = None) -> Tensor:
+def link_contrastive_loss(
+    query: Tensor, key: Tensor, queue: Tensor | None, temperature: float, key_ids: Tensor | None = None
+) -> Tensor:
     """Cross entropy of each query's own key against the batch's other keys and the queue.
 
     Logits of query ``q_i`` are ``[q_i . k_1, ..., q_i . k_P, q_i . queue_1, ...] / tau`` on
@@ -105,8 +106,11 @@ class GPTGNN(Objective):
         if attr is None or pairs is None:
             raise ValueError("gpt_gnn needs batch.extras['gen_attr'] and ['gen_pairs']; set data.views=gpt_gnn")
         hidden = encoder.encode(batch, mask=attr).hidden  # [B, T, D]; the removed links are absent here
-        attr_loss = masked_regression_loss(self.attr_decoder(hidden[attr]), batch.units[attr],
-                                           torch.ones(int(attr.sum()), dtype=torch.bool, device=attr.device))
+        attr_loss = masked_regression_loss(
+            self.attr_decoder(hidden[attr]),
+            batch.units[attr],
+            torch.ones(int(attr.sum()), dtype=torch.bool, device=attr.device),
+        )
         flat = hidden.reshape(-1, hidden.shape[-1])
         q, k = self.query(flat[pairs[0]]), self.key(flat[pairs[1]])
         ids = batch.extras.get(Extra.NODE_ID)

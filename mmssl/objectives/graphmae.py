@@ -82,9 +82,11 @@ class GraphMAE(Objective):
         self.encoder_to_decoder = nn.Linear(d, d, bias=False)
         decoder = encoder.unit_decoder(d, c)
         if decoder is None:
-            raise CapabilityError(f"graphmae decodes each masked unit from its neighbours and needs an encoder with a "
-                                  f"unit decoder (the graph domain's GNNs), got {type(encoder).__name__}; for patches "
-                                  "or frames use mae or simmim")
+            raise CapabilityError(
+                f"graphmae decodes each masked unit from its neighbours and needs an encoder with a "
+                f"unit decoder (the graph domain's GNNs), got {type(encoder).__name__}; for patches "
+                "or frames use mae or simmim"
+            )
         self.decoder = decoder
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:

@@ -60,19 +60,26 @@ class HuBERT(Objective):
 
     def __init__(self, config: HuBERTConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
-        self.logits = CosineCodeLogits(encoder.hidden_size, config.embed_dim, config.num_classes,
-                                       config.logit_temperature)
+        self.logits = CosineCodeLogits(
+            encoder.hidden_size, config.embed_dim, config.num_classes, config.logit_temperature
+        )
 
     def targets(self, batch: Batch) -> Tensor:
         """The checked ``[B, T]`` cluster ids of ``batch``."""
         targets = batch.extras.get(Extra.TARGETS)
         if targets is None:
-            raise ValueError("hubert needs per-unit targets in batch.extras['targets'] (audio: data.targets=mfcc-kmeans)")
+            raise ValueError(
+                "hubert needs per-unit targets in batch.extras['targets'] (audio: data.targets=mfcc-kmeans)"
+            )
         if targets.shape != batch.padding_mask.shape:
-            raise ValueError(f"targets {tuple(targets.shape)} are not on the unit grid {tuple(batch.padding_mask.shape)}")
+            raise ValueError(
+                f"targets {tuple(targets.shape)} are not on the unit grid {tuple(batch.padding_mask.shape)}"
+            )
         if int(targets.max()) >= self.config.num_classes:
-            raise ValueError(f"a target id {int(targets.max())} >= objective.num_classes={self.config.num_classes} "
-                             "(set it to data.num_clusters)")
+            raise ValueError(
+                f"a target id {int(targets.max())} >= objective.num_classes={self.config.num_classes} "
+                "(set it to data.num_clusters)"
+            )
         return targets
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:

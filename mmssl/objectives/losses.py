@@ -163,5 +163,9 @@ def unit_classification_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, T
     n = torch.tensor(float(targets.numel()), device=logits.device)
     logits = logits.float()  # the loss in float32 under autocast (argmax is also faster there on CPU)
     loss = F.cross_entropy(logits, targets, reduction="sum") / global_mean_normalizer(n)
-    acc = (logits.detach().argmax(-1) == targets).float().mean() if targets.numel() else torch.zeros((), device=logits.device)
+    acc = (
+        (logits.detach().argmax(-1) == targets).float().mean()
+        if targets.numel()
+        else torch.zeros((), device=logits.device)
+    )
     return loss, acc.detach()

@@ -40,8 +40,10 @@ class MAEConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"objective.{name} must be >= 1, got {getattr(self, name)}")
         if self.decoder_dim % self.decoder_heads:
-            raise ValueError(f"objective.decoder_dim={self.decoder_dim} is not divisible by "
-                             f"objective.decoder_heads={self.decoder_heads}")
+            raise ValueError(
+                f"objective.decoder_dim={self.decoder_dim} is not divisible by "
+                f"objective.decoder_heads={self.decoder_heads}"
+            )
 
 
 class MAEDecoder(nn.Module):
@@ -68,8 +70,15 @@ class MAEDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.empty(width).normal_(std=0.02))
         self.position = nn.Parameter(nn.init.trunc_normal_(torch.empty(max_units, width), std=0.02))
         self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu",
-                                       batch_first=True, norm_first=True)
+            nn.TransformerEncoderLayer(
+                width,
+                heads,
+                dim_feedforward=4 * width,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(width)
@@ -92,8 +101,10 @@ class MAEDecoder(nn.Module):
         b, k = visible.shape
         num_units, width = k + masked.shape[1], self.position.shape[1]
         if num_units > self.position.shape[0]:
-            raise ValueError(f"objective.max_units={self.position.shape[0]} is below the batch's {num_units} "
-                             "units; raise objective.max_units")
+            raise ValueError(
+                f"objective.max_units={self.position.shape[0]} is below the batch's {num_units} "
+                "units; raise objective.max_units"
+            )
         tokens = self.embed(hidden)  # [B, K, W]
         x = self.mask_token.to(tokens.dtype).expand(b, num_units, width)
         x = x.scatter(1, visible.unsqueeze(-1).expand(-1, -1, width), tokens)  # [B, T, W]
@@ -112,8 +123,9 @@ def split_units(mask: Tensor) -> tuple[Tensor, Tensor]:
     """
     counts = mask.sum(1)
     if bool((counts != counts[0]).any()):
-        raise ValueError("mae needs the same number of maskable units in every row (no padding, the same "
-                         "special units)")
+        raise ValueError(
+            "mae needs the same number of maskable units in every row (no padding, the same special units)"
+        )
     order = mask.to(torch.uint8).argsort(dim=1, stable=True)  # unmasked units first, each part in index order
     visible_count = mask.shape[1] - int(counts[0])
     return order[:, :visible_count], order[:, visible_count:]
@@ -132,8 +144,14 @@ class MAE(Objective):
     def __init__(self, config: MAEConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
         self.unit_dim = unit_dim_of(encoder, "mae")
-        self.decoder = MAEDecoder(encoder.hidden_size, self.unit_dim, config.decoder_dim, config.decoder_depth,
-                                  config.decoder_heads, config.max_units)
+        self.decoder = MAEDecoder(
+            encoder.hidden_size,
+            self.unit_dim,
+            config.decoder_dim,
+            config.decoder_depth,
+            config.decoder_heads,
+            config.max_units,
+        )
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
         units = feature_units(batch, self.unit_dim, "mae")

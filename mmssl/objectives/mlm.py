@@ -54,8 +54,13 @@ class MaskedLM(Objective):
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
         cfg = self.config
         mask, corrupted = bert_mask(
-            batch.units, batch.maskable, mask_token_id=encoder.mask_token_id, vocab_size=encoder.vocab_size,
-            mask_prob=cfg.mask_prob, mask_token_frac=cfg.mask_token_frac, random_token_frac=cfg.random_token_frac,
+            batch.units,
+            batch.maskable,
+            mask_token_id=encoder.mask_token_id,
+            vocab_size=encoder.vocab_size,
+            mask_prob=cfg.mask_prob,
+            mask_token_frac=cfg.mask_token_frac,
+            random_token_frac=cfg.random_token_frac,
         )
         # the encoder is read at the masked units (and [CLS] for SOP) only: its last layer
         # and the vocabulary projection run there, never over all [B, T] positions

@@ -90,8 +90,9 @@ class MoCoV2(Objective):
 
     def __init__(self, config: MoCoV2Config, encoder: Encoder) -> None:
         super().__init__(config, encoder)
-        self.projector = configured_head("moco_v2_projector", encoder.hidden_size, config.projector_hidden_dim,
-                                         config.projector_dim)
+        self.projector = configured_head(
+            "moco_v2_projector", encoder.hidden_size, config.projector_hidden_dim, config.projector_dim
+        )
         schedule = CosineSchedule(config.momentum, config.momentum)  # constant
         self.teacher = MomentumTeacher(Branch(encoder, self.projector), schedule, train_mode=True)
         self.queue = MemoryQueue(config.projector_dim, config.queue_size)
@@ -105,8 +106,11 @@ class MoCoV2(Objective):
         loss = (info_nce(q1, k2, negatives, t) + info_nce(q2, k1, negatives, t)) / 2
         if self.training:
             self.queue.enqueue(F.normalize(torch.cat([k1, k2]).float(), dim=1))
-        logs = {"contrastive_accuracy": contrastive_accuracy(q1, k2, negatives), "embedding_std": embedding_std(q1),
-                "momentum": self.teacher.momentum.clone()}
+        logs = {
+            "contrastive_accuracy": contrastive_accuracy(q1, k2, negatives),
+            "embedding_std": embedding_std(q1),
+            "momentum": self.teacher.momentum.clone(),
+        }
         return ObjectiveOutput(loss=loss, terms={"info_nce": loss}, logs=logs)
 
     def after_optimizer_step(self, encoder: Encoder, step: int, max_steps: int) -> None:

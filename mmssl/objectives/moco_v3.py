@@ -80,10 +80,12 @@ class MoCoV3(Objective):
 
     def __init__(self, config: MoCoV3Config, encoder: Encoder) -> None:
         super().__init__(config, encoder)
-        self.projector = configured_head("moco_v3_projector", encoder.hidden_size, config.projector_hidden_dim,
-                                         config.projector_dim)
-        self.predictor = configured_head("moco_v3_predictor", config.projector_dim, config.predictor_hidden_dim,
-                                         config.projector_dim)
+        self.projector = configured_head(
+            "moco_v3_projector", encoder.hidden_size, config.projector_hidden_dim, config.projector_dim
+        )
+        self.predictor = configured_head(
+            "moco_v3_predictor", config.projector_dim, config.predictor_hidden_dim, config.projector_dim
+        )
         schedule = CosineSchedule(config.base_momentum, config.final_momentum)
         self.teacher = MomentumTeacher(Branch(encoder, self.projector), schedule, train_mode=True)
 
@@ -94,8 +96,11 @@ class MoCoV3(Objective):
         k1, k2 = self.teacher(v1), self.teacher(v2)
         t = self.config.temperature
         loss = moco_v3_loss(q1, k2, t) + moco_v3_loss(q2, k1, t)
-        logs = {"contrastive_accuracy": contrastive_accuracy(q1, k2), "embedding_std": embedding_std(z1),
-                "momentum": self.teacher.momentum.clone()}
+        logs = {
+            "contrastive_accuracy": contrastive_accuracy(q1, k2),
+            "embedding_std": embedding_std(z1),
+            "momentum": self.teacher.momentum.clone(),
+        }
         return ObjectiveOutput(loss=loss, terms={"moco_v3": loss}, logs=logs)
 
     def after_optimizer_step(self, encoder: Encoder, step: int, max_steps: int) -> None:

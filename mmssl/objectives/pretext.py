@@ -50,14 +50,20 @@ class Pretext(Objective):
         """The checked ``[B]`` pretext labels of ``batch``."""
         labels = batch.extras.get(Extra.PRETEXT_LABELS)
         if labels is None:
-            raise ValueError("the pretext objective needs batch.extras['pretext_labels']; use a data transform "
-                             "that makes them, e.g. data.views=rotation")
+            raise ValueError(
+                "the pretext objective needs batch.extras['pretext_labels']; use a data transform "
+                "that makes them, e.g. data.views=rotation"
+            )
         if labels.shape != (batch.batch_size,) or labels.dtype != torch.long:
-            raise ValueError(f"batch.extras['pretext_labels'] must be int64 of shape [{batch.batch_size}], "
-                             f"got {labels.dtype} {tuple(labels.shape)}")
+            raise ValueError(
+                f"batch.extras['pretext_labels'] must be int64 of shape [{batch.batch_size}], "
+                f"got {labels.dtype} {tuple(labels.shape)}"
+            )
         if bool(((labels < 0) | (labels >= self.config.num_classes)).any()):
-            raise ValueError(f"pretext labels must be in [0, objective.num_classes={self.config.num_classes}), "
-                             f"got values up to {int(labels.max())}")
+            raise ValueError(
+                f"pretext labels must be in [0, objective.num_classes={self.config.num_classes}), "
+                f"got values up to {int(labels.max())}"
+            )
         return labels
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:

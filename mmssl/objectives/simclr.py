@@ -82,8 +82,9 @@ class SimCLR(Objective):
 
     def __init__(self, config: SimCLRConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
-        self.projector = configured_head("simclr_projector", encoder.hidden_size, config.projector_hidden_dim,
-                                         config.projector_dim)
+        self.projector = configured_head(
+            "simclr_projector", encoder.hidden_size, config.projector_hidden_dim, config.projector_dim
+        )
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
         z = [self.projector(represent(encoder, v)) for v in views_of(batch, "simclr")]  # V x [B, P]

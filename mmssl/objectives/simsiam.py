@@ -57,10 +57,12 @@ class SimSiam(Objective):
 
     def __init__(self, config: SimSiamConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
-        self.projector = configured_head("simsiam_projector", encoder.hidden_size, config.projector_hidden_dim,
-                                         config.projector_dim)
-        self.predictor = configured_head("simsiam_predictor", config.projector_dim, config.predictor_hidden_dim,
-                                         config.projector_dim)
+        self.projector = configured_head(
+            "simsiam_projector", encoder.hidden_size, config.projector_hidden_dim, config.projector_dim
+        )
+        self.predictor = configured_head(
+            "simsiam_predictor", config.projector_dim, config.predictor_hidden_dim, config.projector_dim
+        )
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
         v1, v2 = views_of(batch, "simsiam", exactly_two=True)

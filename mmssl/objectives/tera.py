@@ -84,12 +84,15 @@ class TERA(Objective):
         if encoder.unit_dim is None:
             raise ValueError(f"tera reconstructs feature units, but {type(encoder).__name__} has no unit_dim")
         if encoder.unit_dim % config.channel_groups:
-            raise ValueError(f"objective.channel_groups={config.channel_groups} does not divide the "
-                             f"{encoder.unit_dim} features per unit")
+            raise ValueError(
+                f"objective.channel_groups={config.channel_groups} does not divide the "
+                f"{encoder.unit_dim} features per unit"
+            )
         d, width = encoder.hidden_size, config.hidden_dim or encoder.hidden_size
         # TERA's prediction network: dense, GELU, layer norm, dense to the unit features (sec. III-D)
-        self.head = nn.Sequential(nn.Linear(d, width), nn.GELU(), nn.LayerNorm(width),
-                                  nn.Linear(width, encoder.unit_dim))
+        self.head = nn.Sequential(
+            nn.Linear(d, width), nn.GELU(), nn.LayerNorm(width), nn.Linear(width, encoder.unit_dim)
+        )
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
         units = regression_units(encoder, batch, "tera")

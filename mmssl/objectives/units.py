@@ -21,8 +21,10 @@ def unit_dim_of(encoder: Encoder, objective: str) -> int:
         ValueError: If the encoder does not declare :attr:`Encoder.unit_dim`.
     """
     if encoder.unit_dim is None:
-        raise ValueError(f"{objective} reconstructs [B, T, C] feature units, but {type(encoder).__name__} has no "
-                         "unit_dim (it reads unit ids or does not declare C)")
+        raise ValueError(
+            f"{objective} reconstructs [B, T, C] feature units, but {type(encoder).__name__} has no "
+            "unit_dim (it reads unit ids or does not declare C)"
+        )
     return encoder.unit_dim
 
 
@@ -34,8 +36,10 @@ def feature_units(batch: Batch, unit_dim: int, objective: str) -> Tensor:
     """
     units = batch.units
     if units.ndim != 3 or not units.is_floating_point():
-        raise ValueError(f"{objective} regresses unit features [B, T, C], got {units.dtype} units of shape "
-                         f"{tuple(units.shape)} (token ids are predicted by mlm)")
+        raise ValueError(
+            f"{objective} regresses unit features [B, T, C], got {units.dtype} units of shape "
+            f"{tuple(units.shape)} (token ids are predicted by mlm)"
+        )
     if units.shape[-1] != unit_dim:
         raise ValueError(f"the encoder's unit_dim is {unit_dim} but the batch's units have {units.shape[-1]} features")
     return units
@@ -48,8 +52,10 @@ def regression_units(encoder: Encoder, batch: Batch, objective: str) -> Tensor:
         ValueError: If the units are not float ``[B, T, C]`` or the encoder declares no ``unit_dim``.
     """
     if encoder.unit_dim is None or batch.units.ndim != 3 or not batch.units.is_floating_point():
-        raise ValueError(f"{objective} regresses feature units [B, T, C] (e.g. fbank frames: data.stream=fbank), "
-                         f"got units of shape {tuple(batch.units.shape)} with {type(encoder).__name__}")
+        raise ValueError(
+            f"{objective} regresses feature units [B, T, C] (e.g. fbank frames: data.stream=fbank), "
+            f"got units of shape {tuple(batch.units.shape)} with {type(encoder).__name__}"
+        )
     return batch.units
 
 
@@ -60,7 +66,6 @@ def grid_block_mask(batch: Batch, ratio: float, min_block: int) -> Tensor | None
         return None
     rows, cols = batch.grid
     if rows * cols != batch.units.shape[1]:
-        raise ValueError(f"Batch.grid = {rows}x{cols} does not hold the batch's "
-                         f"{batch.units.shape[1]} units")
+        raise ValueError(f"Batch.grid = {rows}x{cols} does not hold the batch's {batch.units.shape[1]} units")
     blocks = block_mask_2d(batch.batch_size, rows, cols, ratio=ratio, min_block=min_block, device=batch.units.device)
     return blocks & batch.maskable

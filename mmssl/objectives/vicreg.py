@@ -109,8 +109,9 @@ class VICReg(Objective):
 
     def __init__(self, config: VICRegConfig, encoder: Encoder) -> None:
         super().__init__(config, encoder)
-        self.projector = configured_head("vicreg_projector", encoder.hidden_size, config.projector_hidden_dim,
-                                         config.projector_dim)
+        self.projector = configured_head(
+            "vicreg_projector", encoder.hidden_size, config.projector_hidden_dim, config.projector_dim
+        )
 
     def forward(self, encoder: Encoder, batch: Batch) -> ObjectiveOutput:
         v1, v2 = views_of(batch, "vicreg", exactly_two=True)

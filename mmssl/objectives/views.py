@@ -28,11 +28,14 @@ def views_of(batch: Batch, objective: str, exactly_two: bool = False) -> tuple[B
     views = batch.views
     if views is None or len(views) < 2:
         got = "none" if views is None else len(views)
-        raise ValueError(f"{objective} needs 2 augmented views in Batch.views (got {got}); "
-                         "set data.views in the recipe")
+        raise ValueError(
+            f"{objective} needs 2 augmented views in Batch.views (got {got}); set data.views in the recipe"
+        )
     if exactly_two and len(views) != 2:
-        raise ValueError(f"{objective} uses exactly two views, got {len(views)} (only simclr and byol take "
-                         "multi-crop local views); set data.views to a two-view pipeline")
+        raise ValueError(
+            f"{objective} uses exactly two views, got {len(views)} (only simclr and byol take "
+            "multi-crop local views); set data.views to a two-view pipeline"
+        )
     return tuple(views)
 
 

@@ -81,13 +81,17 @@ def _identical(q: Tensor, valid: Tensor, max_elements: int = 1 << 26) -> Tensor:
     """
     b, m, d = q.shape
     chunk = max(1, max_elements // max(1, b * m * d))
-    out = torch.cat([(q[:, i:i + chunk, None, :] == q[:, None, :, :]).all(-1) for i in range(0, m, chunk)], dim=1) \
-        if m else torch.zeros(b, 0, 0, dtype=torch.bool, device=q.device)
+    out = (
+        torch.cat([(q[:, i : i + chunk, None, :] == q[:, None, :, :]).all(-1) for i in range(0, m, chunk)], dim=1)
+        if m
+        else torch.zeros(b, 0, 0, dtype=torch.bool, device=q.device)
+    )
     return out & valid[:, :, None] & valid[:, None, :]
 
 
-def quantized_contrastive_loss(context: Tensor, quantized: Tensor, mask: Tensor, distractors: Tensor,
-                               temperature: float = 0.1) -> tuple[Tensor, Tensor]:
+def quantized_contrastive_loss(
+    context: Tensor, quantized: Tensor, mask: Tensor, distractors: Tensor, temperature: float = 0.1
+) -> tuple[Tensor, Tensor]:
     """wav2vec 2.0's contrastive loss ``L_m`` (eq. 3), summed over the masked units.
 
     ``-log( exp(sim(c_t, q_t)/k) / sum_{q in Q_t} exp(sim(c_t, q)/k) )`` with cosine ``sim``
@@ -115,8 +119,10 @@ def quantized_contrastive_loss(context: Tensor, quantized: Tensor, mask: Tensor,
         ValueError: On mismatched shapes, or distractors outside their unit's row.
     """
     if context.shape != quantized.shape or mask.shape != context.shape[:2] or distractors.shape[:2] != mask.shape:
-        raise ValueError(f"context {tuple(context.shape)}, quantized {tuple(quantized.shape)}, mask "
-                         f"{tuple(mask.shape)} and distractors {tuple(distractors.shape)} must share the [B, T] grid")
+        raise ValueError(
+            f"context {tuple(context.shape)}, quantized {tuple(quantized.shape)}, mask "
+            f"{tuple(mask.shape)} and distractors {tuple(distractors.shape)} must share the [B, T] grid"
+        )
     b, t, _ = quantized.shape
     rows = torch.arange(b, device=mask.device)[:, None, None]
     if bool(((distractors // t != rows) & mask[..., None]).any()):
@@ -206,16 +212,20 @@ class Wav2Vec2Objective(Objective):
         context = head.project_hid(out.hidden)  # [B, T, P]
         codes, perplexity = quantizer(head.dropout_features(features), mask_time_indices=mask)
         quantized = head.project_q(codes.to(head.project_q.weight.dtype))  # [B, T, P]
-        contrastive_sum, accuracy = quantized_contrastive_loss(context, quantized, mask, distractors,
-                                                               cfg.logit_temperature)
+        contrastive_sum, accuracy = quantized_contrastive_loss(
+            context, quantized, mask, distractors, cfg.logit_temperature
+        )
         n = global_mean_normalizer(mask.sum())
         diversity = codebook_diversity(perplexity, quantizer.num_groups * quantizer.num_vars)
         contrastive = contrastive_sum / n
         # transformers weighs the diversity term by the local masked count: sum-loss / count = the same mean
         loss = contrastive + cfg.diversity_weight * diversity * (mask.sum() / n)
-        logs = {"contrastive_accuracy": accuracy, "codebook_perplexity": perplexity.detach(),
-                "gumbel_temperature": torch.tensor(quantizer.temperature),
-                "masked_fraction": (mask.sum() / (~out.padding_mask).sum().clamp(min=1)).detach()}
+        logs = {
+            "contrastive_accuracy": accuracy,
+            "codebook_perplexity": perplexity.detach(),
+            "gumbel_temperature": torch.tensor(quantizer.temperature),
+            "masked_fraction": (mask.sum() / (~out.padding_mask).sum().clamp(min=1)).detach(),
+        }
         return ObjectiveOutput(loss=loss, terms={"contrastive": contrastive, "diversity": diversity}, logs=logs)
 
     def after_optimizer_step(self, encoder: Encoder, step: int, max_steps: int) -> None:

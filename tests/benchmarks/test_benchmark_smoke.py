@@ -34,17 +34,44 @@ def test_image_augment_reports_both_sides_per_case() -> None:
 
 
 def test_audio_wav2vec2_reports_both_paths_and_their_ratio() -> None:
-    record = _last_json(["benchmarks/audio_wav2vec2.py", "--rounds", "1", "--steps", "1", "--set", "train.batch_size=1",
-                         "--set", "data.max_seconds=0.5", "--profile", "1"])
+    record = _last_json(
+        [
+            "benchmarks/audio_wav2vec2.py",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--set",
+            "train.batch_size=1",
+            "--set",
+            "data.max_seconds=0.5",
+            "--profile",
+            "1",
+        ]
+    )
     assert record["benchmark"] == "audio_wav2vec2" and record["device"] == "cpu"
     assert record["mmssl_audio_s_per_s"] > 0 and record["transformers_audio_s_per_s"] > 0
-    assert math.isclose(record["ratio"], record["mmssl_audio_s_per_s"] / record["transformers_audio_s_per_s"], rel_tol=0.01)
+    assert math.isclose(
+        record["ratio"], record["mmssl_audio_s_per_s"] / record["transformers_audio_s_per_s"], rel_tol=0.01
+    )
 
 
 def test_graph_dgi_tiny_reports_speed_memory_and_probes() -> None:
     pytest.importorskip("torch_geometric")
-    record = _last_json(["benchmarks/graph_dgi.py", "--tiny", "--repeats", "1", "--epochs", "2", "--probe-epochs", "2",
-                         "--minibatch-steps", "2"])
+    record = _last_json(
+        [
+            "benchmarks/graph_dgi.py",
+            "--tiny",
+            "--repeats",
+            "1",
+            "--epochs",
+            "2",
+            "--probe-epochs",
+            "2",
+            "--minibatch-steps",
+            "2",
+        ]
+    )
     assert record["graph"] == "karate-club"
     for key in ("pyg_nodes_per_s", "mmssl_nodes_per_s", "pyg_peak_mb", "minibatch_peak_mb"):
         assert record[key] > 0

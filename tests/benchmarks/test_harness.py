@@ -31,8 +31,12 @@ def test_interleave_takes_every_side_once_per_round_in_turn(harness) -> None:
         return run
 
     events: list[str] = []
-    runs = harness.interleave({"a": side("a"), "b": side("b")}, 3, before_round=lambda r: events.append(f"before{r}"),
-                              after_round=lambda r, so_far: events.append(f"after{r}:{len(so_far['b'])}"))
+    runs = harness.interleave(
+        {"a": side("a"), "b": side("b")},
+        3,
+        before_round=lambda r: events.append(f"before{r}"),
+        after_round=lambda r, so_far: events.append(f"after{r}:{len(so_far['b'])}"),
+    )
     assert calls == ["a0", "b0", "a1", "b1", "a2", "b2"]
     assert runs == {"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]}
     assert events == ["before0", "after0:1", "before1", "after1:2", "before2", "after2:3"]
@@ -108,8 +112,20 @@ def test_a_side_that_changes_torch_threads_fails_the_run(harness) -> None:
 
 
 # what the harness owns: a script that defines one of these re-derives it
-HARNESS_NAMES = {"CONTENDED", "BUSY", "Stamp", "Span", "cpu_seconds", "machine_busy_seconds", "span", "interleave",
-                 "medians", "contended", "busy", "device_name"}
+HARNESS_NAMES = {
+    "CONTENDED",
+    "BUSY",
+    "Stamp",
+    "Span",
+    "cpu_seconds",
+    "machine_busy_seconds",
+    "span",
+    "interleave",
+    "medians",
+    "contended",
+    "busy",
+    "device_name",
+}
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "harness.py"))
@@ -118,5 +134,7 @@ def test_every_side_by_side_script_uses_the_harness(script: str) -> None:
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert "harness" in imported, f"{script} does not import benchmarks/harness.py"
     defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
-    defined |= {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    defined |= {
+        t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
+    }
     assert not defined & HARNESS_NAMES, f"{script} re-defines {sorted(defined & HARNESS_NAMES)}"

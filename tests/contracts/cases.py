@@ -42,8 +42,12 @@ def providers(unit_kind: str, needs: tuple[str, ...]) -> list[tuple[str, tuple[s
 def objective_cases() -> list[tuple[str, str, str]]:
     """``(objective, unit kind, domain)`` for every unit kind each objective of ``OBJECTIVES`` declares, on every
     domain that gives it with the objective's needs."""
-    return [(key, kind, domain) for key, spec in OBJECTIVES.items() for kind in spec.units
-            for domain, _ in providers(kind, spec.needs)]
+    return [
+        (key, kind, domain)
+        for key, spec in OBJECTIVES.items()
+        for kind in spec.units
+        for domain, _ in providers(kind, spec.needs)
+    ]
 
 
 def domain_cases() -> list[tuple[str, tuple[str, ...], str]]:
@@ -85,8 +89,9 @@ def tiny_raw(domain_name: str, needs: tuple[str, ...], objective: str, fill: Cal
     contract = domain.contract_overrides(needs)
     if contract is None:
         raise ValueError(f"domain {domain_name} does not give {needs}")
-    raw = apply_overrides({"name": f"contract-{domain_name}", "domain": domain_name, "objective": {"name": objective}},
-                          list(contract))
+    raw = apply_overrides(
+        {"name": f"contract-{domain_name}", "domain": domain_name, "objective": {"name": objective}}, list(contract)
+    )
     data = from_dict(domain.data_config, raw.get("data"), "data")  # the smoke overrides depend on it (graph level)
     smoke = [fill(o) for o in domain.smoke_overrides(data)]
     depth = depth_overrides(domain.encoder_config)

@@ -26,8 +26,9 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def contract_data(request: pytest.FixtureRequest,
-                  tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, tuple[str, ...], str], ContractData]:
+def contract_data(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, tuple[str, ...], str], ContractData]:
     """``(domain, needs, objective) -> ContractData``; data and batch are built once per ``(domain, needs)``."""
     cache: dict[tuple[str, tuple[str, ...]], tuple[PretrainData, Batch]] = {}
     fill = lambda o: FIXTURE_PLACEHOLDER.sub(lambda m: str(request.getfixturevalue(m.group(1))), o)  # noqa: E731

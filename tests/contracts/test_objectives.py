@@ -113,7 +113,8 @@ def test_every_declared_unit_kind_has_a_domain(key: str) -> None:
     for kind in spec.units:
         assert providers(kind, spec.needs), (
             f"objective {key} declares unit kind {kind!r} with needs {spec.needs}, but no domain gives them "
-            f"(domains and their unit kinds: {kinds}); drop the kind or teach a domain's contract_overrides")
+            f"(domains and their unit kinds: {kinds}); drop the kind or teach a domain's contract_overrides"
+        )
 
 
 @pytest.mark.parametrize(("key", "unit_kind", "domain"), objective_cases())
@@ -133,4 +134,5 @@ def test_objective_contract(key: str, unit_kind: str, domain: str, contract_data
     losses = fit(model, case.batch, STEPS)
     final = float(seeded_forward(model, case.batch).loss)
     assert all(map(torch.isfinite, torch.tensor(losses))) and final < losses[0], (
-        f"{key} on {domain} ({unit_kind}): the loss did not fall on a fixed batch: {losses} -> {final}")
+        f"{key} on {domain} ({unit_kind}): the loss did not fall on a fixed batch: {losses} -> {final}"
+    )

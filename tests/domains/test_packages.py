@@ -24,6 +24,6 @@ def test_every_builder_imports_the_shared_helpers_and_none_reads_another_domain_
         source = builders.read_text()
         assert "domains.text.debian" not in source, builders
         if builders.parent.name != "text":  # the text domain's own files (austen.txt.gz) are its to read
-            assert "text\" / \"data" not in source and "text/data/" not in source, builders
+            assert 'text" / "data' not in source and "text/data/" not in source, builders
     for name in ("image", "audio", "graph", "text"):
         assert "from domains.packages import" in (root / name / "builders.py").read_text(), name

@@ -17,14 +17,24 @@ def image_recipes():
 
 
 def _row(model: str, pooling: str, linear: float) -> dict:
-    return {"model": model, "wall_s": 60.0, "steps": 10, "pooling": pooling,
-            "pretrained": {"linear": linear, "knn": 0.5}, "random": {"linear": 0.1, "knn": 0.1}}
+    return {
+        "model": model,
+        "wall_s": 60.0,
+        "steps": 10,
+        "pooling": pooling,
+        "pretrained": {"linear": linear, "knn": 0.5},
+        "random": {"linear": 0.1, "knn": 0.1},
+    }
 
 
 def test_each_pooling_is_its_own_row_and_later_runs_replace_earlier(image_recipes, tmp_path: Path) -> None:
-    rows = [{"model": "raw pixels", "linear": 0.8, "knn": 0.7},
-            _row("byol", "auto", 0.70), _row("mae", "mean", 0.71),
-            _row("byol", "mean_std", 0.72), _row("byol", "auto", 0.73)]
+    rows = [
+        {"model": "raw pixels", "linear": 0.8, "knn": 0.7},
+        _row("byol", "auto", 0.70),
+        _row("mae", "mean", 0.71),
+        _row("byol", "mean_std", 0.72),
+        _row("byol", "auto", 0.73),
+    ]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     latest = image_recipes.latest_rows(tmp_path / "results.jsonl")

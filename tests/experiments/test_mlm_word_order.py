@@ -20,15 +20,26 @@ def word_order():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    texts = ["It is a truth universally acknowledged, that a single man in possession of a good fortune",
-             "must be in want of a wife. However little known the feelings or views of such a man may be"] * 20
+    texts = [
+        "It is a truth universally acknowledged, that a single man in possession of a good fortune",
+        "must be in want of a wife. However little known the feelings or views of such a man may be",
+    ] * 20
     return train_tokenizer(iter(texts), TokenizerConfig(vocab_size=200, min_frequency=1), "bert", 64)
 
 
 def _model(tokenizer, positions: bool) -> BertForMaskedLM:
     torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id))
+    model = BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     with torch.no_grad():
         model.bert.embeddings.position_embeddings.weight.mul_(50.0 if positions else 0.0)
     return model.eval()

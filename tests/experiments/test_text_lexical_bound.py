@@ -52,10 +52,21 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A small BERT export (random weights) whose tokenizer keeps every word whole, and a labelled CSV."""
     root = tmp_path_factory.mktemp("lexical")
     rows = _texts(600)
-    tokenizer = train_tokenizer(iter([t for t, _ in rows] * 3), TokenizerConfig(vocab_size=2000, min_frequency=1), "bert", 64)
+    tokenizer = train_tokenizer(
+        iter([t for t, _ in rows] * 3), TokenizerConfig(vocab_size=2000, min_frequency=1), "bert", 64
+    )
     torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                       intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id))
+    model = BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     model.save_pretrained(root / "export")
     tokenizer.save_pretrained(root / "export")
     with open(root / "reviews.csv", "w", newline="") as f:
@@ -88,8 +99,26 @@ def test_ppmi_vectors_place_co_occurring_words_together(bound, export) -> None:
 
 
 def test_command_line_frozen_ppmi_beats_frozen_random(bound, export, capsys: pytest.CaptureFixture[str]) -> None:
-    returned = bound.main([str(export[0]), "--task", "file", "--task-path", str(export[1]), "--input-column", "review",
-                           "--label-column", "verdict", "--labels", "48", "all", "--seeds", "2", "--epochs", "100"])
+    returned = bound.main(
+        [
+            str(export[0]),
+            "--task",
+            "file",
+            "--task-path",
+            str(export[1]),
+            "--input-column",
+            "review",
+            "--label-column",
+            "verdict",
+            "--labels",
+            "48",
+            "all",
+            "--seeds",
+            "2",
+            "--epochs",
+            "100",
+        ]
+    )
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record == returned and record["benchmark"] == "text_lexical_bound"
     assert record["n_train"] == 480 and record["n_test"] == 120
@@ -109,12 +138,35 @@ def test_vocabulary_mismatch_is_an_error(bound, export, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
     small = tmp_path / "small"
-    BertForMaskedLM(BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=32, max_position_embeddings=32)).save_pretrained(small)
+    BertForMaskedLM(
+        BertConfig(
+            vocab_size=20,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+        )
+    ).save_pretrained(small)
     AutoTokenizer.from_pretrained(str(export[0])).save_pretrained(small)
     with pytest.raises(ValueError, match="model has 20 embeddings"):
-        bound.main([str(small), "--task", "file", "--task-path", str(export[1]), "--input-column", "review",
-                    "--label-column", "verdict", "--labels", "24", "--seeds", "1"])
+        bound.main(
+            [
+                str(small),
+                "--task",
+                "file",
+                "--task-path",
+                str(export[1]),
+                "--input-column",
+                "review",
+                "--label-column",
+                "verdict",
+                "--labels",
+                "24",
+                "--seeds",
+                "1",
+            ]
+        )
 
 
 def test_counting_in_chunks_matches_counting_at_once(bound, export) -> None:
@@ -128,8 +180,9 @@ def test_counting_in_chunks_matches_counting_at_once(bound, export) -> None:
     assert (counts != bound.cooccurrence_counts(ids, mask, len(tokenizer), window=3)).nnz == 0
 
 
-def test_ppmi_corpus_adds_word_knowledge_the_task_texts_lack(bound, export, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ppmi_corpus_adds_word_knowledge_the_task_texts_lack(
+    bound, export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The task's texts hold one polarity word among fillers, so their co-occurrences cannot tell the two
     vocabularies apart; an unlabelled corpus whose texts hold four same-polarity words can, and its counts make
     the frozen PPMI table separate the task's classes."""

@@ -42,11 +42,17 @@ def regression_data(n: int = 64) -> list[dict[str, torch.Tensor]]:
 
 def regression_collate(rows: list[dict]) -> Batch:
     x = torch.stack([r["x"] for r in rows]).unsqueeze(1)  # [B, 1, 4]: one unit per sample
-    return Batch(units=x, padding_mask=torch.zeros(len(rows), 1, dtype=torch.bool), extras={"y": torch.stack([r["y"] for r in rows])})
+    return Batch(
+        units=x,
+        padding_mask=torch.zeros(len(rows), 1, dtype=torch.bool),
+        extras={"y": torch.stack([r["y"] for r in rows])},
+    )
 
 
 def train_cfg(**kw: Any) -> TrainConfig:
-    base = dict(max_steps=10, batch_size=8, lr=0.05, warmup_steps=0, log_every=1, checkpoint_every=100, weight_decay=0.0)
+    base = dict(
+        max_steps=10, batch_size=8, lr=0.05, warmup_steps=0, log_every=1, checkpoint_every=100, weight_decay=0.0
+    )
     return TrainConfig(**{**base, **kw})
 
 

@@ -49,8 +49,9 @@ def _two_checkpoints(run: Path) -> tuple[Path, Path]:
 def _forge_manifest(ckpt: Path) -> None:
     """What an attacker who can write the folder would also do: record the planted files' sizes and hashes."""
     manifest = json.loads((ckpt / MANIFEST_FILE).read_text())
-    manifest["files"] = {p.name: file_digest(p) for p in sorted(ckpt.iterdir())
-                         if p.name not in (MANIFEST_FILE, "COMPLETE")}
+    manifest["files"] = {
+        p.name: file_digest(p) for p in sorted(ckpt.iterdir()) if p.name not in (MANIFEST_FILE, "COMPLETE")
+    }
     (ckpt / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
@@ -68,8 +69,9 @@ def test_the_payload_runs_when_unpickled(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("forged", [False, True], ids=["manifest-kept", "manifest-forged"])
 @pytest.mark.parametrize("name", RESUME_READS)
-def test_a_planted_pickle_never_runs_and_the_run_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                            name: str, forged: bool) -> None:
+def test_a_planted_pickle_never_runs_and_the_run_falls_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, forged: bool
+) -> None:
     run, marker = tmp_path / "run", tmp_path / "pwned"
     _, newest = _two_checkpoints(run)
     torch.save(Payload(marker), newest / name)
@@ -95,8 +97,9 @@ def test_a_plain_pickle_is_not_loaded_either(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["optimizer.bin", "scheduler.bin", "random_states_0.pkl"])
-def test_accelerate_itself_reads_checkpoints_with_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                               name: str) -> None:
+def test_accelerate_itself_reads_checkpoints_with_weights_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
     """Past mmssl's own checks (switched off here), Accelerate's loader is the restricted unpickler."""
     run, marker = tmp_path / "run", tmp_path / "pwned"
     older, newest = _two_checkpoints(run)
@@ -119,8 +122,11 @@ def test_no_safe_checkpoint_is_an_error_naming_the_file(tmp_path: Path) -> None:
     for ckpt in _two_checkpoints(run):
         torch.save(Payload(marker), ckpt / "optimizer.bin")
         _forge_manifest(ckpt)
-    with pytest.raises(CheckpointError, match=r"no intact checkpoint in .*checkpoints: in step-0000004, "
-                                              r"optimizer.bin refers to code \(posix.system\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no intact checkpoint in .*checkpoints: in step-0000004, "
+        r"optimizer.bin refers to code \(posix.system\)",
+    ):
         _resume(run)
     assert not marker.exists()
 
@@ -136,14 +142,18 @@ def _flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize(("damage", "name", "says"), [
-    (_truncate, "model.safetensors", "model.safetensors has"),
-    (_flip_a_byte, "model.safetensors", "model.safetensors does not match its SHA-256 checksum"),
-    (Path.unlink, "optimizer.bin", "optimizer.bin is missing"),
-    (Path.unlink, "trainer_state.json", "trainer_state.json is missing"),
-])
-def test_a_damaged_checkpoint_is_skipped_and_the_resume_stays_exact(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                                    damage, name: str, says: str) -> None:
+@pytest.mark.parametrize(
+    ("damage", "name", "says"),
+    [
+        (_truncate, "model.safetensors", "model.safetensors has"),
+        (_flip_a_byte, "model.safetensors", "model.safetensors does not match its SHA-256 checksum"),
+        (Path.unlink, "optimizer.bin", "optimizer.bin is missing"),
+        (Path.unlink, "trainer_state.json", "trainer_state.json is missing"),
+    ],
+)
+def test_a_damaged_checkpoint_is_skipped_and_the_resume_stays_exact(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage, name: str, says: str
+) -> None:
     straight = regression_trainer(tmp_path / "straight", max_steps=6, checkpoint_every=2)
     straight.fit()
     run = tmp_path / "run"
@@ -159,21 +169,27 @@ def test_a_damaged_checkpoint_is_skipped_and_the_resume_stays_exact(tmp_path: Pa
     assert f"checkpoint {newest} cannot be used: {says}" in caplog.text
     assert logged_steps(run) == list(range(1, 7))
     # resumed from step 2, the run ends bit-identical to the uninterrupted one
-    assert torch.equal(resumed.accelerator.unwrap_model(resumed.model).lin.weight,
-                       straight.accelerator.unwrap_model(straight.model).lin.weight)
+    assert torch.equal(
+        resumed.accelerator.unwrap_model(resumed.model).lin.weight,
+        straight.accelerator.unwrap_model(straight.model).lin.weight,
+    )
 
 
 def test_every_checkpoint_damaged_is_an_error(tmp_path: Path) -> None:
     run = tmp_path / "run"
     for ckpt in _two_checkpoints(run):
         _truncate(ckpt / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"in step-0000004, model.safetensors has \d+ bytes instead of \d+ "
-                                              r"\(truncated or overwritten\); start the run again with --overwrite"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"in step-0000004, model.safetensors has \d+ bytes instead of \d+ "
+        r"\(truncated or overwritten\); start the run again with --overwrite",
+    ):
         _resume(run)
 
 
-def test_pretrain_resume_onto_damaged_checkpoints_is_one_sentence(tiny_bert_run: Path, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture) -> None:
+def test_pretrain_resume_onto_damaged_checkpoints_is_one_sentence(
+    tiny_bert_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_bert_run, run)
     for ckpt in checkpoint_dirs(run):
@@ -185,8 +201,9 @@ def test_pretrain_resume_onto_damaged_checkpoints_is_one_sentence(tiny_bert_run:
     assert "Traceback" not in err
 
 
-def test_export_uses_the_newest_intact_checkpoint(tiny_bert_run: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_export_uses_the_newest_intact_checkpoint(
+    tiny_bert_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_bert_run, run)
     shutil.rmtree(run / "export")

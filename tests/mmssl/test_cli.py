@@ -40,8 +40,12 @@ def test_errors_name_the_problem(args: list[str], message: str, capsys) -> None:
 
 
 def test_console_script_is_installed(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "mmssl.cli", "pretrain", "bert", "--set", "train.lr=oops"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "mmssl.cli", "pretrain", "bert", "--set", "train.lr=oops"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and "train.lr: expected float" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -60,8 +64,21 @@ def test_numbers_that_are_not_finite_floats_are_errors_naming_the_key(value: str
 
 
 def test_huge_values_are_not_echoed_in_full(capsys) -> None:
-    assert main(["pretrain", "bert", "--set", "data.source=embedded", "--set", f"data.name={'x' * 100_000}",
-                 "--set", "train.max_steps=1"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "bert",
+                "--set",
+                "data.source=embedded",
+                "--set",
+                f"data.name={'x' * 100_000}",
+                "--set",
+                "train.max_steps=1",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "unknown embedded corpus 'xxxx" in err and "(100,002 characters)" in err and len(err) < 500
 
@@ -80,19 +97,22 @@ def test_an_unwritable_output_dir_is_one_line(capsys) -> None:
 
 
 def test_help_and_listings_do_not_import_torch(tmp_path: Path) -> None:
-    code = ("import sys\nfrom mmssl.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys\nfrom mmssl.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     for args in (["recipes"], ["data", "list"], ["--help"], ["pretrain", "--help"]):
         out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
-        assert out.returncode == 0 and "usage: mmssl" in out.stdout if "--help" in args else out.returncode == 0, \
+        assert out.returncode == 0 and "usage: mmssl" in out.stdout if "--help" in args else out.returncode == 0, (
             f"{args}: {out.stderr}"
+        )
 
 
 def test_data_list_has_a_header_and_marks_the_embedded_sets(capsys) -> None:
     assert main(["data", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NAME", "DOMAIN", "STATUS", "DESCRIPTION"]
-    table = lines[1:lines.index("")]
+    table = lines[1 : lines.index("")]
     rows = {line.split()[0]: line.split()[2] for line in table}
     assert len(rows) >= 13 and "mmssl data prepare NAME" in lines[-1]
     assert rows["austen"] == "embedded" and rows["rotten-tomatoes"] == "embedded"
@@ -120,40 +140,66 @@ def test_other_libraries_are_quiet_unless_verbose(tmp_path: Path) -> None:
     for noise in ("Pre-processing sequences", "Compute merges", "Count pairs", "Writing model shards", "INFO "):
         assert noise not in text
     assert "training a WordPiece tokenizer" in text and "model: HFTextEncoder encoder" in text and "train:" in text
-    finetune = [sys.executable, "-m", "mmssl.cli", "finetune", str(tmp_path / "run"), "--task", "rotten-tomatoes",
-                "--set", "train.max_steps=1", "--set", "task.max_train_samples=64"]
+    finetune = [
+        sys.executable,
+        "-m",
+        "mmssl.cli",
+        "finetune",
+        str(tmp_path / "run"),
+        "--task",
+        "rotten-tomatoes",
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "task.max_train_samples=64",
+    ]
     quiet = subprocess.run(finetune, capture_output=True, text=True, cwd=tmp_path, env=env)
-    loud = subprocess.run([*finetune[:3], "-v", *finetune[3:], "--overwrite"], capture_output=True, text=True,
-                          cwd=tmp_path, env=env)
+    loud = subprocess.run(
+        [*finetune[:3], "-v", *finetune[3:], "--overwrite"], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
     assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
     report = "newly initialized"  # transformers' report of the classifier head's fresh weights
     assert report not in quiet.stdout + quiet.stderr and report in (loud.stdout + loud.stderr).replace("\n", " ")
 
 
-@pytest.mark.parametrize("args, refused", [
-    (["finetune", "/nonexistent", "--task", "rotten-tomatoes", "--set", "init=raw"], "fine-tuning needs an encoder"),
-    (["evaluate", "/nonexistent", "--task", "rotten-tomatoes", "--protocol", "finetune", "--init", "raw"],
-     "fine-tuning needs an encoder"),
-    (["evaluate", "/nonexistent", "--task", "speech-text", "--protocol", "retrieval", "--init", "raw"],
-     "--protocol retrieval needs an encoder"),
-])
+@pytest.mark.parametrize(
+    "args, refused",
+    [
+        (
+            ["finetune", "/nonexistent", "--task", "rotten-tomatoes", "--set", "init=raw"],
+            "fine-tuning needs an encoder",
+        ),
+        (
+            ["evaluate", "/nonexistent", "--task", "rotten-tomatoes", "--protocol", "finetune", "--init", "raw"],
+            "fine-tuning needs an encoder",
+        ),
+        (
+            ["evaluate", "/nonexistent", "--task", "speech-text", "--protocol", "retrieval", "--init", "raw"],
+            "--protocol retrieval needs an encoder",
+        ),
+    ],
+)
 def test_init_raw_is_refused_where_a_protocol_needs_an_encoder(args: list[str], refused: str, capsys) -> None:
     assert main(args) == 2  # refused before the path is read: it does not exist
     err = capsys.readouterr().err
-    assert (f"mmssl: error: init=raw probes the task's raw features (pixels, MFCC statistics, ...) with --protocol "
-            f"linear or knn; {refused}: use init=pretrained or init=random") in err
+    assert (
+        f"mmssl: error: init=raw probes the task's raw features (pixels, MFCC statistics, ...) with --protocol "
+        f"linear or knn; {refused}: use init=pretrained or init=random"
+    ) in err
 
 
 def _reviews(path: Path) -> Path:
     """60 short reviews, the positive ones with "lovely charming", the negative ones with "dull tedious"."""
-    rows = [f"a {'lovely charming' if i % 2 else 'dull tedious'} film {i},{'pos' if i % 2 else 'neg'}"
-            for i in range(60)]
+    rows = [
+        f"a {'lovely charming' if i % 2 else 'dull tedious'} film {i},{'pos' if i % 2 else 'neg'}" for i in range(60)
+    ]
     path.write_text("text,label\n" + "\n".join(rows) + "\n")
     return path
 
 
-def test_evaluate_baseline_puts_pretrained_random_and_raw_features_side_by_side(tiny_bert_run: Path, tmp_path: Path,
-                                                                                 capsys) -> None:
+def test_evaluate_baseline_puts_pretrained_random_and_raw_features_side_by_side(
+    tiny_bert_run: Path, tmp_path: Path, capsys
+) -> None:
     import json
 
     from mmssl.finetune import paired_comparison
@@ -171,8 +217,9 @@ def test_evaluate_baseline_puts_pretrained_random_and_raw_features_side_by_side(
     assert f"  raw tf-idf       {records[2]['accuracy']:.4f}" in out
     assert "pretrained init against random init:" in out and "pretrained init against raw tf-idf:" in out
     # every test row is right with the raw features: the gain over them is minus the rows the pretrained probe misses
-    c = paired_comparison([1] * round(12 * records[0]["accuracy"]) + [0] * round(12 * (1 - records[0]["accuracy"])),
-                          [1] * 12)
+    c = paired_comparison(
+        [1] * round(12 * records[0]["accuracy"]) + [0] * round(12 * (1 - records[0]["accuracy"])), [1] * 12
+    )
     assert f"{c['only_b']} only with the raw-feature baseline" in out and f"gain             {c['gain']:+.4f}" in out
     logged = [r for r in read_metrics(tiny_bert_run) if r.get("event") == "evaluate"][-3:]
     assert [r["init"] for r in logged] == ["pretrained", "random", "raw"]

@@ -47,13 +47,21 @@ def test_gpt_export_generates(tiny_gpt_run: Path) -> None:
 def test_pretrained_tokenizer_loads_by_path_and_init_from_checks_the_vocab(tiny_bert_run: Path, tmp_path: Path) -> None:
     export = str(tiny_bert_run / "export")
     # continued pretraining from an export with its own tokenizer
-    run = pretrain("bert", [*TINY, "train.max_steps=2", f"data.tokenizer.name_or_path={export}", f"encoder.init_from={export}"],
-                   tmp_path / "continued")
+    run = pretrain(
+        "bert",
+        [*TINY, "train.max_steps=2", f"data.tokenizer.name_or_path={export}", f"encoder.init_from={export}"],
+        tmp_path / "continued",
+    )
     assert (run / "export" / "model.safetensors").is_file()
     # a retrained tokenizer of another size does not fit the checkpoint's embeddings
-    with pytest.raises(ValueError, match=r"tokenizer/vocabulary mismatch: the tokenizer has \d+ tokens .*config.vocab_size=\d+"):
-        pretrain("bert", [*TINY, "train.max_steps=2", "data.tokenizer.vocab_size=200", f"encoder.init_from={export}"],
-                 tmp_path / "mismatch")
+    with pytest.raises(
+        ValueError, match=r"tokenizer/vocabulary mismatch: the tokenizer has \d+ tokens .*config.vocab_size=\d+"
+    ):
+        pretrain(
+            "bert",
+            [*TINY, "train.max_steps=2", "data.tokenizer.vocab_size=200", f"encoder.init_from={export}"],
+            tmp_path / "mismatch",
+        )
 
 
 class FakeHfApi:
@@ -89,7 +97,9 @@ def test_push_creates_repo_and_uploads_the_export(tiny_bert_run: Path, monkeypat
     assert "me/tiny-bert/commit" in out.out
 
 
-def test_push_dry_run_lists_files_and_sends_nothing(tiny_bert_run: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_push_dry_run_lists_files_and_sends_nothing(
+    tiny_bert_run: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     monkeypatch.setattr(hub, "HfApi", FakeHfApi)
     FakeHfApi.calls = []
     from mmssl.cli import main
@@ -106,7 +116,9 @@ def test_push_rejects_a_bad_repo_id(tiny_bert_run: Path) -> None:
         hub.push(tiny_bert_run, "no-slash", dry_run=True)
 
 
-def test_push_offline_says_the_hub_cannot_be_reached(tiny_bert_run: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_push_offline_says_the_hub_cannot_be_reached(
+    tiny_bert_run: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")  # the real HfApi, under the tests' HF_HUB_OFFLINE=1
     from mmssl.cli import main
 
@@ -123,7 +135,9 @@ def test_push_without_network_says_so(tiny_bert_run: Path, monkeypatch: pytest.M
 
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "HfApi", functools.partial(huggingface_hub.HfApi, endpoint="http://127.0.0.1:9"))  # closed port
+    monkeypatch.setattr(
+        hub, "HfApi", functools.partial(huggingface_hub.HfApi, endpoint="http://127.0.0.1:9")
+    )  # closed port
     from mmssl.cli import main
 
     assert main(["push", str(tiny_bert_run), "--repo-id", "me/tiny-bert"]) == 2
@@ -132,8 +146,9 @@ def test_push_without_network_says_so(tiny_bert_run: Path, monkeypatch: pytest.M
     assert "Traceback" not in err and "hf_secret_value" not in err
 
 
-def test_push_without_a_token_says_so_and_dry_run_reports_it(tiny_bert_run: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys) -> None:
+def test_push_without_a_token_says_so_and_dry_run_reports_it(
+    tiny_bert_run: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     monkeypatch.setattr(hub, "HfApi", FakeHfApi)
     monkeypatch.setattr(hub, "get_token", lambda: None)
     FakeHfApi.calls = []
@@ -150,15 +165,18 @@ def test_push_without_a_token_says_so_and_dry_run_reports_it(tiny_bert_run: Path
     assert "token: found" in out and "hf_secret_value" not in out
 
 
-def test_exports_name_no_local_path_and_dry_run_shows_the_data_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     capsys) -> None:
+def test_exports_name_no_local_path_and_dry_run_shows_the_data_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     """A run on the user's own files publishes their names only, never the folders they sit in."""
     from mmssl.cli import main
 
     corpus = tmp_path / "private-folder" / "my-notes.txt"
     corpus.parent.mkdir()
     corpus.write_text("\n\n".join(f"paragraph {i} about the sea and the ships that sail on it" for i in range(300)))
-    run = pretrain("bert", [*TINY, "data.source=files", f"data.paths=[{corpus}]", "train.max_steps=2"], tmp_path / "run")
+    run = pretrain(
+        "bert", [*TINY, "data.source=files", f"data.paths=[{corpus}]", "train.max_steps=2"], tmp_path / "run"
+    )
     for f in (run / "export").rglob("*"):
         if f.is_file() and f.suffix in (".json", ".md", ".txt", ".yaml"):
             assert str(tmp_path) not in f.read_text(), f"{f.name} names a local folder"

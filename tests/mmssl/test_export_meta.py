@@ -9,8 +9,13 @@ from mmssl.export import _result_text, resolve_export
 
 def test_result_cells_show_accuracy_or_every_recall() -> None:
     assert _result_text({"event": "evaluate", "accuracy": 0.81234}) == "accuracy 0.8123"
-    retrieval = {"event": "evaluate", "protocol": "retrieval", "audio_to_text_recall@1": 0.122,
-                 "audio_to_text_recall@5": 0.36, "chance_recall@1": 0.002}
+    retrieval = {
+        "event": "evaluate",
+        "protocol": "retrieval",
+        "audio_to_text_recall@1": 0.122,
+        "audio_to_text_recall@5": 0.36,
+        "chance_recall@1": 0.002,
+    }
     assert _result_text(retrieval) == "audio to text recall@1 0.1220, audio to text recall@5 0.3600"
     assert _result_text({"event": "finetune"}) == "-"
 

@@ -31,8 +31,16 @@ def reviews_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _task(csv: Path) -> list[str]:
-    return ["--task", "file", "--set", f"task.path={csv}", "--set", "task.input_column=review",
-            "--set", "task.label_column=sentiment"]
+    return [
+        "--task",
+        "file",
+        "--set",
+        f"task.path={csv}",
+        "--set",
+        "task.input_column=review",
+        "--set",
+        "task.label_column=sentiment",
+    ]
 
 
 def test_linear_probe_on_a_users_csv(tiny_bert_run: Path, reviews_csv: Path, capsys) -> None:
@@ -51,8 +59,18 @@ def test_knn_probe_on_a_users_csv(tiny_bert_run: Path, reviews_csv: Path) -> Non
 
 
 def test_finetune_with_baseline_writes_both_results(tiny_bert_run: Path, reviews_csv: Path, capsys) -> None:
-    args = ["finetune", str(tiny_bert_run), *_task(reviews_csv), "--set", "train.max_steps=30", "--set", "train.lr=3e-3",
-            "--set", "train.batch_size=16", "--baseline"]
+    args = [
+        "finetune",
+        str(tiny_bert_run),
+        *_task(reviews_csv),
+        "--set",
+        "train.max_steps=30",
+        "--set",
+        "train.lr=3e-3",
+        "--set",
+        "train.batch_size=16",
+        "--baseline",
+    ]
     assert main(args) == 0
     records = [r for r in read_metrics(tiny_bert_run) if r.get("event") == "finetune"][-2:]
     assert [r["init"] for r in records] == ["pretrained", "random"]
@@ -96,8 +114,12 @@ def test_classlabel_task_and_named_test_split(tmp_path: Path, monkeypatch: pytes
     from mmssl.tasks import TaskConfig
 
     rows = {"text": [f"t{i}" for i in range(20)], "label": [i % 2 for i in range(20)]}
-    ds = datasets.Dataset.from_dict(rows, features=datasets.Features(
-        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}))
+    ds = datasets.Dataset.from_dict(
+        rows,
+        features=datasets.Features(
+            {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+        ),
+    )
     monkeypatch.setitem(TASKS._items, "toy", TaskSpec(lambda: ds, domain="text"))
     data = text_task_data(TaskConfig(name="toy", test_fraction=0.25))
     assert data.label_names == ["neg", "pos"] and len(data.test) == 5
@@ -105,15 +127,19 @@ def test_classlabel_task_and_named_test_split(tmp_path: Path, monkeypatch: pytes
 
     folder = tmp_path / "hubset"
     folder.mkdir()
-    (folder / "train.csv").write_text("review,stars\n" + "".join(f"r{i},{'hi' if i % 2 else 'lo'}\n" for i in range(10)))
+    (folder / "train.csv").write_text(
+        "review,stars\n" + "".join(f"r{i},{'hi' if i % 2 else 'lo'}\n" for i in range(10))
+    )
     (folder / "test.csv").write_text("review,stars\nx,hi\ny,lo\n")
-    data = text_task_data(TaskConfig(name="hub", path=str(folder), input_column="review", label_column="stars",
-                                     test_split="test"))
+    data = text_task_data(
+        TaskConfig(name="hub", path=str(folder), input_column="review", label_column="stars", test_split="test")
+    )
     assert data.label_names == ["hi", "lo"] and data.test["label"] == [0, 1] and len(data.train) == 10
     (folder / "test.csv").write_text("review,stars\nz,mid\n")
     with pytest.raises(ValueError, match="label 'mid' of a test row is absent"):
-        text_task_data(TaskConfig(name="hub", path=str(folder), input_column="review", label_column="stars",
-                                  test_split="test"))
+        text_task_data(
+            TaskConfig(name="hub", path=str(folder), input_column="review", label_column="stars", test_split="test")
+        )
 
 
 def test_paired_comparison_matches_the_per_row_differences() -> None:

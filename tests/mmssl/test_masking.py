@@ -46,7 +46,9 @@ class TestBertMask:
         with pytest.raises(ValueError, match="mask_prob"):
             bert_mask(self.ids, self.maskable, mask_token_id=4, vocab_size=1000, mask_prob=0.0)
         with pytest.raises(ValueError, match="mask_token_frac"):
-            bert_mask(self.ids, self.maskable, mask_token_id=4, vocab_size=1000, mask_token_frac=0.95, random_token_frac=0.1)
+            bert_mask(
+                self.ids, self.maskable, mask_token_id=4, vocab_size=1000, mask_token_frac=0.95, random_token_frac=0.1
+            )
 
 
 class TestSpanMask:

@@ -53,8 +53,19 @@ def test_monitor_config_needs_a_task() -> None:
 
 
 def test_online_knn_monitor_logs_during_pretraining(tmp_path: Path) -> None:
-    run = pretrain("bert", [*TINY, "train.max_steps=4", "monitor.task=rotten-tomatoes", "monitor.every=2",
-                            "monitor.max_train=64", "monitor.max_test=32", "monitor.k=5"], tmp_path / "run")
+    run = pretrain(
+        "bert",
+        [
+            *TINY,
+            "train.max_steps=4",
+            "monitor.task=rotten-tomatoes",
+            "monitor.every=2",
+            "monitor.max_train=64",
+            "monitor.max_test=32",
+            "monitor.k=5",
+        ],
+        tmp_path / "run",
+    )
     steps = [r["step"] for r in read_metrics(run) if "knn_accuracy" in r]
     assert steps == [2, 4]
     assert all(0.0 <= r["knn_accuracy"] <= 1.0 for r in read_metrics(run) if "knn_accuracy" in r)
@@ -68,8 +79,11 @@ def test_feature_pooling_summary_mean_or_statistics_of_units() -> None:
     from mmssl.probes import extract_features
 
     torch.manual_seed(0)
-    vit = build_image_encoder(ImageEncoderConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                                                 patch_size=4), (8, 8), channels=1)
+    vit = build_image_encoder(
+        ImageEncoderConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, patch_size=4),
+        (8, 8),
+        channels=1,
+    )
     images = torch.rand(5, 1, 8, 8)
     rows = list(range(5))
 
@@ -96,7 +110,8 @@ def test_statistics_pooling_ignores_padding() -> None:
     lengths = [6, 3, 1]
     pad = torch.arange(6)[None, :] >= torch.tensor(lengths)[:, None]
     out = EncoderOutput(hidden=hidden.masked_fill(pad.unsqueeze(-1), 1e3), padding_mask=pad)
-    expected = torch.stack([torch.cat([hidden[i, :n].mean(0), hidden[i, :n].std(0, unbiased=False)])
-                            for i, n in enumerate(lengths)])
+    expected = torch.stack(
+        [torch.cat([hidden[i, :n].mean(0), hidden[i, :n].std(0, unbiased=False)]) for i, n in enumerate(lengths)]
+    )
     torch.testing.assert_close(out.pooled_statistics(), expected)
     assert out.pooled_statistics()[2, 4:].abs().max() == 0.0  # one unit: no spread

@@ -28,8 +28,11 @@ SHORT = [*TINY, "train.max_steps=3", "train.checkpoint_every=100"]  # one checkp
 def test_a_directory_holding_a_run_is_refused(tmp_path: Path, held: str) -> None:
     (tmp_path / held).mkdir() if held == "checkpoints" else (tmp_path / held).write_text("earlier run\n")
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(FileExistsError, match=rf"{tmp_path} already holds a run \({held}\): pass --resume "
-                                              r"to continue it, --overwrite to replace it"):
+    with pytest.raises(
+        FileExistsError,
+        match=rf"{tmp_path} already holds a run \({held}\): pass --resume "
+        r"to continue it, --overwrite to replace it",
+    ):
         pretrain("bert", SHORT, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
@@ -73,9 +76,17 @@ def test_overwrite_replaces_the_earlier_run_and_nothing_else(tmp_path: Path) -> 
     assert [d.name for d in checkpoint_dirs(run)] == ["step-0000002"]
     assert not list(run.glob("*/earlier.json")) and not (run / "kmeans_centroids.npy").exists()
     assert json.loads((run / "export" / "mmssl.json").read_text())["step"] == 2
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "data_summary.json", "export",
-                                                     "metrics.jsonl", "my_data", "notes.txt", "tensorboard",
-                                                     "tokenizer"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "data_summary.json",
+        "export",
+        "metrics.jsonl",
+        "my_data",
+        "notes.txt",
+        "tensorboard",
+        "tokenizer",
+    ]
 
 
 def test_resume_and_overwrite_together_is_an_error(tmp_path: Path) -> None:
@@ -90,8 +101,9 @@ def test_an_output_dir_that_is_a_file_is_an_error(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- resuming
-def test_resume_without_a_complete_checkpoint_starts_over_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture) -> None:
+def test_resume_without_a_complete_checkpoint_starts_over_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """A run killed before its first checkpoint: --resume says so, starts at step 0 and logs each step once."""
     original = Trainer._run_hooks
 
@@ -125,8 +137,9 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path: Path) -> None
 
 
 # ---------------------------------------------------------------------------- crash-safe writes
-def test_a_rotation_cut_short_never_leaves_a_complete_looking_checkpoint(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rotation_cut_short_never_leaves_a_complete_looking_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Killed while deleting the oldest checkpoint: its remains are never listed, resumed or exported."""
     rmtree = shutil.rmtree
 

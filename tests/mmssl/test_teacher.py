@@ -232,7 +232,8 @@ def test_first_update_uses_the_base_momentum(name: str) -> None:
     updates: list[tuple[nn.Module, float]] = []
     for teacher in teachers:  # record the student and momentum of each teacher's update
         teacher.ema.update = (lambda f: lambda student, m: updates.append((student, m)) or f(student, m))(
-            teacher.ema.update)
+            teacher.ema.update
+        )
     before = [{k: v.clone() for k, v in t.module.named_parameters()} for t in teachers]
     model.after_optimizer_step(1, N)  # a short run, whose schedule moves at once after the base
     assert len(updates) == len(teachers)
@@ -243,8 +244,9 @@ def test_first_update_uses_the_base_momentum(name: str) -> None:
             torch.testing.assert_close(teacher.module.get_parameter(key), base * old[key] + (1 - base) * value.detach())
 
 
-def _train(model: SSLModel, optimizer: torch.optim.Optimizer, batch: Callable[[int], Batch],
-           steps: range) -> list[float]:
+def _train(
+    model: SSLModel, optimizer: torch.optim.Optimizer, batch: Callable[[int], Batch], steps: range
+) -> list[float]:
     losses = []
     for step in steps:
         torch.manual_seed(step)  # the step's masks and dropout, the same in either run

@@ -59,7 +59,13 @@ def test_nonfinite_loss_skips_the_step_and_counts(tmp_path: Path) -> None:
 
 
 def test_consecutive_nonfinite_losses_abort(tmp_path: Path) -> None:
-    trainer = Trainer(Regression(poison=set(range(1, 100))), regression_data(), regression_collate, train_cfg(max_consecutive_nonfinite=3), tmp_path)
+    trainer = Trainer(
+        Regression(poison=set(range(1, 100))),
+        regression_data(),
+        regression_collate,
+        train_cfg(max_consecutive_nonfinite=3),
+        tmp_path,
+    )
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row.*max_consecutive_nonfinite=3"):
         trainer.fit()
 
@@ -68,7 +74,13 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path: Path) -> None:
     big = Regression()
     Trainer(big, regression_data(), regression_collate, train_cfg(max_steps=3, batch_size=8), tmp_path / "a").fit()
     small = Regression()
-    Trainer(small, regression_data(), regression_collate, train_cfg(max_steps=3, batch_size=4, grad_accum_steps=2), tmp_path / "b").fit()
+    Trainer(
+        small,
+        regression_data(),
+        regression_collate,
+        train_cfg(max_steps=3, batch_size=4, grad_accum_steps=2),
+        tmp_path / "b",
+    ).fit()
     torch.testing.assert_close(big.lin.weight, small.lin.weight, rtol=1e-5, atol=1e-6)
 
 
@@ -85,8 +97,13 @@ def test_too_little_data_is_a_clear_error(tmp_path: Path) -> None:
 def test_interrupted_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Losses of an interrupted+resumed run equal those of an uninterrupted one, step for step."""
     # sentence pairs exercise the per-step random transform, dropout the per-step seeding
-    overrides = [*TINY, "train.max_steps=10", "train.checkpoint_every=4", "data.sentence_pairs=true",
-                 "objective.sentence_order_weight=1.0"]
+    overrides = [
+        *TINY,
+        "train.max_steps=10",
+        "train.checkpoint_every=4",
+        "data.sentence_pairs=true",
+        "objective.sentence_order_weight=1.0",
+    ]
     pretrain("bert", overrides, tmp_path / "straight")  # each run trains its own tokenizer: they must agree
 
     original = Trainer._run_hooks
@@ -151,11 +168,14 @@ def test_clipping_on_says_nothing(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert "clipping" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("precision", "advice"), [("bf16", "train in fp32 (train.mixed_precision=no)"),
-                                                   ("no", "check the data for NaN or infinite values")])
+@pytest.mark.parametrize(
+    ("precision", "advice"),
+    [("bf16", "train in fp32 (train.mixed_precision=no)"), ("no", "check the data for NaN or infinite values")],
+)
 def test_nonfinite_advice_fits_the_runs_precision(tmp_path: Path, precision: str, advice: str) -> None:
-    trainer = regression_trainer(tmp_path, model=Regression(poison=set(range(1, 100))), mixed_precision=precision,
-                                 max_consecutive_nonfinite=2)
+    trainer = regression_trainer(
+        tmp_path, model=Regression(poison=set(range(1, 100))), mixed_precision=precision, max_consecutive_nonfinite=2
+    )
     with pytest.raises(NonFiniteLossError) as error:
         trainer.fit()
     assert advice in str(error.value)
@@ -166,8 +186,9 @@ def test_nonfinite_advice_fits_the_runs_precision(tmp_path: Path, precision: str
 def test_log_lines_during_training_go_above_the_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A monitor's log line is written through tqdm (which clears and redraws the bar), not into the bar."""
     written: list[str] = []
-    monkeypatch.setattr(trainer_module.tqdm, "write", classmethod(lambda cls, s, file=None, end="\n", nolock=False:
-                                                                    written.append(s)))
+    monkeypatch.setattr(
+        trainer_module.tqdm, "write", classmethod(lambda cls, s, file=None, end="\n", nolock=False: written.append(s))
+    )
     console = logging.StreamHandler(sys.stderr)  # what `logging.basicConfig` in mmssl.cli.main installs
     logging.root.addHandler(console)
     monitor_log = logging.getLogger("mmssl.probes")
@@ -179,21 +200,25 @@ def test_log_lines_during_training_go_above_the_progress_bar(tmp_path: Path, mon
     finally:
         logging.root.removeHandler(console)
         monitor_log.setLevel(logging.NOTSET)
-    assert [line for line in written if "kNN accuracy" in line] == ["step 1: kNN accuracy 0.5000",
-                                                                    "step 2: kNN accuracy 0.5000"]
+    assert [line for line in written if "kNN accuracy" in line] == [
+        "step 1: kNN accuracy 0.5000",
+        "step 2: kNN accuracy 0.5000",
+    ]
 
 
 def _monitor(every: int) -> KNNMonitor:
     def encoder_of(model: object) -> None:
         raise AssertionError("probed")
 
-    return KNNMonitor(MonitorConfig(task="t", every=every), [0] * 4, [0] * 4, collate=list, num_classes=2,
-                      encoder_of=encoder_of)
+    return KNNMonitor(
+        MonitorConfig(task="t", every=every), [0] * 4, [0] * 4, collate=list, num_classes=2, encoder_of=encoder_of
+    )
 
 
 def test_the_monitor_probes_the_last_step_only_when_an_interval_fits() -> None:
-    trainer = SimpleNamespace(cfg=SimpleNamespace(max_steps=3), accelerator=SimpleNamespace(unwrap_model=lambda m: m),
-                              model=None)
+    trainer = SimpleNamespace(
+        cfg=SimpleNamespace(max_steps=3), accelerator=SimpleNamespace(unwrap_model=lambda m: m), model=None
+    )
     assert _monitor(every=10)(trainer, 3) == {}  # a 3-step run never reaches monitor.every=10: no final probe
     with pytest.raises(AssertionError, match="probed"):
         _monitor(every=2)(trainer, 3)  # one interval fits: the last step is probed too

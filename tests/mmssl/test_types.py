@@ -21,12 +21,15 @@ def test_batch_to_moves_views_and_pair_and_keeps_metadata() -> None:
     assert moved.pair is not None and moved.pair.units.device.type == "meta"
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"views": (torch.zeros(2),)}, "Batch.views must be a tuple of Batch"),
-    ({"pair": torch.zeros(2)}, "Batch.pair must be a Batch"),
-    ({"grid": (2, 2, 1)}, r"Batch.grid must be \(rows, cols\)"),
-    ({"extras": {"views": ()}}, r"Batch.extras\['views'\]: views is a field of Batch; pass views=... instead"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"views": (torch.zeros(2),)}, "Batch.views must be a tuple of Batch"),
+        ({"pair": torch.zeros(2)}, "Batch.pair must be a Batch"),
+        ({"grid": (2, 2, 1)}, r"Batch.grid must be \(rows, cols\)"),
+        ({"extras": {"views": ()}}, r"Batch.extras\['views'\]: views is a field of Batch; pass views=... instead"),
+    ],
+)
 def test_typed_fields_reject_the_wrong_type(fields: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         batch(4, **fields)

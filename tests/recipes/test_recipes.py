@@ -22,8 +22,22 @@ RECIPES = [name for name, _ in list_recipes()]
 
 
 def test_every_recipe_file_validates() -> None:
-    assert {"bert", "gpt", "simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "mae", "rotation", "jigsaw"} <= set(RECIPES)
-    assert {"data2vec_text", "data2vec_image", "data2vec_audio", "data2vec_graph"} <= set(RECIPES)  # one objective, four domains
+    assert {
+        "bert",
+        "gpt",
+        "simclr",
+        "moco",
+        "byol",
+        "simsiam",
+        "barlow_twins",
+        "vicreg",
+        "mae",
+        "rotation",
+        "jigsaw",
+    } <= set(RECIPES)
+    assert {"data2vec_text", "data2vec_image", "data2vec_audio", "data2vec_graph"} <= set(
+        RECIPES
+    )  # one objective, four domains
     for name in RECIPES:
         recipe = load_recipe(name)
         assert recipe.name == name and recipe.description

@@ -10,21 +10,46 @@ import pytest
 RATE = 16000
 
 # A wav2vec 2.0 / conformer of a few thousand parameters on 1 s crops: seconds per run.
-TINY_AUDIO = ["data.source=folder", "data.max_seconds=1.0", "data.bucket_batches=2", "encoder.hidden_size=32",
-              "encoder.num_layers=2", "encoder.num_heads=2", "encoder.intermediate_size=64",
-              "train.batch_size=4", "train.warmup_steps=2", "train.log_every=1", "train.max_minutes=null"]
-TINY_WAV2VEC2 = ["encoder.conv_dim=[16,16,16,16,16,16,16]", "encoder.num_conv_pos_embeddings=16",
-                 "encoder.num_conv_pos_embedding_groups=2", "encoder.num_codevectors_per_group=8",
-                 "encoder.codevector_dim=16", "encoder.proj_codevector_dim=16", "objective.num_negatives=5"]
+TINY_AUDIO = [
+    "data.source=folder",
+    "data.max_seconds=1.0",
+    "data.bucket_batches=2",
+    "encoder.hidden_size=32",
+    "encoder.num_layers=2",
+    "encoder.num_heads=2",
+    "encoder.intermediate_size=64",
+    "train.batch_size=4",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "train.max_minutes=null",
+]
+TINY_WAV2VEC2 = [
+    "encoder.conv_dim=[16,16,16,16,16,16,16]",
+    "encoder.num_conv_pos_embeddings=16",
+    "encoder.num_conv_pos_embedding_groups=2",
+    "encoder.num_codevectors_per_group=8",
+    "encoder.codevector_dim=16",
+    "encoder.proj_codevector_dim=16",
+    "objective.num_negatives=5",
+]
 TINY_CONFORMER = ["encoder.conv_depthwise_kernel_size=3"]
-TINY_DATA2VEC_AUDIO = ["encoder.conv_dim=[16,16,16,16,16,16,16]", "encoder.num_conv_pos_layers=2",
-                       "encoder.conv_pos_kernel_size=5", "encoder.num_conv_pos_embedding_groups=2",
-                       "objective.top_k_layers=2"]
+TINY_DATA2VEC_AUDIO = [
+    "encoder.conv_dim=[16,16,16,16,16,16,16]",
+    "encoder.num_conv_pos_layers=2",
+    "encoder.conv_pos_kernel_size=5",
+    "encoder.num_conv_pos_embedding_groups=2",
+    "objective.top_k_layers=2",
+]
 TINY_BY_RECIPE = {
     "wav2vec2": TINY_WAV2VEC2,
     "data2vec_audio": TINY_DATA2VEC_AUDIO,
-    "hubert": [*TINY_CONFORMER, "data.num_clusters=8", "data.kmeans_clips=20", "objective.num_classes=8",
-               "objective.embed_dim=16"],
+    "hubert": [
+        *TINY_CONFORMER,
+        "data.num_clusters=8",
+        "data.kmeans_clips=20",
+        "objective.num_classes=8",
+        "objective.embed_dim=16",
+    ],
     "apc": TINY_CONFORMER,
     "tera": TINY_CONFORMER,
 }

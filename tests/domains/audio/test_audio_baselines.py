@@ -65,8 +65,8 @@ def _result(out: str) -> dict:
 
 
 def test_evaluate_init_raw_and_the_module_command_give_the_old_mfcc_probe(
-        tones: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture) -> None:
+    tones: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     train, test = _clips(tones, "train"), _clips(tones, "test")
     # the reference: the former mfcc_probe(train, test) on whole clips (all shorter than a task's 30 s)
     x_train, x_test = (mfcc_statistics(train), train.labels), (mfcc_statistics(test), test.labels)

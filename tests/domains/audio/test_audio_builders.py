@@ -10,8 +10,9 @@ import pytest
 
 from domains.audio import builders
 
-needs_tts = pytest.mark.skipif(not all(shutil.which(t) for t in ("espeak-ng", "flite", "sox")),
-                               reason="apt-get install -y espeak-ng flite sox")
+needs_tts = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("espeak-ng", "flite", "sox")), reason="apt-get install -y espeak-ng flite sox"
+)
 
 
 def test_voices_split_by_voice() -> None:
@@ -50,15 +51,19 @@ def test_kws_builder_renders_and_splits_by_voice(tmp_path: Path, monkeypatch: py
     builders.build_kws(tmp_path)
     train, test = builders.load_split(tmp_path / "train"), builders.load_split(tmp_path / "test")
     assert len(train) == len(test) == 2 * 2 * 2  # 2 voices x 2 words x 2 repeats each
-    assert set(train.groups) == {"espeak:en-us+f1", "flite:kal"} and set(test.groups) == {"espeak:en-us+f4", "flite:awb"}
+    assert set(train.groups) == {"espeak:en-us+f1", "flite:kal"} and set(test.groups) == {
+        "espeak:en-us+f4",
+        "flite:awb",
+    }
     assert train.label_names == ["yes", "no"] and sorted(set(train.labels)) == [0, 1]
     assert all(len(w) == 16000 for w in train.waves + test.waves)
     assert all(float(w.abs().max()) > 0.05 for w in train.waves)
 
 
 @pytest.mark.parametrize("name", ["kws", "speech"])
-def test_missing_speech_tools_fail_at_once_naming_the_apt_command(name: str, monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys) -> None:
+def test_missing_speech_tools_fail_at_once_naming_the_apt_command(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     """No decoding or rendering starts (it took 8 minutes before the failure) when a tool is missing."""
     from mmssl.cli import main
 

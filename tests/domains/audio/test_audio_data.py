@@ -62,10 +62,20 @@ def test_hub_dataset_on_disk_and_missing_column(tmp_path: Path) -> None:
         sf.write(buf, tone(300, seconds, rng), 8000, format="WAV")
         return buf.getvalue()
 
-    rows = {"audio": [{"bytes": wav_bytes(0.5), "path": None}, {"bytes": b"corrupt", "path": None},
-                      {"bytes": wav_bytes(0.4), "path": None}], "label": [0, 1, 1]}
-    features = datasets.Features({"audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
-                                  "label": datasets.ClassLabel(names=["a", "b"])})
+    rows = {
+        "audio": [
+            {"bytes": wav_bytes(0.5), "path": None},
+            {"bytes": b"corrupt", "path": None},
+            {"bytes": wav_bytes(0.4), "path": None},
+        ],
+        "label": [0, 1, 1],
+    }
+    features = datasets.Features(
+        {
+            "audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+            "label": datasets.ClassLabel(names=["a", "b"]),
+        }
+    )
     path = tmp_path / "ds"
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(str(path))
     clips = load_hf_audio(str(path), "train", RATE, label_column="label")
@@ -97,7 +107,8 @@ def test_waveform_collate_pads_and_normalises_like_wav2vec2_feature_extractor() 
     assert batch.units.shape == (2, 16000) and batch.padding_mask.sum(1).tolist() == [0, 7000]
     assert batch.extras["labels"].tolist() == [0, 1]
     ref = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)(
-        [r["wave"].numpy() for r in rows], sampling_rate=RATE, padding=True, return_tensors="pt")
+        [r["wave"].numpy() for r in rows], sampling_rate=RATE, padding=True, return_tensors="pt"
+    )
     assert torch.allclose(batch.units, ref.input_values, atol=1e-4)
     assert torch.equal(~batch.padding_mask, ref.attention_mask.bool())
 
@@ -114,7 +125,7 @@ def test_bucket_order_groups_similar_durations_and_covers_every_clip() -> None:
     lengths = rng.integers(1000, 50000, 200).tolist()
     order = bucket_order(lengths, 8, 5, np.random.default_rng(1))
     assert sorted(order) == list(range(200))
-    spread = np.mean([np.ptp([lengths[i] for i in order[k:k + 8]]) for k in range(0, 200, 8)])
+    spread = np.mean([np.ptp([lengths[i] for i in order[k : k + 8]]) for k in range(0, 200, 8)])
     random_spread = np.mean([np.ptp([lengths[i] for i in rng.permutation(200)[:8]]) for _ in range(25)])
     assert spread < 0.5 * random_spread
 

@@ -20,9 +20,18 @@ from mmssl.types import Batch
 from tests.domains.audio.audio_fixtures import TINY_AUDIO, TINY_BY_RECIPE
 from tests.fitting import first_last, fit
 
-TINY = AudioEncoderConfig(arch="data2vec_audio", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                          conv_dim=(16,) * 7, num_conv_pos_layers=2, conv_pos_kernel_size=5,
-                          num_conv_pos_embedding_groups=2, do_stable_layer_norm=False)
+TINY = AudioEncoderConfig(
+    arch="data2vec_audio",
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    conv_dim=(16,) * 7,
+    num_conv_pos_layers=2,
+    conv_pos_kernel_size=5,
+    num_conv_pos_embedding_groups=2,
+    do_stable_layer_norm=False,
+)
 
 
 def _encoder() -> Wav2Vec2Encoder:
@@ -88,8 +97,18 @@ def test_objective_masks_and_normalises_on_the_frame_grid() -> None:
 
 def test_data2vec_loss_decreases_on_a_fixed_audio_batch() -> None:
     enc = _encoder()
-    objective = Data2Vec(Data2VecConfig(mask="span", mask_prob=0.1, span_length=4, top_k_layers=2,
-                                        ema_decay=0.99, ema_end_decay=0.999, ema_anneal_steps=30), enc)
+    objective = Data2Vec(
+        Data2VecConfig(
+            mask="span",
+            mask_prob=0.1,
+            span_length=4,
+            top_k_layers=2,
+            ema_decay=0.99,
+            ema_end_decay=0.999,
+            ema_anneal_steps=30,
+        ),
+        enc,
+    )
     # the same spans every step: a fixed batch the student can fit
     losses = fit(SSLModel(enc, objective).train(), _waves(pad=True), 30, lr=2e-3, seed=lambda step: 0)
     first, last = first_last(losses)
@@ -116,8 +135,9 @@ def test_export_reloads_with_data2vec_audio_model_to_the_trained_hidden_states(d
     inputs = extractor(waves, sampling_rate=16000, padding=True, return_tensors="pt")  # the second one padded
     with torch.no_grad():
         ref = model(**inputs, output_hidden_states=True)
-        ours = encoder.encode(Batch(units=inputs["input_values"], padding_mask=inputs["attention_mask"] == 0),
-                              all_layers=True)
+        ours = encoder.encode(
+            Batch(units=inputs["input_values"], padding_mask=inputs["attention_mask"] == 0), all_layers=True
+        )
     torch.testing.assert_close(ours.hidden, ref.last_hidden_state, atol=1e-4, rtol=0)
     for a, b in zip(ours.layers, ref.hidden_states, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

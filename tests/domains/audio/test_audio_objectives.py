@@ -17,9 +17,18 @@ from tests.fitting import fit
 
 def _conformer(causal: bool = False):
     torch.manual_seed(0)
-    return build_audio_encoder(AudioEncoderConfig(arch="conformer", hidden_size=32, num_layers=2, num_heads=2,
-                                                  intermediate_size=64, input_dim=16, conv_depthwise_kernel_size=3,
-                                                  causal=causal))
+    return build_audio_encoder(
+        AudioEncoderConfig(
+            arch="conformer",
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=64,
+            input_dim=16,
+            conv_depthwise_kernel_size=3,
+            causal=causal,
+        )
+    )
 
 
 def _batch(seed: int = 0) -> Batch:
@@ -102,16 +111,28 @@ def test_random_projection_quantizer_is_frozen_and_deterministic() -> None:
 def test_best_rq_learns() -> None:
     encoder = _conformer()
     objective = BestRQ(BestRQConfig(codebook_size=32, codebook_dim=8, mask_prob=0.05, mask_length=5), encoder)
-    assert not any(p.requires_grad for p in objective.quantizer.buffers() if p.is_floating_point() and p.grad is not None)
+    assert not any(
+        p.requires_grad for p in objective.quantizer.buffers() if p.is_floating_point() and p.grad is not None
+    )
     losses = _train(objective, encoder)
     assert losses[-1] < 0.8 * losses[0]
 
 
 def test_frame_objectives_reject_waveform_units() -> None:
-    wav = build_audio_encoder(AudioEncoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                                                 conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
-                                                 num_conv_pos_embedding_groups=2, codevector_dim=16,
-                                                 num_codevectors_per_group=8, proj_codevector_dim=16))
+    wav = build_audio_encoder(
+        AudioEncoderConfig(
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            intermediate_size=64,
+            conv_dim=(16,) * 7,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2,
+            codevector_dim=16,
+            num_codevectors_per_group=8,
+            proj_codevector_dim=16,
+        )
+    )
     with pytest.raises(ValueError, match="unit_dim"):
         TERA(TERAConfig(), wav)
     with pytest.raises(ValueError, match="unit_dim"):

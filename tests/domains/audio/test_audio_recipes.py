@@ -50,5 +50,8 @@ def test_resume_continues_exactly(tmp_path: Path, audio_folder: Path) -> None:
 
 def test_stream_and_encoder_must_agree(tmp_path: Path, audio_folder: Path) -> None:
     with pytest.raises(ValueError, match="data.stream=fbank"):
-        pretrain("tera", [*TINY_AUDIO, f"data.path={audio_folder}", "data.stream=waveform", "train.max_steps=1"],
-                 tmp_path / "bad")
+        pretrain(
+            "tera",
+            [*TINY_AUDIO, f"data.path={audio_folder}", "data.stream=waveform", "train.max_steps=1"],
+            tmp_path / "bad",
+        )

@@ -21,9 +21,18 @@ from mmssl.objectives.wav2vec2 import (
 )
 from mmssl.types import Batch
 
-TINY_W2V = AudioEncoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
-                              num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                              num_codevectors_per_group=16, codevector_dim=16, proj_codevector_dim=16)
+TINY_W2V = AudioEncoderConfig(
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    conv_dim=(16,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+    num_codevectors_per_group=16,
+    codevector_dim=16,
+    proj_codevector_dim=16,
+)
 
 
 def _batch(lengths: list[int], seed: int = 0) -> Batch:
@@ -40,18 +49,22 @@ def _hf_inputs(encoder: Wav2Vec2Encoder, batch: Batch, num_negatives: int, seed:
     np.random.seed(seed)
     frames = encoder.output_padding_mask(batch)
     attention = (~frames).long()
-    mask = _compute_mask_indices(tuple(frames.shape), mask_prob=0.65, mask_length=10, attention_mask=attention,
-                                 min_masks=2)
+    mask = _compute_mask_indices(
+        tuple(frames.shape), mask_prob=0.65, mask_length=10, attention_mask=attention, min_masks=2
+    )
     negatives = _sample_negative_indices(tuple(frames.shape), num_negatives, mask)
     return torch.tensor(mask), torch.tensor(negatives, dtype=torch.long)
 
 
 @pytest.mark.parametrize("feat_extract_norm,stable", [("layer", True), ("group", False)])
 @pytest.mark.parametrize("train_mode", [False, True])
-def test_loss_matches_transformers_wav2vec2_for_pretraining(feat_extract_norm: str, stable: bool, train_mode: bool) -> None:
+def test_loss_matches_transformers_wav2vec2_for_pretraining(
+    feat_extract_norm: str, stable: bool, train_mode: bool
+) -> None:
     torch.manual_seed(0)
-    cfg = AudioEncoderConfig(**{**TINY_W2V.__dict__, "feat_extract_norm": feat_extract_norm,
-                                "do_stable_layer_norm": stable})
+    cfg = AudioEncoderConfig(
+        **{**TINY_W2V.__dict__, "feat_extract_norm": feat_extract_norm, "do_stable_layer_norm": stable}
+    )
     encoder = build_audio_encoder(cfg)
     objective = Wav2Vec2Objective(Wav2Vec2Config(num_negatives=10), encoder)
     model: Wav2Vec2ForPreTraining = encoder.model
@@ -73,8 +86,10 @@ def test_loss_matches_transformers_wav2vec2_for_pretraining(feat_extract_norm: s
     g_ours = model.wav2vec2.feature_extractor.conv_layers[0].conv.weight.grad.clone()
     model.zero_grad()
     torch.manual_seed(5)
-    (model(batch.units, attention_mask=attention, mask_time_indices=mask,
-           sampled_negative_indices=negatives).loss / n).backward()
+    (
+        model(batch.units, attention_mask=attention, mask_time_indices=mask, sampled_negative_indices=negatives).loss
+        / n
+    ).backward()
     assert torch.allclose(g_ours, model.wav2vec2.feature_extractor.conv_layers[0].conv.weight.grad, atol=1e-5)
 
 

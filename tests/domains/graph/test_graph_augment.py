@@ -55,7 +55,8 @@ def test_generation_split_removes_the_generated_links(ego: Batch) -> None:
     assert not (attr & ~ego.maskable).any() and attr.any()
     before, after = _edge_set(ego), _edge_set(out)
     assert pairs.shape[1] > 0 and after == before - {(u, v) for u, v in pairs.T.tolist()} - {
-        (v, u) for u, v in pairs.T.tolist()}
+        (v, u) for u, v in pairs.T.tolist()
+    }
     assert not attr.reshape(-1)[pairs[0]].any()  # links are generated from edge generation nodes
 
 

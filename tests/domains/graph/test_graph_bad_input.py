@@ -16,13 +16,19 @@ def _graph(n: int = 4, f: int = 3, edges=((0, 1), (1, 2))) -> Data:
     return Data(x=torch.ones(n, f), edge_index=torch.tensor(edges, dtype=torch.long).reshape(-1, 2).T, num_nodes=n)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda g: setattr(g, "edge_index", torch.tensor([[0, 1], [1, 7]])), "points to node 7, but the graph has nodes 0..3"),
-    (lambda g: setattr(g, "edge_index", torch.zeros(2, 0, dtype=torch.long)), "no edges"),
-    (lambda g: g.x.__setitem__((2, 1), float("nan")), "NaN or inf"),
-    (lambda g: setattr(g, "x", torch.ones(4)), "expected [num_nodes=4, num_features]"),
-    (lambda g: setattr(g, "x", None), "no node features"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda g: setattr(g, "edge_index", torch.tensor([[0, 1], [1, 7]])),
+            "points to node 7, but the graph has nodes 0..3",
+        ),
+        (lambda g: setattr(g, "edge_index", torch.zeros(2, 0, dtype=torch.long)), "no edges"),
+        (lambda g: g.x.__setitem__((2, 1), float("nan")), "NaN or inf"),
+        (lambda g: setattr(g, "x", torch.ones(4)), "expected [num_nodes=4, num_features]"),
+        (lambda g: setattr(g, "x", None), "no node features"),
+    ],
+)
 def test_each_problem_is_named(change, message) -> None:
     g = _graph()
     assert graph_problem(g) is None
@@ -61,7 +67,9 @@ def test_node_level_source_with_a_dangling_edge_is_an_error(tmp_path) -> None:
 
 def test_finetuning_on_features_of_another_width_names_both_widths() -> None:
     processor = GraphProcessor(level="node", in_channels=7, source="my-graph")
-    with pytest.raises(ValueError, match=r"karate-club has 34 node features but the encoder was pretrained on 7 \(my-graph\)"):
+    with pytest.raises(
+        ValueError, match=r"karate-club has 34 node features but the encoder was pretrained on 7 \(my-graph\)"
+    ):
         GraphDomain().task_collate(processor, TaskConfig(name="karate-club"))
     ok = replace(processor, in_channels=34)
     assert callable(GraphDomain().task_collate(ok, TaskConfig(name="karate-club")))
@@ -77,8 +85,17 @@ def test_skipped_graphs_are_counted_in_the_run_summary(tmp_path) -> None:
 
     graphs = [_graph() for _ in range(10)] + [_graph(edges=((0, 9),)), _graph(edges=())]
     torch.save(graphs, tmp_path / "mols.pt")
-    run = pretrain("graphcl", [*TINY_GRAPH[4:], "data.source=file", f"data.path={tmp_path / 'mols.pt'}",
-                               "train.max_steps=1", "train.batch_size=4"], tmp_path / "run")
+    run = pretrain(
+        "graphcl",
+        [
+            *TINY_GRAPH[4:],
+            "data.source=file",
+            f"data.path={tmp_path / 'mols.pt'}",
+            "train.max_steps=1",
+            "train.batch_size=4",
+        ],
+        tmp_path / "run",
+    )
     summary = json.loads((run / "data_summary.json").read_text())
     assert summary["graphs"] == 10 and summary["skipped_graphs"] == 2
     assert json.loads((run / "export" / "mmssl.json").read_text())["skipped_graphs"] == 2

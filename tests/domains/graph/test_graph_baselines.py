@@ -28,7 +28,9 @@ def test_mean_propagation_averages_each_node_with_its_undirected_neighbours() ->
     graph = Data(x=x.to_sparse_csr(), edge_index=torch.tensor([[0, 1], [1, 2]]), num_nodes=3)  # 0-1-2, one direction
     hops = mean_propagate(graph, hops=2)
     expected_1 = torch.stack([(x[0] + x[1]) / 2, (x[0] + x[1] + x[2]) / 3, (x[1] + x[2]) / 2])
-    expected_2 = torch.stack([(expected_1[0] + expected_1[1]) / 2, expected_1.mean(0), (expected_1[1] + expected_1[2]) / 2])
+    expected_2 = torch.stack(
+        [(expected_1[0] + expected_1[1]) / 2, expected_1.mean(0), (expected_1[1] + expected_1[2]) / 2]
+    )
     torch.testing.assert_close(hops[0], x)
     torch.testing.assert_close(hops[1], expected_1)
     torch.testing.assert_close(hops[2], expected_2)
@@ -37,8 +39,12 @@ def test_mean_propagation_averages_each_node_with_its_undirected_neighbours() ->
 def _random_graphs(n: int) -> list[Data]:
     """Two classes of 4-node graphs whose features differ by +1 on every feature."""
     g = torch.Generator().manual_seed(0)
-    return [Data(x=torch.rand(4, 3, generator=g) + (i % 2), edge_index=torch.tensor([[0, 1], [1, 2]]),
-                 y=torch.tensor(i % 2)) for i in range(n)]
+    return [
+        Data(
+            x=torch.rand(4, 3, generator=g) + (i % 2), edge_index=torch.tensor([[0, 1], [1, 2]]), y=torch.tensor(i % 2)
+        )
+        for i in range(n)
+    ]
 
 
 def test_node_and_graph_baselines_report_probe_accuracies() -> None:
@@ -85,14 +91,30 @@ def test_evaluate_init_raw_gives_the_old_baseline_accuracy(karate_run: Path, cap
     linear = _result(capsys.readouterr().out)
     assert linear["baseline"] == "propagated-features" and linear["init"] == "raw" and linear["feature_dim"] == 102
     assert linear["accuracy"] == fit_linear_probe(train, test, ProbeConfig())["accuracy"]
-    assert main(["evaluate", str(karate_run), "--protocol", "knn", "--task", "karate-club", "--set", "probe.k=5",
-                 "--init", "raw"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(karate_run),
+                "--protocol",
+                "knn",
+                "--task",
+                "karate-club",
+                "--set",
+                "probe.k=5",
+                "--init",
+                "raw",
+            ]
+        )
+        == 0
+    )
     assert _result(capsys.readouterr().out)["accuracy"] == knn_accuracy(train, test, num_classes=4, k=5)
     assert [r["init"] for r in read_metrics(karate_run) if r.get("event") == "evaluate"][-2:] == ["raw", "raw"]
 
 
-def test_evaluate_init_raw_on_a_graph_level_task(karate_run: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_init_raw_on_a_graph_level_task(
+    karate_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     graphs = _random_graphs(20)
     spec = TaskSpec(lambda: graph_task(graphs[:12], graphs[12:], ["a", "b"]), domain="graph")
     monkeypatch.setitem(TASKS._items, "two-graph-classes", spec)

@@ -29,7 +29,9 @@ WORDNET_LINES = [
 
 def test_parse_wordnet_line_reads_hex_word_counts_and_noun_pointers() -> None:
     offset, lex, targets, gloss = parse_wordnet_line(WORDNET_LINES[3])
-    assert (offset, lex, targets) == (2137, 3, [1740]) and gloss.startswith("a general concept")  # the verb pointer is skipped
+    assert (offset, lex, targets) == (2137, 3, [1740]) and gloss.startswith(
+        "a general concept"
+    )  # the verb pointer is skipped
     with pytest.raises(ValueError, match="pointers"):
         parse_wordnet_line(WORDNET_LINES[4])
 
@@ -71,8 +73,10 @@ def test_join_and_split_graphs_round_trip() -> None:
     for g, y in zip(graphs, (0, 1, 2)):
         g.y = torch.tensor([y])
     back = split_graphs(join_graphs(graphs))
-    assert all(torch.equal(a.x, b.x) and torch.equal(a.edge_index, b.edge_index) and int(a.y) == int(b.y)
-               for a, b in zip(graphs, back))
+    assert all(
+        torch.equal(a.x, b.x) and torch.equal(a.edge_index, b.edge_index) and int(a.y) == int(b.y)
+        for a, b in zip(graphs, back)
+    )
 
 
 @pytest.mark.slow

@@ -23,8 +23,14 @@ def _ego_batch() -> Batch:
 
 def _encoder(arch: str = "sage", num_layers: int = 2, jk: str | None = None) -> GNNEncoder:
     torch.manual_seed(0)
-    cfg = GraphEncoderConfig(arch=arch, hidden_size=16, num_layers=num_layers, heads=2 if arch == "gat" else 1, jk=jk,
-                             norm="layer_norm" if arch == "gcn" else None)
+    cfg = GraphEncoderConfig(
+        arch=arch,
+        hidden_size=16,
+        num_layers=num_layers,
+        heads=2 if arch == "gat" else 1,
+        jk=jk,
+        norm="layer_norm" if arch == "gcn" else None,
+    )
     return build_graph_encoder(cfg, 34)
 
 
@@ -85,8 +91,12 @@ def test_data2vec_masks_non_root_nodes_and_targets_every_layer() -> None:
 
 def test_data2vec_loss_decreases_on_a_fixed_graph_batch() -> None:
     enc = _encoder()
-    objective = Data2Vec(Data2VecConfig(mask="random", mask_prob=0.5, top_k_layers=2, ema_decay=0.99,
-                                        ema_end_decay=0.999, ema_anneal_steps=50), enc)
+    objective = Data2Vec(
+        Data2VecConfig(
+            mask="random", mask_prob=0.5, top_k_layers=2, ema_decay=0.99, ema_end_decay=0.999, ema_anneal_steps=50
+        ),
+        enc,
+    )
     # the same masked nodes every step: a fixed batch the student can fit
     losses = fit(SSLModel(enc, objective).train(), _ego_batch(), 50, lr=1e-2, seed=lambda step: 0)
     first, last = first_last(losses)

@@ -46,7 +46,9 @@ def test_linear_and_knn_probes_on_karate(karate_run: Path) -> None:
 
 
 def test_finetune_on_karate_writes_an_export(karate_run: Path, tmp_path: Path) -> None:
-    record = finetune(karate_run, FinetuneConfig(task=TaskConfig(name="karate-club"), train=TINY_TRAIN), tmp_path / "ft")
+    record = finetune(
+        karate_run, FinetuneConfig(task=TaskConfig(name="karate-club"), train=TINY_TRAIN), tmp_path / "ft"
+    )
     assert record["n_test"] == 18 and 0.0 <= record["accuracy"] <= 1.0
     export = Path(record["output_dir"]) / "export"
     assert export.is_relative_to(tmp_path / "ft") and (export / "classifier_head.safetensors").is_file()
@@ -59,7 +61,9 @@ def test_cli_evaluate_linear(karate_run: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_full_batch_mode_and_its_contract(tmp_path: Path) -> None:
-    run = pretrain("graphmae", [*TINY_GRAPH, "data.mode=full", "train.batch_size=1", "train.max_steps=3"], tmp_path / "a")
+    run = pretrain(
+        "graphmae", [*TINY_GRAPH, "data.mode=full", "train.batch_size=1", "train.max_steps=3"], tmp_path / "a"
+    )
     assert (run / "export" / "config.json").is_file()
     with pytest.raises(ValueError, match="train.batch_size=1"):
         pretrain("graphmae", [*TINY_GRAPH, "data.mode=full", "train.max_steps=3"], tmp_path / "b")
@@ -68,7 +72,9 @@ def test_full_batch_mode_and_its_contract(tmp_path: Path) -> None:
 def test_graph_level_pretrain_and_finetune(tmp_path: Path) -> None:
     torch.manual_seed(0)
     graphs = list(FakeDataset(num_graphs=40, avg_num_nodes=8, avg_degree=2, num_channels=8, num_classes=3))
-    TASKS.add("tiny-graphs-test", TaskSpec(lambda: graph_task(graphs[:24], graphs[24:], ["a", "b", "c"]), domain="graph"))
+    TASKS.add(
+        "tiny-graphs-test", TaskSpec(lambda: graph_task(graphs[:24], graphs[24:], ["a", "b", "c"]), domain="graph")
+    )
     run = pretrain("graphcl", [*TINY_GRAPH_LEVEL, "train.max_steps=3"], tmp_path / "graphcl")
     task = TaskConfig(name="tiny-graphs-test")
     record = finetune(run, FinetuneConfig(task=task, train=TINY_TRAIN), tmp_path / "ft")

@@ -28,8 +28,11 @@ def _graph(n: int = 4, f: int = 3) -> Data:
 
 
 def _pretrain(tmp_path: Path, path: Path, *overrides: str) -> int:
-    sets = [arg for o in [*TINY_GRAPH[2:], "train.max_steps=1", "data.source=file", f"data.path={path}", *overrides]
-            for arg in ("--set", o)]
+    sets = [
+        arg
+        for o in [*TINY_GRAPH[2:], "train.max_steps=1", "data.source=file", f"data.path={path}", *overrides]
+        for arg in ("--set", o)
+    ]
     return main(["pretrain", "dgi", "--output-dir", str(tmp_path / "run"), *sets])
 
 
@@ -83,18 +86,22 @@ def _write(kind: str, path: Path) -> None:
         path.mkdir()
 
 
-@pytest.mark.parametrize(("kind", "level", "message"), [
-    ("not a pickle", "node", "is not a file written by torch.save, or it is damaged"),
-    ("empty file", "node", "is not a file written by torch.save, or it is damaged"),
-    ("a dict", "node", "holds a dict; expected a PyG Data, a list of Data or a PyG dataset"),
-    ("float edges", "node", "edge_index must be an integer tensor (torch.long), found torch.float32"),
-    ("empty list", "node", "holds no graphs"),
-    ("empty list", "graph", "holds no graphs"),
-    ("missing", "node", "no such file"),
-    ("a folder", "node", "is a folder; expected a .pt file"),
-])
-def test_bad_files_are_one_sentence(kind: str, level: str, message: str, tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("kind", "level", "message"),
+    [
+        ("not a pickle", "node", "is not a file written by torch.save, or it is damaged"),
+        ("empty file", "node", "is not a file written by torch.save, or it is damaged"),
+        ("a dict", "node", "holds a dict; expected a PyG Data, a list of Data or a PyG dataset"),
+        ("float edges", "node", "edge_index must be an integer tensor (torch.long), found torch.float32"),
+        ("empty list", "node", "holds no graphs"),
+        ("empty list", "graph", "holds no graphs"),
+        ("missing", "node", "no such file"),
+        ("a folder", "node", "is a folder; expected a .pt file"),
+    ],
+)
+def test_bad_files_are_one_sentence(
+    kind: str, level: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "graph.pt"
     _write(kind, path)
     assert _pretrain(tmp_path, path, f"data.level={level}") == 2

@@ -40,7 +40,9 @@ def test_dgi_equals_pyg_deep_graph_infomax(karate: Data) -> None:
     enc = _encoder()
     perm_seed = 123
     pyg = DeepGraphInfomax(
-        16, encoder=enc.model, summary=lambda z, *args, **kwargs: torch.sigmoid(z.mean(0)),
+        16,
+        encoder=enc.model,
+        summary=lambda z, *args, **kwargs: torch.sigmoid(z.mean(0)),
         corruption=lambda x, edge_index: (x[torch.randperm(x.shape[0])], edge_index),
     )  # resets the encoder's weights; both sides use them from here on
     ours = DGI(DGIConfig(readout="row"), enc)
@@ -83,7 +85,7 @@ def test_graphmae_remasks_before_the_decoder(karate: Data) -> None:
     obj.decoder.register_forward_hook(lambda m, args, out: seen.update(code=args[0], recon=out))
     torch.manual_seed(1)
     out = obj(enc, full_batch(karate))
-    zero_rows = (seen["code"][0].abs().sum(-1) == 0)
+    zero_rows = seen["code"][0].abs().sum(-1) == 0
     assert int(zero_rows.sum()) == 17  # half of the 34 nodes masked, all of them re-masked
     assert torch.allclose(out.loss, sce_loss(seen["recon"][0][zero_rows], karate.x[zero_rows], 2.0))
 
@@ -118,14 +120,19 @@ def test_link_contrastive_loss_is_cross_entropy_over_batch_and_queue() -> None:
     torch.manual_seed(0)
     q, k, queue = torch.randn(4, 6), torch.randn(4, 6), torch.randn(5, 6)
     cands = torch.cat([F.normalize(k, dim=1), F.normalize(queue, dim=1)])
-    expected = torch.stack([
-        -torch.log_softmax(F.normalize(q[i], dim=0) @ cands.T / 0.5, dim=0)[i] for i in range(4)]).mean()
+    expected = torch.stack(
+        [-torch.log_softmax(F.normalize(q[i], dim=0) @ cands.T / 0.5, dim=0)[i] for i in range(4)]
+    ).mean()
     assert torch.allclose(link_contrastive_loss(q, k, queue, 0.5), expected, atol=1e-6)
     assert link_contrastive_loss(q[:0], k[:0], queue, 0.5) == 0
     # keys 0 and 1 are the same node: neither is a negative of the other's query
     ids = torch.tensor([7, 7, 1, 2])
-    rows = [_masked_row(q, cands, 0, 1), _masked_row(q, cands, 1, 0), _masked_row(q, cands, 2, None),
-            _masked_row(q, cands, 3, None)]
+    rows = [
+        _masked_row(q, cands, 0, 1),
+        _masked_row(q, cands, 1, 0),
+        _masked_row(q, cands, 2, None),
+        _masked_row(q, cands, 3, None),
+    ]
     assert torch.allclose(link_contrastive_loss(q, k, queue, 0.5, key_ids=ids), torch.stack(rows).mean(), atol=1e-6)
 
 
@@ -149,12 +156,15 @@ def _train(name: str, config: dict, views: str, batches: list[Batch], in_channel
     return fit(SSLModel(enc, obj), batch, steps, lr=5e-3, optimizer=torch.optim.Adam)
 
 
-@pytest.mark.parametrize("name, config, views", [
-    ("dgi", {}, "none"),
-    ("graphmae", {}, "none"),
-    ("bgrl", {"predictor_hidden_dim": 32}, "bgrl"),
-    ("gpt_gnn", {"decoder_hidden_dim": 32, "queue_size": 16}, "gpt_gnn"),
-])
+@pytest.mark.parametrize(
+    "name, config, views",
+    [
+        ("dgi", {}, "none"),
+        ("graphmae", {}, "none"),
+        ("bgrl", {"predictor_hidden_dim": 32}, "bgrl"),
+        ("gpt_gnn", {"decoder_hidden_dim": 32, "queue_size": 16}, "gpt_gnn"),
+    ],
+)
 def test_node_level_losses_decrease(karate: Data, name: str, config: dict, views: str) -> None:
     collate = ego_collate(karate, [4, 3], with_labels=False)
     batches = [collate([{"item": i, "label": -1} for i in range(s, s + 17)]) for s in (0, 17)]
@@ -164,7 +174,8 @@ def test_node_level_losses_decrease(karate: Data, name: str, config: dict, views
 
 def test_graphcl_nt_xent_on_graph_views_decreases() -> None:
     graphs = list(FakeDataset(num_graphs=32, avg_num_nodes=10, avg_degree=3, num_channels=8, num_classes=2))
-    batches = [graphs_batch(graphs[i:i + 16]) for i in (0, 16)]
-    losses = _train("simclr", {"temperature": 0.2, "projector_hidden_dim": 32, "projector_dim": 16}, "graphcl",
-                    batches, 8)
+    batches = [graphs_batch(graphs[i : i + 16]) for i in (0, 16)]
+    losses = _train(
+        "simclr", {"temperature": 0.2, "projector_hidden_dim": 32, "projector_dim": 16}, "graphcl", batches, 8
+    )
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10, losses

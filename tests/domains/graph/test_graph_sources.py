@@ -21,16 +21,20 @@ def _pretrain(tmp_path: Path, *overrides: str) -> int:
     return main(["pretrain", "dgi", "--output-dir", str(tmp_path / "run"), *sets])
 
 
-@pytest.mark.parametrize(("setting", "key"), [
-    ("data.path=os:system", "data.path"),  # the attack of issue 17
-    ("data.path=torch_geometric.datasets:os.system", "data.path"),
-    ("data.path=os.system", "data.path"),
-    ("data.name=os:system", "data.name"),
-    ("data.name=os.system", "data.name"),
-    ("data.name=system", "data.name"),
-])
-def test_a_recipe_cannot_name_a_callable(setting: str, key: str, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("data.path=os:system", "data.path"),  # the attack of issue 17
+        ("data.path=torch_geometric.datasets:os.system", "data.path"),
+        ("data.path=os.system", "data.path"),
+        ("data.name=os:system", "data.name"),
+        ("data.name=os.system", "data.name"),
+        ("data.name=system", "data.name"),
+    ],
+)
+def test_a_recipe_cannot_name_a_callable(
+    setting: str, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     marker = tmp_path / "pwned"
     code = _pretrain(tmp_path, "data.source=pyg", setting, f'data.kwargs={{command: "id > {marker}"}}')
     err = capsys.readouterr().err
@@ -41,8 +45,10 @@ def test_a_recipe_cannot_name_a_callable(setting: str, key: str, tmp_path: Path,
 
 def test_a_pyg_name_that_does_not_exist_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _pretrain(tmp_path, "data.source=pyg", "data.name=KarateKlub") == 2
-    assert "mmssl: error: data.name='KarateKlub' is not a PyG dataset or a registered graph source" \
+    assert (
+        "mmssl: error: data.name='KarateKlub' is not a PyG dataset or a registered graph source"
         in capsys.readouterr().err
+    )
 
 
 def test_kwargs_that_do_not_fit_the_class_name_the_key() -> None:
@@ -54,8 +60,14 @@ def test_pyg_classes_by_name_and_by_the_older_path_spelling() -> None:
     by_name = load_source(GraphDataConfig(source="pyg", name="KarateClub"))
     by_path = load_source(GraphDataConfig(source="pyg", path="torch_geometric.datasets:KarateClub"))
     assert by_name.num_nodes == by_path.num_nodes == 34
-    graphs = load_source(GraphDataConfig(source="pyg", name="FakeDataset", level="graph",
-                                         kwargs={"num_graphs": 5, "avg_num_nodes": 6, "num_channels": 4}))
+    graphs = load_source(
+        GraphDataConfig(
+            source="pyg",
+            name="FakeDataset",
+            level="graph",
+            kwargs={"num_graphs": 5, "avg_num_nodes": 6, "num_channels": 4},
+        )
+    )
     assert len(graphs) == 5 and all(g.x.shape[1] == 4 for g in graphs)
 
 

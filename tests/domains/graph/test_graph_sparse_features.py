@@ -41,8 +41,14 @@ print("WARNINGS:", [str(w.message)[:80] for w in caught])
 
 def test_a_wordnet_data_path_emits_no_sparse_warning(tmp_path: Path) -> None:
     env = {**os.environ, "MMSSL_CACHE": str(tmp_path), "PYTHONWARNINGS": "default"}
-    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS], cwd=Path(__file__).parents[3], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS],
+        cwd=Path(__file__).parents[3],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "WARNINGS: []" in out.stdout, out.stdout
     assert "Sparse" not in out.stderr and "SEGFAULT" not in out.stderr

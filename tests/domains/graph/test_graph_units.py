@@ -52,7 +52,10 @@ def test_ego_rows_roots_first_and_collate_is_deterministic(karate: Data) -> None
     assert torch.equal(a.units, b.units) and torch.equal(a.extras["edge_index"], b.extras["edge_index"])
     assert a.extras["node_id"][:, 0].tolist() == [3, 9, 20]
     assert a.special_mask[:, 0].all() and not a.special_mask[:, 1:].any()
-    assert torch.equal(a.units[:, 0], karate.x[[3, 9, 20]]) and a.extras["labels"].tolist() == karate.y[[3, 9, 20]].tolist()
+    assert (
+        torch.equal(a.units[:, 0], karate.x[[3, 9, 20]])
+        and a.extras["labels"].tolist() == karate.y[[3, 9, 20]].tolist()
+    )
     # edges stay inside their row, and point at real units
     t = a.units.shape[1]
     src, dst = a.extras["edge_index"]

@@ -49,10 +49,15 @@ from domains.image.views import (
 
 CPU = torch.device("cpu")
 # Every op switched off, and a crop that always takes the whole (square) image.
-IDENTITY = ViewConfig(size=16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
-                      blur_p=0.0)
-TV_COLOR = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
-            "saturation": TF.adjust_saturation, "hue": TF.adjust_hue}
+IDENTITY = ViewConfig(
+    size=16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0
+)
+TV_COLOR = {
+    "brightness": TF.adjust_brightness,
+    "contrast": TF.adjust_contrast,
+    "saturation": TF.adjust_saturation,
+    "hue": TF.adjust_hue,
+}
 
 
 def _images(b: int, c: int, h: int, w: int, seed: int = 0) -> Tensor:
@@ -111,8 +116,10 @@ def test_color_ops_match_torchvision_per_sample(op, channels: int) -> None:
 def test_color_jitter_applies_each_samples_own_order(channels: int) -> None:
     images = _images(4, channels, 8, 8)
     params = JitterParams(
-        brightness=torch.tensor([1.3, 0.6, 1.0, 1.5]), contrast=torch.tensor([0.5, 1.4, 1.0, 0.2]),
-        saturation=torch.tensor([1.8, 0.3, 1.0, 0.0]), hue=torch.tensor([0.2, -0.4, 0.1, 0.3]),
+        brightness=torch.tensor([1.3, 0.6, 1.0, 1.5]),
+        contrast=torch.tensor([0.5, 1.4, 1.0, 0.2]),
+        saturation=torch.tensor([1.8, 0.3, 1.0, 0.0]),
+        hue=torch.tensor([0.2, -0.4, 0.1, 0.3]),
         order=torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1]]),
         apply=torch.tensor([True, True, True, False]),
     )
@@ -130,8 +137,10 @@ def test_color_jitter_without_hue_matches_too() -> None:
     images = _images(2, 3, 6, 6)
     params = dataclasses.replace(sample_jitter(2, 0.8, 0.8, 0.8, 0.0, 1.0, CPU), order=torch.tensor([[3, 2, 0, 1]] * 2))
     assert params.hue is None
-    ref = TF.adjust_contrast(TF.adjust_brightness(TF.adjust_saturation(
-        images[1], params.saturation[1].item()), params.brightness[1].item()), params.contrast[1].item())
+    ref = TF.adjust_contrast(
+        TF.adjust_brightness(TF.adjust_saturation(images[1], params.saturation[1].item()), params.brightness[1].item()),
+        params.contrast[1].item(),
+    )
     torch.testing.assert_close(color_jitter(images, params)[1], ref, atol=1e-6, rtol=0)
 
 
@@ -205,8 +214,12 @@ def test_crop_boxes_follow_torchvisions_distribution_and_fallback() -> None:
 def test_jitter_parameters() -> None:
     torch.manual_seed(0)
     params = sample_jitter(10_000, 0.4, 0.4, 0.2, 0.1, 0.8, CPU)
-    for name, low, high in (("brightness", 0.6, 1.4), ("contrast", 0.6, 1.4), ("saturation", 0.8, 1.2),
-                            ("hue", -0.1, 0.1)):
+    for name, low, high in (
+        ("brightness", 0.6, 1.4),
+        ("contrast", 0.6, 1.4),
+        ("saturation", 0.8, 1.2),
+        ("hue", -0.1, 0.1),
+    ):
         values = getattr(params, name)
         assert low <= values.min() and values.max() <= high and values.std() > (high - low) / 4, name
     assert torch.equal(params.order.sort(dim=1).values, torch.arange(4).expand(10_000, 4))
@@ -313,11 +326,25 @@ def test_bad_images_are_rejected() -> None:
 
 
 # --------------------------------------------------------------------------- config and presets
-@pytest.mark.parametrize(("field", "value"), [
-    ("size", 0), ("size", 2.5), ("scale", (0.0, 1.0)), ("scale", (0.5, 0.2)), ("scale", (0.1, 1.2)),
-    ("ratio", (1.0,)), ("flip_p", 1.5), ("jitter_p", -0.1), ("brightness", -1.0), ("hue", 0.6),
-    ("blur_sigma", 2.0), ("solarize_p", True), ("mean", (0.5,)), ("std", (0.0,)),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("size", 0),
+        ("size", 2.5),
+        ("scale", (0.0, 1.0)),
+        ("scale", (0.5, 0.2)),
+        ("scale", (0.1, 1.2)),
+        ("ratio", (1.0,)),
+        ("flip_p", 1.5),
+        ("jitter_p", -0.1),
+        ("brightness", -1.0),
+        ("hue", 0.6),
+        ("blur_sigma", 2.0),
+        ("solarize_p", True),
+        ("mean", (0.5,)),
+        ("std", (0.0,)),
+    ],
+)
 def test_view_config_rejects_bad_values_by_name(field: str, value: object) -> None:
     extra = {"mean": (0.5,)} if field == "std" else {}
     with pytest.raises(ValueError, match=f"ViewConfig.{field}"):
@@ -358,5 +385,6 @@ def test_views_stay_on_the_gpu_and_match_the_cpu_ops() -> None:
     torch.testing.assert_close(color_jitter(gpu, on_gpu).cpu(), color_jitter(images, params), atol=1e-5, rtol=0)
     boxes = sample_crop_boxes(8, 32, 32, (0.08, 1.0), (0.75, 4 / 3), gpu.device)
     assert boxes.device == gpu.device
-    torch.testing.assert_close(resized_crop(gpu, boxes, 24).cpu(), resized_crop(images, boxes.cpu(), 24), atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(
+        resized_crop(gpu, boxes, 24).cpu(), resized_crop(images, boxes.cpu(), 24), atol=1e-5, rtol=0
+    )

@@ -74,7 +74,8 @@ def test_read_idx_round_trip(tmp_path: Path, compress: bool) -> None:
     pixels = random_images((6, 4, 3))
     labels = np.array([0, 2, 1, 2, 0, 1], dtype=np.uint8)
     arrays = read_idx(
-        write_idx(tmp_path / "images.idx", pixels, compress), write_idx(tmp_path / "labels.idx", labels, compress),
+        write_idx(tmp_path / "images.idx", pixels, compress),
+        write_idx(tmp_path / "labels.idx", labels, compress),
         label_names=["x", "y", "z"],
     )
     assert arrays.images.shape == (6, 1, 4, 3) and arrays.images.dtype == torch.uint8
@@ -248,8 +249,10 @@ def test_load_hf_image_dataset_errors(hf_folder: tuple[Path, np.ndarray]) -> Non
 # --------------------------------------------------------------------------- cache format
 def test_save_load_round_trip(tmp_path: Path) -> None:
     arrays = ImageArrays(
-        images=torch.from_numpy(random_images((7, 3, 5, 6))), labels=torch.tensor([2, 0, 1, 2, 0, 1, 1]),
-        label_names=["r", "g", "b"], source="synthetic colours",
+        images=torch.from_numpy(random_images((7, 3, 5, 6))),
+        labels=torch.tensor([2, 0, 1, 2, 0, 1, 1]),
+        label_names=["r", "g", "b"],
+        source="synthetic colours",
     )
     assert save_arrays(arrays, tmp_path / "split") == tmp_path / "split" / "images.safetensors"
     loaded = load_arrays(tmp_path / "split")

@@ -26,8 +26,11 @@ def test_collate_matches_vit_image_processor() -> None:
     processor = make_processor(arrays, patch_size=4)
     batch = image_collate(processor, with_labels=True)([ImageRows(arrays)[i] for i in range(4)])
     ours = unpatchify(batch.units, batch.grid, 4)
-    ref = processor([img.permute(1, 2, 0).numpy() for img in arrays.images[:4]], return_tensors="pt",
-                    input_data_format="channels_last")["pixel_values"]
+    ref = processor(
+        [img.permute(1, 2, 0).numpy() for img in arrays.images[:4]],
+        return_tensors="pt",
+        input_data_format="channels_last",
+    )["pixel_values"]
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     assert batch.extras["labels"].tolist() == [0, 1, 2, 0]
     assert batch.units.shape == (4, 49, 48) and not batch.padding_mask.any()
@@ -84,8 +87,9 @@ def test_config_errors_name_the_key() -> None:
 def test_pretrain_data_from_numpy_and_patch_size_check(tmp_path) -> None:
     images = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
     np.save(tmp_path / "x.npy", images)
-    recipe = SimpleNamespace(data=ImageDataConfig(source="numpy", path=str(tmp_path / "x.npy")),
-                             encoder=SimpleNamespace(patch_size=4))
+    recipe = SimpleNamespace(
+        data=ImageDataConfig(source="numpy", path=str(tmp_path / "x.npy")), encoder=SimpleNamespace(patch_size=4)
+    )
     data = ImageDomain().pretrain_data(recipe, tmp_path, 0, 1)
     assert len(data.dataset) == 10 and data.summary["image_shape"] == [1, 28, 28]
     assert (tmp_path / "processor" / "preprocessor_config.json").is_file()

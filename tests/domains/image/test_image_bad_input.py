@@ -34,12 +34,17 @@ def _folder(root: Path, gray: int = 0, corrupt: int = 0, odd_size: bool = False)
     return root
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda p: None, "no such folder"),
-    (lambda p: p.write_bytes(b"not a folder"), "is a file, not a folder"),
-], ids=["missing", "a file"])
-def test_an_imagefolder_path_that_is_not_a_folder(make, message: str, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "no such folder"),
+        (lambda p: p.write_bytes(b"not a folder"), "is a file, not a folder"),
+    ],
+    ids=["missing", "a file"],
+)
+def test_an_imagefolder_path_that_is_not_a_folder(
+    make, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "images"
     make(path)
     assert _pretrain(tmp_path / "run", path) == 2
@@ -55,12 +60,15 @@ def test_images_of_different_sizes_suggest_the_setting(tmp_path: Path, capsys: p
 
 
 def test_skipped_images_are_counted_and_gray_ones_converted_with_a_word(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert _pretrain(tmp_path / "run", _folder(tmp_path / "images", gray=3, corrupt=2)) == 0
     summary = json.loads((tmp_path / "run" / "data_summary.json").read_text())
     assert summary["images"] == 10 and summary["skipped_images"] == 2 and summary["image_shape"][0] == 3
     assert export_meta(tmp_path / "run" / "export")["skipped_images"] == 2
     converted = [line for line in capsys.readouterr().err.splitlines() if "grayscale" in line]
-    assert converted == [f"{tmp_path / 'images'}: 3 of 10 images are grayscale and the others RGB: converted the "
-                         "grayscale ones to RGB (gray copied to all three channels); --set data.channels=1 trains "
-                         "on grayscale instead"]
+    assert converted == [
+        f"{tmp_path / 'images'}: 3 of 10 images are grayscale and the others RGB: converted the "
+        "grayscale ones to RGB (gray copied to all three channels); --set data.channels=1 trains "
+        "on grayscale instead"
+    ]

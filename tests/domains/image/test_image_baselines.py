@@ -33,12 +33,13 @@ def bars(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pixels = rng.integers(0, 60, (12, 12), dtype=np.uint8)
             at = rng.integers(2, 9)
             if i % 2:
-                pixels[2:10, at:at + 2] = 230
+                pixels[2:10, at : at + 2] = 230
             else:
-                pixels[at:at + 2, 2:10] = 230
+                pixels[at : at + 2, 2:10] = 230
             images.append(Image.fromarray(pixels))
-        features = datasets.Features({"image": datasets.Image(),
-                                      "label": datasets.ClassLabel(names=["horizontal", "vertical"])})
+        features = datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=["horizontal", "vertical"])}
+        )
         return datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(n)]}, features=features)
 
     path = tmp_path_factory.mktemp("bars") / "bars"
@@ -69,15 +70,18 @@ def _result(out: str) -> dict:
     return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
 
 
-def test_evaluate_init_raw_gives_the_raw_pixel_probes(bars: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_init_raw_gives_the_raw_pixel_probes(
+    bars: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     export = tmp_path / "export"  # init=raw reads nothing of an export but the domain it names
     export.mkdir()
     (export / "mmssl.json").write_text(json.dumps({"domain": "image"}))
     # the reference: experiments/image_recipes.py's pixel_probes(), on this task's arrays
     data = DOMAINS.get("image").task_data(TaskConfig(name="hub", path=str(bars)))
-    flat = [(a.images.reshape(len(a.labels), -1).float() / 255.0, torch.as_tensor(a.labels))
-            for a in (data.train.arrays, data.test.arrays)]
+    flat = [
+        (a.images.reshape(len(a.labels), -1).float() / 255.0, torch.as_tensor(a.labels))
+        for a in (data.train.arrays, data.test.arrays)
+    ]
     task = ["--task", "hub", "--set", f"task.path={bars}", "--init", "raw"]
     assert main(["evaluate", str(export), "--protocol", "linear", *task]) == 0
     linear = _result(capsys.readouterr().out)

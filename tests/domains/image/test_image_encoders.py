@@ -80,8 +80,12 @@ def test_vit_export_loads_with_auto_classes(tmp_path: Path) -> None:
     enc.export(tmp_path)
     images = torch.rand(2, 3, 16, 16)
     model = AutoModel.from_pretrained(tmp_path).eval()
-    torch.testing.assert_close(model(pixel_values=images).last_hidden_state[:, 1:],
-                               enc.encode(image_batch(images, 4)).hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model(pixel_values=images).last_hidden_state[:, 1:],
+        enc.encode(image_batch(images, 4)).hidden,
+        rtol=1e-5,
+        atol=1e-5,
+    )
     clf = AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=10)
     assert clf(pixel_values=images).logits.shape == (2, 10)
 

@@ -33,12 +33,14 @@ def bars_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pixels = rng.integers(0, 60, (28, 28), dtype=np.uint8)
             at = rng.integers(4, 22)
             if i % 2 == 0:
-                pixels[at:at + 3, 3:25] = 230
+                pixels[at : at + 3, 3:25] = 230
             else:
-                pixels[3:25, at:at + 3] = 230
+                pixels[3:25, at : at + 3] = 230
             images.append(Image.fromarray(pixels))
             labels.append(i % 2)
-        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["horizontal", "vertical"])})
+        features = datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=["horizontal", "vertical"])}
+        )
         return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
     path = tmp_path_factory.mktemp("bars") / "bars"
@@ -49,8 +51,9 @@ def bars_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module", params=["mae", "simclr"])
 def image_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_images: Path) -> Path:
     name = request.param
-    return pretrain(name, [*TINY_IMAGE, f"data.path={tiny_images}", "train.max_steps=3"],
-                    tmp_path_factory.mktemp(name) / "run")
+    return pretrain(
+        name, [*TINY_IMAGE, f"data.path={tiny_images}", "train.max_steps=3"], tmp_path_factory.mktemp(name) / "run"
+    )
 
 
 def _task(path: Path) -> list[str]:
@@ -58,8 +61,20 @@ def _task(path: Path) -> list[str]:
 
 
 def test_finetune_learns_and_the_export_reloads_without_mmssl(image_run: Path, bars_dataset: Path) -> None:
-    args = ["finetune", str(image_run), *_task(bars_dataset), "--set", "train.max_steps=120", "--set", "train.lr=2e-3",
-            "--set", "train.batch_size=16", "--set", "train.warmup_steps=4", "--baseline"]
+    args = [
+        "finetune",
+        str(image_run),
+        *_task(bars_dataset),
+        "--set",
+        "train.max_steps=120",
+        "--set",
+        "train.lr=2e-3",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.warmup_steps=4",
+        "--baseline",
+    ]
     assert main(args) == 0
     records = [r for r in read_metrics(image_run) if r.get("event") == "finetune"][-2:]
     assert [r["init"] for r in records] == ["pretrained", "random"]
@@ -108,10 +123,26 @@ def test_a_resnet_export_carries_its_processor_and_label_names(bars_dataset: Pat
     source = tmp_path / "resnet"
     torch.manual_seed(0)
     SmallResNet(in_channels=1, depth=18, width=4).save_pretrained(str(source))
-    ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.2], image_std=[0.3], patch_size=4).save_pretrained(str(source))
+    ViTImageProcessor(
+        size={"height": 28, "width": 28}, image_mean=[0.2], image_std=[0.3], patch_size=4
+    ).save_pretrained(str(source))
     (source / "mmssl.json").write_text(json.dumps({"domain": "image"}))
-    assert main(["finetune", str(source), *_task(bars_dataset), "--set", "train.max_steps=4", "--set",
-                 "train.batch_size=16", "--output-dir", str(tmp_path / "ft")]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                str(source),
+                *_task(bars_dataset),
+                "--set",
+                "train.max_steps=4",
+                "--set",
+                "train.batch_size=16",
+                "--output-dir",
+                str(tmp_path / "ft"),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "ft" / "hub-pretrained"
     export = out / "export"
     head_config = json.loads((export / "classifier_head.json").read_text())

@@ -66,8 +66,8 @@ def test_jigsaw_without_gap_is_a_tile_permutation_the_label_undoes(grid: int) ->
         perm = perms[labels[i]].tolist()
         for j in range(grid * grid):  # output cell j holds source tile perm[j]
             src = perm[j]
-            out_cell = puzzles[i, :, (j // grid) * t:(j // grid + 1) * t, (j % grid) * t:(j % grid + 1) * t]
-            src_cell = images[i, :, (src // grid) * t:(src // grid + 1) * t, (src % grid) * t:(src % grid + 1) * t]
+            out_cell = puzzles[i, :, (j // grid) * t : (j // grid + 1) * t, (j % grid) * t : (j % grid + 1) * t]
+            src_cell = images[i, :, (src // grid) * t : (src // grid + 1) * t, (src % grid) * t : (src % grid + 1) * t]
             torch.testing.assert_close(out_cell, src_cell)
 
 
@@ -78,14 +78,15 @@ def test_jigsaw_gap_crops_each_tile_at_its_own_offset() -> None:
     offsets = set()
     for i in range(4):
         for j, src in enumerate(perms[labels[i]].tolist()):
-            cell = puzzles[i, :, (j // 2) * t:(j // 2 + 1) * t, (j % 2) * t:(j % 2 + 1) * t]
-            crop = cell[:, lo:lo + s, lo:lo + s]
+            cell = puzzles[i, :, (j // 2) * t : (j // 2 + 1) * t, (j % 2) * t : (j % 2 + 1) * t]
+            crop = cell[:, lo : lo + s, lo : lo + s]
             border = cell.clone()
-            border[:, lo:lo + s, lo:lo + s] = 0
+            border[:, lo : lo + s, lo : lo + s] = 0
             assert not border.any()  # only the crop is non-zero
-            tile = images[i, :, (src // 2) * t:(src // 2 + 1) * t, (src % 2) * t:(src % 2 + 1) * t]
-            found = [(dy, dx) for dy in range(4) for dx in range(4)
-                     if torch.equal(tile[:, dy:dy + s, dx:dx + s], crop)]
+            tile = images[i, :, (src // 2) * t : (src // 2 + 1) * t, (src % 2) * t : (src % 2 + 1) * t]
+            found = [
+                (dy, dx) for dy in range(4) for dx in range(4) if torch.equal(tile[:, dy : dy + s, dx : dx + s], crop)
+            ]
             assert len(found) == 1
             offsets.add(found[0])
     assert len(offsets) > 3  # offsets are drawn per sample and tile
@@ -103,8 +104,12 @@ def test_jigsaw_on_a_size_the_grid_does_not_divide_and_errors() -> None:
 
 def _batch(n: int = 16):
     g = torch.Generator().manual_seed(0)
-    arrays = ImageArrays(images=torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g),
-                         labels=None, label_names=None, source="test")
+    arrays = ImageArrays(
+        images=torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g),
+        labels=None,
+        label_names=None,
+        source="test",
+    )
     processor = make_processor(arrays, patch_size=4)
     return image_collate(processor, with_labels=False)([ImageRows(arrays)[i] for i in range(n)]), processor
 

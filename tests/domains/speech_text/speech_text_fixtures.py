@@ -13,23 +13,54 @@ from domains.speech_text.builders import PAIRS_FILE
 
 RATE = 16000
 SENTENCES = [
-    "The weather was fine.", "She walked to the village.", "He said nothing at all.", "They dined at six.",
-    "A letter came this morning.", "The party was very large.", "Her sister was not well.", "It rained all day.",
-    "The carriage was ready.", "We shall see him tomorrow.", "His manners were pleasing.", "The house was quiet.",
-    "Nobody could be more kind.", "She read the note twice.", "The ball was a success.", "He rode into town.",
-    "Emma smiled at her friend.", "The garden looked lovely.", "Anne said very little.", "The dinner was late.",
-    "Mr Darcy bowed slightly.", "They talked of books.", "The road was muddy.", "Her answer was short.",
+    "The weather was fine.",
+    "She walked to the village.",
+    "He said nothing at all.",
+    "They dined at six.",
+    "A letter came this morning.",
+    "The party was very large.",
+    "Her sister was not well.",
+    "It rained all day.",
+    "The carriage was ready.",
+    "We shall see him tomorrow.",
+    "His manners were pleasing.",
+    "The house was quiet.",
+    "Nobody could be more kind.",
+    "She read the note twice.",
+    "The ball was a success.",
+    "He rode into town.",
+    "Emma smiled at her friend.",
+    "The garden looked lovely.",
+    "Anne said very little.",
+    "The dinner was late.",
+    "Mr Darcy bowed slightly.",
+    "They talked of books.",
+    "The road was muddy.",
+    "Her answer was short.",
 ]
 
 # A conformer and a BERT of a few thousand parameters: seconds per run (data.path is added by the test).
 TINY_SPEECH_TEXT = [
-    "data.source=folder", "data.max_seconds=2.0", "data.bucket_batches=1", "data.spec_augment=false",
-    "data.tokenizer.vocab_size=100", "data.max_text_tokens=16",
-    "encoder.audio.hidden_size=32", "encoder.audio.num_layers=2", "encoder.audio.num_heads=2",
-    "encoder.audio.intermediate_size=64", "encoder.audio.conv_depthwise_kernel_size=3",
-    "encoder.text.hidden_size=32", "encoder.text.num_layers=2", "encoder.text.num_heads=2",
-    "encoder.text.intermediate_size=64", "objective.projection_dim=16",
-    "train.batch_size=4", "train.warmup_steps=2", "train.log_every=1", "train.max_minutes=null",
+    "data.source=folder",
+    "data.max_seconds=2.0",
+    "data.bucket_batches=1",
+    "data.spec_augment=false",
+    "data.tokenizer.vocab_size=100",
+    "data.max_text_tokens=16",
+    "encoder.audio.hidden_size=32",
+    "encoder.audio.num_layers=2",
+    "encoder.audio.num_heads=2",
+    "encoder.audio.intermediate_size=64",
+    "encoder.audio.conv_depthwise_kernel_size=3",
+    "encoder.text.hidden_size=32",
+    "encoder.text.num_layers=2",
+    "encoder.text.num_heads=2",
+    "encoder.text.intermediate_size=64",
+    "objective.projection_dim=16",
+    "train.batch_size=4",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "train.max_minutes=null",
 ]
 
 
@@ -38,8 +69,9 @@ def tone(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(rng.uniform(0.5, 1.5) * RATE)) / RATE
     f = 150 + 40 * (seed % 24)
-    return (0.4 * np.sin(2 * np.pi * f * t) + 0.1 * np.sin(4 * np.pi * f * t)
-            + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+    return (
+        0.4 * np.sin(2 * np.pi * f * t) + 0.1 * np.sin(4 * np.pi * f * t) + 0.02 * rng.standard_normal(len(t))
+    ).astype(np.float32)
 
 
 def write_pairs(root: Path, split: str, sentences: list[str], voice: str, offset: int = 0) -> None:

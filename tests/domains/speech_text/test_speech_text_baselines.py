@@ -13,8 +13,10 @@ from mmssl.domain import TaskData
 from mmssl.registry import DOMAINS
 from mmssl.tasks import TaskConfig
 
-NO_BASELINE = ("the speech_text domain has no raw-feature baseline (init=raw): task 'speech-text' pairs speech with "
-               "text and has no labels to probe; evaluate it with --protocol retrieval, against --set init=random")
+NO_BASELINE = (
+    "the speech_text domain has no raw-feature baseline (init=raw): task 'speech-text' pairs speech with "
+    "text and has no labels to probe; evaluate it with --protocol retrieval, against --set init=random"
+)
 
 
 def test_raw_features_are_refused() -> None:
@@ -24,12 +26,31 @@ def test_raw_features_are_refused() -> None:
 
 
 @pytest.mark.parametrize("protocol", ["linear", "knn"])
-def test_evaluate_init_raw_is_one_line(protocol: str, pairs_folder: Path, tmp_path: Path,  # noqa: F811
-                                       capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_init_raw_is_one_line(
+    protocol: str,
+    pairs_folder: Path,
+    tmp_path: Path,  # noqa: F811
+    capsys: pytest.CaptureFixture,
+) -> None:
     export = tmp_path / "export"  # an export as far as init=raw reads it: mmssl.json naming the domain
     export.mkdir()
     (export / "mmssl.json").write_text(json.dumps({"domain": "speech_text"}))
-    assert main(["evaluate", str(export), "--protocol", protocol, "--task", "speech-text", "--set",
-                 f"task.path={pairs_folder}", "--init", "raw"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(export),
+                "--protocol",
+                protocol,
+                "--task",
+                "speech-text",
+                "--set",
+                f"task.path={pairs_folder}",
+                "--init",
+                "raw",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"mmssl: error: {NO_BASELINE}" in err and "Traceback" not in err

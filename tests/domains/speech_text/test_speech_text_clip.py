@@ -78,8 +78,7 @@ class Towers(TwoTowerEncoder):
 def paired_batch(n: int = 8, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     text = Batch(units=torch.randn(n, 3, 5, generator=g), padding_mask=torch.zeros(n, 3, dtype=torch.bool))
-    return Batch(units=torch.randn(n, 7, 4, generator=g), padding_mask=torch.zeros(n, 7, dtype=torch.bool),
-                 pair=text)
+    return Batch(units=torch.randn(n, 7, 4, generator=g), padding_mask=torch.zeros(n, 7, dtype=torch.bool), pair=text)
 
 
 def test_clip_objective_learns_a_fixed_batch() -> None:

@@ -17,7 +17,10 @@ from tests.domains.speech_text.speech_text_fixtures import TINY_SPEECH_TEXT, wri
 
 def test_sentences_keep_honorifics_and_drop_quotes() -> None:
     assert split_sentences('He met Mr. Knightley. "Yes," said _she_. Done!') == [
-        "He met Mr. Knightley.", "Yes, said she.", "Done!"]
+        "He met Mr. Knightley.",
+        "Yes, said she.",
+        "Done!",
+    ]
 
 
 def test_voices_are_split_by_variant() -> None:
@@ -29,8 +32,13 @@ def test_voices_are_split_by_variant() -> None:
 @pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")), reason="needs espeak-ng and sox")
 def test_builder_renders_disjoint_pairs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MMSSL_AUDIO_WORKERS", "1")
-    build_pairs(tmp_path, ["The sun rose over the hills.", "She wrote a long letter."], ["It was a fine day."],
-                ["espeak:en-us+m1"], ["espeak:en-gb+f4"])
+    build_pairs(
+        tmp_path,
+        ["The sun rose over the hills.", "She wrote a long letter."],
+        ["It was a fine day."],
+        ["espeak:en-us+m1"],
+        ["espeak:en-gb+f4"],
+    )
     cfg = SpeechTextDataConfig(source="folder", path=str(tmp_path))
     train, test = load_pairs(cfg, "train"), load_pairs(cfg, "test")
     assert train.texts == ["The sun rose over the hills.", "She wrote a long letter."]
@@ -48,16 +56,20 @@ def test_missing_text_column_is_named(tmp_path: Path) -> None:
     path.write_text(json.dumps({"sentence": "One two three four five.", "voice": "v"}) + "\n")
     with pytest.raises(KeyError, match="data.text_column: column 'text' is missing .* columns: sentence, voice"):
         load_pairs(SpeechTextDataConfig(source="folder", path=str(tmp_path)), "train")
-    assert load_pairs(SpeechTextDataConfig(source="folder", path=str(tmp_path), text_column="sentence"),
-                      "train").texts == ["One two three four five."]
+    assert load_pairs(
+        SpeechTextDataConfig(source="folder", path=str(tmp_path), text_column="sentence"), "train"
+    ).texts == ["One two three four five."]
 
 
 def test_missing_split_and_bad_stream_are_errors(tmp_path: Path, pairs_folder: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no paired split 'dev'"):
         load_pairs(SpeechTextDataConfig(source="folder", path=str(pairs_folder)), "dev")
     with pytest.raises(ValueError, match="data.stream=fbank"):
-        pretrain("clip_speech_text", [*TINY_SPEECH_TEXT, f"data.path={pairs_folder}", "data.stream=waveform",
-                                      "train.max_steps=1"], tmp_path / "bad")
+        pretrain(
+            "clip_speech_text",
+            [*TINY_SPEECH_TEXT, f"data.path={pairs_folder}", "data.stream=waveform", "train.max_steps=1"],
+            tmp_path / "bad",
+        )
     with pytest.raises(ConfigError, match="encoder.text.arch must be bert"):
         pretrain("clip_speech_text", ["encoder.text.arch=gpt2"], tmp_path / "bad2")
 
@@ -80,4 +92,6 @@ def test_collator_pairs_speech_with_text(pairs_folder: Path) -> None:
     text = batch.pair
     assert batch.units.shape[0] == text.units.shape[0] == 3 and batch.units.shape[2] == 160
     assert (text.units[:, 0] == tokenizer.cls_token_id).all() and text.special_mask[:, 0].all()
-    assert tokenizer.decode(text.units[0][~text.padding_mask[0]], skip_special_tokens=True) == "emma smiled at her friend."
+    assert (
+        tokenizer.decode(text.units[0][~text.padding_mask[0]], skip_special_tokens=True) == "emma smiled at her friend."
+    )

@@ -35,12 +35,32 @@ def test_pretrain_logs_finite_losses(tiny_run: Path) -> None:
 
 def test_retrieval_evaluation_is_logged(tiny_run: Path, pairs_folder: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: F811
     for init in ("pretrained", "random"):
-        assert main(["evaluate", str(tiny_run), "--protocol", "retrieval", "--task", "speech-text",
-                     "--set", f"task.path={pairs_folder}", "--set", f"init={init}"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(tiny_run),
+                    "--protocol",
+                    "retrieval",
+                    "--task",
+                    "speech-text",
+                    "--set",
+                    f"task.path={pairs_folder}",
+                    "--set",
+                    f"init={init}",
+                ]
+            )
+            == 0
+        )
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     records = [r for r in read_metrics(tiny_run) if r.get("protocol") == "retrieval"]
     assert [r["init"] for r in records] == ["pretrained", "random"] and records[0]["n_test"] == 8
-    for key in ("speech_to_text_recall@1", "speech_to_text_recall@5", "text_to_speech_recall@1", "text_to_speech_recall@5"):
+    for key in (
+        "speech_to_text_recall@1",
+        "speech_to_text_recall@5",
+        "text_to_speech_recall@1",
+        "text_to_speech_recall@5",
+    ):
         assert 0.0 <= records[0][key] <= 1.0 and records[0][key] == printed[0][key]
     assert records[0]["chance_recall@5"] == pytest.approx(5 / 8)
 
@@ -48,7 +68,9 @@ def test_retrieval_evaluation_is_logged(tiny_run: Path, pairs_folder: Path, caps
 def test_export_reloads_without_mmssl(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["export", str(tiny_run), "--to", str(tmp_path / "export")]) == 0
     export = tmp_path / "export"
-    assert {"README.md", "mmssl.json", "projection_heads.safetensors", "audio", "text"} <= {p.name for p in export.iterdir()}
+    assert {"README.md", "mmssl.json", "projection_heads.safetensors", "audio", "text"} <= {
+        p.name for p in export.iterdir()
+    }
     encoder = load_speech_text_encoder(export).eval()
     heads = ClipHeads.load(export).eval()
     # text tower: transformers' BertModel + tokenizer
@@ -70,13 +92,17 @@ def test_export_reloads_without_mmssl(tiny_run: Path, tmp_path: Path, capsys: py
 
         processor = SpeechTextProcessor.from_pretrained(export)
         batch = SpeechTextDomain().task_collate(processor, TaskConfig())(
-            [{"wave": torch.from_numpy(w), "text": t, "index": i, "label": -1} for i, (w, t) in enumerate(zip(waves, texts))])
+            [
+                {"wave": torch.from_numpy(w), "text": t, "index": i, "label": -1}
+                for i, (w, t) in enumerate(zip(waves, texts))
+            ]
+        )
         ours_text = encoder.text.encode(batch.pair).hidden
         torch.testing.assert_close(text_hidden, ours_text, atol=1e-4, rtol=1e-4)
         ours_speech = encoder.audio.encode(batch).hidden
         for i in range(2):  # each clip alone (the extractor pads to an even number of frames, the collator drops one)
             units = batch.units[i, ~batch.padding_mask[i]]
-            theirs = extractor([waves[i]], sampling_rate=16000, return_tensors="pt")["input_features"][0, :len(units)]
+            theirs = extractor([waves[i]], sampling_rate=16000, return_tensors="pt")["input_features"][0, : len(units)]
             torch.testing.assert_close(theirs, units, atol=1e-3, rtol=1e-3)  # the feature extractor computes our units
             alone = conformer(input_features=units[None]).last_hidden_state[0]
             torch.testing.assert_close(alone, ours_speech[i, ~batch.padding_mask[i]], atol=1e-4, rtol=1e-4)
@@ -89,6 +115,12 @@ def test_export_reloads_without_mmssl(tiny_run: Path, tmp_path: Path, capsys: py
 def test_push_dry_run_lists_both_towers(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["push", str(tiny_run), "--repo-id", "me/clip-speech-text", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    for name in ("text/model.safetensors", "audio/model.safetensors", "projection_heads.safetensors", "README.md",
-                 "text/tokenizer.json", "audio/preprocessor_config.json"):
+    for name in (
+        "text/model.safetensors",
+        "audio/model.safetensors",
+        "projection_heads.safetensors",
+        "README.md",
+        "text/tokenizer.json",
+        "audio/preprocessor_config.json",
+    ):
         assert name in out

@@ -130,19 +130,21 @@ def test_clean_gcide_entry_strips_markup() -> None:
 
 
 def test_parse_dictd_index_and_entries() -> None:
-    first = "Apple \\Ap\"ple\\, n.\n   A fruit.\n   [1913 Webster]\n"
+    first = 'Apple \\Ap"ple\\, n.\n   A fruit.\n   [1913 Webster]\n'
     second = "Pear, n. A fruit.\n"
     data = (first + "\n" + second).encode()
     # dictd numbers are base 64 with the alphabet A-Za-z0-9+/: "A" = 0, "B" = 1, "BA" = 64.
     assert parsing._dictd_number("BA") == 64
     off2 = len(first) + 1
     b64 = parsing._B64
-    index = "\n".join([
-        "00-database-short\tA\tB",
-        f"apple\tA\t{b64[len(first) // 64]}{b64[len(first) % 64]}",
-        f"apples\tA\t{b64[len(first) // 64]}{b64[len(first) % 64]}",  # inflection: same span
-        f"pear\t{b64[off2 // 64]}{b64[off2 % 64]}\t{b64[len(second)]}",
-    ])
+    index = "\n".join(
+        [
+            "00-database-short\tA\tB",
+            f"apple\tA\t{b64[len(first) // 64]}{b64[len(first) % 64]}",
+            f"apples\tA\t{b64[len(first) // 64]}{b64[len(first) % 64]}",  # inflection: same span
+            f"pear\t{b64[off2 // 64]}{b64[off2 % 64]}\t{b64[len(second)]}",
+        ]
+    )
     assert parse_dictd_index(index) == [(0, len(first)), (off2, len(second))]
     assert gcide_entries(index, data) == ["Apple, n. A fruit.", "Pear, n. A fruit."]
 
@@ -213,14 +215,16 @@ def _csv(rows: list[tuple[str, str]]) -> str:
 
 
 def test_rotten_tomatoes_rows_filters_and_deduplicates() -> None:
-    csv_text = _csv([
-        ("plot", "A plot summary."),
-        ("fresh", "Great  fun."),
-        ("rotten", "Dull,\nvery dull."),
-        ("rotten", "Great fun."),  # duplicate after whitespace normalisation: first wins
-        ("fresh", "   "),
-        ("fresh", 'Says "wow", twice.'),
-    ])
+    csv_text = _csv(
+        [
+            ("plot", "A plot summary."),
+            ("fresh", "Great  fun."),
+            ("rotten", "Dull,\nvery dull."),
+            ("rotten", "Great fun."),  # duplicate after whitespace normalisation: first wins
+            ("fresh", "   "),
+            ("fresh", 'Says "wow", twice.'),
+        ]
+    )
     texts, labels = rotten_tomatoes_rows(csv_text)
     assert texts == ["Great fun.", "Dull, very dull.", 'Says "wow", twice.']
     assert labels == [1, 0, 1]

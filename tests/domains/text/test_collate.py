@@ -23,7 +23,10 @@ def test_bert_lines_of_different_lengths_are_padded_after_their_own_sep() -> Non
     batch = BlockCollator(TOK, "bert", sentence_pairs=False)(rows)
     assert batch.units.tolist() == [[2, 10, 11, 12, 13, 3], [2, 20, 21, 3, 0, 0]]
     assert batch.padding_mask.tolist() == [[False] * 6, [False] * 4 + [True] * 2]
-    assert batch.special_mask.tolist() == [[True, False, False, False, False, True], [True, False, False, True, False, False]]
+    assert batch.special_mask.tolist() == [
+        [True, False, False, False, False, True],
+        [True, False, False, True, False, False],
+    ]
     # only the real tokens between [CLS] and [SEP] may be masked
     assert batch.maskable.sum(1).tolist() == [4, 2] and batch.num_units == 10
 

@@ -15,8 +15,11 @@ from domains.text.tokenizer import BERT_SPECIALS, TokenizerConfig, train_tokeniz
 from mmssl.pretrain import pretrain
 from tests.conftest import TINY
 
-PARAGRAPHS = ["It is a truth universally acknowledged.", "That a single man in possession of a good fortune.",
-              "Must be in want of a wife."] * 40
+PARAGRAPHS = [
+    "It is a truth universally acknowledged.",
+    "That a single man in possession of a good fortune.",
+    "Must be in want of a wife.",
+] * 40
 
 
 def _tokenizer(arch: str = "bert"):
@@ -84,16 +87,28 @@ def test_empty_missing_and_columnless_files_are_named(tmp_path: Path) -> None:
 def test_unreadable_file_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "dir.txt"
     bad.mkdir()
-    with pytest.raises(IsADirectoryError, match=r"data.paths: .*dir.txt is a folder; name the files in it \(e.g. .*dir.txt/\*.txt\)"):
+    with pytest.raises(
+        IsADirectoryError, match=r"data.paths: .*dir.txt is a folder; name the files in it \(e.g. .*dir.txt/\*.txt\)"
+    ):
         load_texts(TextDataConfig(source="files", paths=[str(bad)]))
 
 
 BAD_SOURCES = {  # file name, content, the sentence `mmssl pretrain` answers with instead of a traceback
-    "binary": ("notes.txt", b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50, "is a binary file, not text (a NUL byte at offset 7)"),
-    "latin1": ("book.txt", "Le caf\u00e9 \u00e9tait fr\u00e9quent\u00e9.\n\nUn autre paragraphe.\n".encode("latin1"),
-               "is not UTF-8 text (byte 0xE9 at offset 6); convert it to UTF-8 first, e.g. iconv -f latin1 -t utf-8"),
-    "jsonl": ("rows.jsonl", b'{"text": "one"}\n{"text": "two"}\n{"text": three}\n',
-              "line 3 is not valid JSON (Expecting value at column 10)"),
+    "binary": (
+        "notes.txt",
+        b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50,
+        "is a binary file, not text (a NUL byte at offset 7)",
+    ),
+    "latin1": (
+        "book.txt",
+        "Le caf\u00e9 \u00e9tait fr\u00e9quent\u00e9.\n\nUn autre paragraphe.\n".encode("latin1"),
+        "is not UTF-8 text (byte 0xE9 at offset 6); convert it to UTF-8 first, e.g. iconv -f latin1 -t utf-8",
+    ),
+    "jsonl": (
+        "rows.jsonl",
+        b'{"text": "one"}\n{"text": "two"}\n{"text": three}\n',
+        "line 3 is not valid JSON (Expecting value at column 10)",
+    ),
     "empty": ("empty.csv", b"", "is empty"),
     "header": ("header.csv", b"text\n", "has a header but no rows"),
 }
@@ -105,8 +120,21 @@ def test_unreadable_pretraining_sources_are_one_sentence(tmp_path: Path, capsys,
 
     name, content, message = BAD_SOURCES[case]
     (tmp_path / name).write_bytes(content)
-    assert main(["pretrain", "bert", "--output-dir", str(tmp_path / "run"), "--set", "data.source=files",
-                 "--set", f"data.paths=[{tmp_path / name}]"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "bert",
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--set",
+                "data.source=files",
+                "--set",
+                f"data.paths=[{tmp_path / name}]",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     line = next(line for line in err.splitlines() if "mmssl: error:" in line)
     assert "mmssl: error: data.paths: " in line and str(tmp_path / name) in line and message in line
@@ -118,7 +146,9 @@ def test_a_bad_byte_past_the_first_megabyte_is_found_when_loading(tmp_path: Path
     path = tmp_path / "long.txt"
     path.write_bytes(b"A plain paragraph of text.\n\n" * 40_000 + "na\u00efve\n".encode("latin1"))
     offset = 28 * 40_000 + 2
-    with pytest.raises(ValueError, match=f"data.paths: .*long.txt is not UTF-8 text \\(byte 0xEF at offset {offset:,}\\)"):
+    with pytest.raises(
+        ValueError, match=f"data.paths: .*long.txt is not UTF-8 text \\(byte 0xEF at offset {offset:,}\\)"
+    ):
         load_texts(TextDataConfig(source="files", paths=[str(path)]))
 
 
@@ -137,13 +167,25 @@ def test_pretrain_on_a_users_gzip_free_text_folder(tmp_path: Path) -> None:
     with gzip.open(Path(__file__).parents[3] / "domains/text/data/austen.txt.gz", "rt") as f:
         text = f.read(200_000)
     (corpus / "book.txt").write_text(text)
-    run = pretrain("gpt", [*TINY, "data.source=files", f"data.paths=[{corpus}/*.txt]", "train.max_steps=3"], tmp_path / "run")
+    run = pretrain(
+        "gpt", [*TINY, "data.source=files", f"data.paths=[{corpus}/*.txt]", "train.max_steps=3"], tmp_path / "run"
+    )
     assert (run / "export" / "config.json").is_file()
 
 
 def test_pretrain_line_by_line_on_a_tasks_texts(tmp_path: Path) -> None:
-    run = pretrain("bert", [*TINY, "data.source=task", "data.name=rotten-tomatoes", "data.packing=line",
-                            "data.max_texts=200", "train.max_steps=4"], tmp_path / "run")
+    run = pretrain(
+        "bert",
+        [
+            *TINY,
+            "data.source=task",
+            "data.name=rotten-tomatoes",
+            "data.packing=line",
+            "data.max_texts=200",
+            "train.max_steps=4",
+        ],
+        tmp_path / "run",
+    )
     summary = json.loads((run / "data_summary.json").read_text())
     assert summary["packing"] == "line" and summary["blocks"] == 200  # one sample per review
     assert summary["tokens"] < 200 * summary["block_size"]  # padding is not counted
@@ -155,8 +197,17 @@ def test_pretrain_line_by_line_on_a_tasks_texts(tmp_path: Path) -> None:
 def test_corpus_smaller_than_a_block_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text("tiny text\n\nanother\n" * 3)
     with pytest.raises(ValueError, match="less than one block"):
-        pretrain("bert", [*TINY, "data.source=files", f"data.paths=[{tmp_path}/t.txt]", "data.block_size=60",
-                          "data.tokenizer.vocab_size=64"], tmp_path / "run")
+        pretrain(
+            "bert",
+            [
+                *TINY,
+                "data.source=files",
+                f"data.paths=[{tmp_path}/t.txt]",
+                "data.block_size=60",
+                "data.tokenizer.vocab_size=64",
+            ],
+            tmp_path / "run",
+        )
 
 
 def test_unknown_embedded_corpus_and_missing_column() -> None:
@@ -173,8 +224,10 @@ def test_tokenizer_training_is_deterministic() -> None:
 
     texts = load_embedded_corpus()["text"][:1500]
     for arch in ("bert", "gpt2"):
-        outcomes = {train_tokenizer(iter(texts), TokenizerConfig(vocab_size=3000), arch, 64).backend_tokenizer.to_str()
-                    for _ in range(6)}
+        outcomes = {
+            train_tokenizer(iter(texts), TokenizerConfig(vocab_size=3000), arch, 64).backend_tokenizer.to_str()
+            for _ in range(6)
+        }
         assert len(outcomes) == 1, arch
     gpt = train_tokenizer(iter(texts), TokenizerConfig(vocab_size=3000), "gpt2", 64)
     assert gpt.convert_ids_to_tokens([0]) == ["<|endoftext|>"]

@@ -34,14 +34,16 @@ def test_tfidf_is_fitted_on_the_training_texts_alone() -> None:
 
 
 def _reviews(path: Path) -> Path:
-    rows = [f"a {'lovely charming' if i % 2 else 'dull tedious'} film {i},{'pos' if i % 2 else 'neg'}"
-            for i in range(60)]
+    rows = [
+        f"a {'lovely charming' if i % 2 else 'dull tedious'} film {i},{'pos' if i % 2 else 'neg'}" for i in range(60)
+    ]
     path.write_text("review,sentiment\n" + "\n".join(rows) + "\n")
     return path
 
 
-def test_raw_features_follow_the_task_rows_and_labels(tiny_bert_run: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_raw_features_follow_the_task_rows_and_labels(
+    tiny_bert_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     settings = {"path": str(_reviews(tmp_path / "reviews.csv")), "input_column": "review", "label_column": "sentiment"}
     task, domain = TaskConfig(name="file", **settings), DOMAINS.get("text")
     data = domain.task_data(task)

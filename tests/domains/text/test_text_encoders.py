@@ -15,8 +15,15 @@ V, T, B = 50, 20, 5
 
 def _encoder(attn: str) -> HFTextEncoder:
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                     type_vocab_size=2, attn_implementation=attn)
+    cfg = BertConfig(
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        type_vocab_size=2,
+        attn_implementation=attn,
+    )
     return HFTextEncoder(BertForMaskedLM(cfg), SimpleNamespace(mask_token_id=4)).eval()
 
 
@@ -26,9 +33,8 @@ def _batch(padded: bool) -> tuple[Batch, torch.Tensor, torch.Tensor]:
     if padded:
         pad[0, 12:] = pad[3, 5:] = True
     types = torch.zeros(B, T, dtype=torch.long)
-    types[:, T // 2:] = 1
-    batch = Batch(units=torch.randint(5, V, (B, T), generator=g), padding_mask=pad,
-                  extras={"token_type_ids": types})
+    types[:, T // 2 :] = 1
+    batch = Batch(units=torch.randint(5, V, (B, T), generator=g), padding_mask=pad, extras={"token_type_ids": types})
     positions = (torch.rand(B, T, generator=g) < 0.25) & ~pad
     positions[1] = False  # a row with nothing to read
     positions[2, :] = ~pad[2]  # a row read everywhere
@@ -62,8 +68,8 @@ def test_attention_core_runs_in_float32_under_cpu_autocast() -> None:
     q, k, v = (torch.randn(2, 4, 16, 8, generator=g).to(torch.bfloat16) for _ in range(3))
     keep = torch.rand(2, 1, 1, 16, generator=g) > 0.2
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = attention_core(q, k, v, keep, 0.0, 8 ** -0.5)
-    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=keep, scale=8 ** -0.5)
+        out = attention_core(q, k, v, keep, 0.0, 8**-0.5)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=keep, scale=8**-0.5)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     # outside CPU bf16 it is plain SDPA in the given dtype
@@ -86,8 +92,9 @@ def test_encode_at_runs_the_last_feed_forward_on_the_read_units_only() -> None:
     batch, positions, mask = _batch(padded=False)
     rows = []
     layers = enc.model.bert.encoder.layer
-    hooks = [layer.intermediate.dense.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[:-1]))
-             for layer in layers]
+    hooks = [
+        layer.intermediate.dense.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[:-1])) for layer in layers
+    ]
     out = enc.encode_at(batch, positions, mask)
     for h in hooks:
         h.remove()

@@ -124,5 +124,6 @@ def run_in_two_processes(check: Callable[[int], None], tmp_path: Path) -> None:
     fork, not spawn: the children reuse this process's imports (torch, lightly, transformers),
     which takes a test from ~15 s to well under one; gloo rendezvous through a file, no port.
     """
-    mp.start_processes(_worker, args=(str(tmp_path / "rendezvous"), check), nprocs=WORLD, join=True,
-                       start_method="fork")
+    mp.start_processes(
+        _worker, args=(str(tmp_path / "rendezvous"), check), nprocs=WORLD, join=True, start_method="fork"
+    )

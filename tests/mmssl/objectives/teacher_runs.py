@@ -90,8 +90,13 @@ class TinyRun:
     batch: Callable[[int], Batch]
 
 
-SMALL_WIDTHS = {"projector_hidden_dim": 64, "projector_dim": 32, "predictor_hidden_dim": 48, "queue_size": 20,
-                "top_k_layers": 2}
+SMALL_WIDTHS = {
+    "projector_hidden_dim": 64,
+    "projector_dim": 32,
+    "predictor_hidden_dim": 48,
+    "queue_size": 20,
+    "top_k_layers": 2,
+}
 
 
 def _small_config(name: str) -> object:
@@ -114,8 +119,9 @@ def _image_run(name: str, config: object | None = None) -> TinyRun:
 
 def _data2vec_run(name: str) -> TinyRun:
     # tau from 0.9 to 0.99 over 4 steps: the resumed steps read a schedule that still moves
-    return _image_run(name, Data2VecConfig(mask_prob=0.3, top_k_layers=2, ema_decay=0.9, ema_end_decay=0.99,
-                                           ema_anneal_steps=4))
+    return _image_run(
+        name, Data2VecConfig(mask_prob=0.3, top_k_layers=2, ema_decay=0.9, ema_end_decay=0.99, ema_anneal_steps=4)
+    )
 
 
 def _graph_run(name: str) -> TinyRun:

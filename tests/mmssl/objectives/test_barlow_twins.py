@@ -43,10 +43,13 @@ def test_barlow_twins_is_zero_for_identical_decorrelated_views() -> None:
     assert barlow_twins_loss(z, z).item() == pytest.approx(0.0, abs=1e-4)  # C = I up to BN's eps
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: barlow_twins_loss(torch.randn(1, 3), torch.randn(1, 3)), "at least 2"),
-    (lambda: barlow_twins_loss(torch.randn(4, 3), torch.randn(4, 3), lambda_offdiag=-1), "lambda_offdiag"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: barlow_twins_loss(torch.randn(1, 3), torch.randn(1, 3)), "at least 2"),
+        (lambda: barlow_twins_loss(torch.randn(4, 3), torch.randn(4, 3), lambda_offdiag=-1), "lambda_offdiag"),
+    ],
+)
 def test_invalid_arguments_are_named(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()

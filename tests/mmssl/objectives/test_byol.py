@@ -55,7 +55,8 @@ def test_inputs_that_are_not_matrices_are_named() -> None:
 
 def test_byol_decreases_on_a_toy_embedding() -> None:
     assert_decreases_on_a_toy_embedding(
-        lambda z1, z2, predictor, x1, x2: byol_loss(predictor(z1), z2) + byol_loss(predictor(z2), z1))
+        lambda z1, z2, predictor, x1, x2: byol_loss(predictor(z1), z2) + byol_loss(predictor(z2), z1)
+    )
 
 
 # ---------------------------------------------------------------- the objective

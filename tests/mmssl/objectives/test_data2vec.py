@@ -24,8 +24,15 @@ V, T, B = 100, 20, 4
 
 def _bert(layers: int = 3) -> HFTextEncoder:
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return HFTextEncoder(BertForMaskedLM(cfg), SimpleNamespace(mask_token_id=4))
 
 
@@ -41,8 +48,11 @@ def _text_batch(pad: bool = False) -> Batch:
 
 def _vit():
     torch.manual_seed(0)
-    return build_image_encoder(ImageEncoderConfig(hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64,
-                                                  patch_size=4), (16, 16), channels=1)
+    return build_image_encoder(
+        ImageEncoderConfig(hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64, patch_size=4),
+        (16, 16),
+        channels=1,
+    )
 
 
 def _image_batch():
@@ -80,7 +90,7 @@ def test_targets_and_loss_equal_an_independent_computation_on_bert() -> None:
         rows = []
         for i in range(B):
             n = int(attention[i].sum())
-            rows.append(F.pad(F.instance_norm(h[i:i + 1, :n].transpose(1, 2)).transpose(1, 2), (0, 0, 0, T - n)))
+            rows.append(F.pad(F.instance_norm(h[i : i + 1, :n].transpose(1, 2)).transpose(1, 2), (0, 0, 0, T - n)))
         return torch.cat(rows)
 
     targets = (inorm(states[-1]) + inorm(states[-2])) / 2 * keep
@@ -134,9 +144,11 @@ def test_several_masks_share_one_teacher_pass() -> None:
     batch = _image_batch()
     teacher_rows, student_rows = [], []
     objective.teacher.module.encode = (lambda f: lambda b, **kw: teacher_rows.append(b.batch_size) or f(b, **kw))(
-        objective.teacher.module.encode)
+        objective.teacher.module.encode
+    )
     enc.encode_at = (lambda f: lambda b, p, mask=None: student_rows.append((b.batch_size, p)) or f(b, p, mask=mask))(
-        enc.encode_at)
+        enc.encode_at
+    )
     out = objective(enc, batch)
     assert teacher_rows == [B] and student_rows[0][0] == 3 * B
     masks = student_rows[0][1].view(3, B, -1)
@@ -155,8 +167,9 @@ def test_repeat_batch_repeats_per_sample_tensors_only() -> None:
 @pytest.mark.parametrize("mask", ["span", "random"])
 def test_frame_and_node_style_masks(mask: str) -> None:
     enc = _vit()
-    objective = Data2Vec(Data2VecConfig(mask=mask, mask_prob=0.3 if mask == "random" else 0.1, span_length=3,
-                                        top_k_layers=2), enc)
+    objective = Data2Vec(
+        Data2VecConfig(mask=mask, mask_prob=0.3 if mask == "random" else 0.1, span_length=3, top_k_layers=2), enc
+    )
     out = objective(enc, _image_batch())
     assert torch.isfinite(out.loss) and float(out.logs["masked_fraction"]) > 0.05
 
@@ -165,7 +178,18 @@ def test_frame_and_node_style_masks(mask: str) -> None:
 def test_data2vec_loss_decreases_on_images(loss: str) -> None:
     torch.manual_seed(0)
     enc = _vit()
-    objective = Data2Vec(Data2VecConfig(mask="block", mask_prob=0.5, min_block=2, top_k_layers=2, loss=loss,
-                                        ema_decay=0.99, ema_end_decay=0.999, ema_anneal_steps=50), enc)
+    objective = Data2Vec(
+        Data2VecConfig(
+            mask="block",
+            mask_prob=0.5,
+            min_block=2,
+            top_k_layers=2,
+            loss=loss,
+            ema_decay=0.99,
+            ema_end_decay=0.999,
+            ema_anneal_steps=50,
+        ),
+        enc,
+    )
     first, last = first_last(fit(SSLModel(enc, objective).train(), _image_batch(), 40, lr=2e-3))
     assert last < 0.5 * first, (first, last)

@@ -11,8 +11,9 @@ def _reference(pos, neg, s_per_local, weight):
     """Eq. 1 of Velickovic et al. (2019) written out: BCE of h^T W s for every (local, its summary) pair."""
     pos_logits = torch.einsum("nd,de,ne->n", pos, weight, s_per_local)
     neg_logits = torch.einsum("nd,de,ne->n", neg, weight, s_per_local)
-    return (F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits))
-            + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits)))
+    return F.binary_cross_entropy_with_logits(
+        pos_logits, torch.ones_like(pos_logits)
+    ) + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
 
 
 def test_indexed_summaries_equal_the_written_out_loss_and_gradients() -> None:
@@ -22,9 +23,9 @@ def test_indexed_summaries_equal_the_written_out_loss_and_gradients() -> None:
     index = torch.tensor([0, 0, 1, 1, 1, 2, 2])  # the row of each local
     weight = torch.randn(5, 5, generator=g, requires_grad=True)
     loss = dgi_loss(pos, neg, summaries, weight, index)
-    grad, = torch.autograd.grad(loss, weight)
+    (grad,) = torch.autograd.grad(loss, weight)
     ref = _reference(pos, neg, summaries[index], weight)
-    ref_grad, = torch.autograd.grad(ref, weight)
+    (ref_grad,) = torch.autograd.grad(ref, weight)
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(grad, ref_grad)
 

@@ -41,10 +41,13 @@ def test_head_shapes_cite_the_papers() -> None:
     assert HEAD_SHAPES["barlow_twins_projector"].out_dim == HEAD_SHAPES["vicreg_projector"].out_dim == 8192
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: MLPHead(0, 4, 4, 2), "in_dim"),
-    (lambda: MLPHead(4, 4, 4, 0), "num_layers"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: MLPHead(0, 4, 4, 2), "in_dim"),
+        (lambda: MLPHead(4, 4, 4, 0), "num_layers"),
+    ],
+)
 def test_invalid_arguments_are_named(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()

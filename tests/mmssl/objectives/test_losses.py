@@ -22,9 +22,19 @@ from tests.mmssl.objectives.loss_checks import (
 def test_masked_regression_matches_hf_vit_mae_loss(norm_pix_loss: bool) -> None:
     torch.manual_seed(0)
     config = ViTMAEConfig(
-        image_size=8, patch_size=2, num_channels=3, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-        decoder_intermediate_size=32, mask_ratio=0.75, norm_pix_loss=norm_pix_loss,
+        image_size=8,
+        patch_size=2,
+        num_channels=3,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+        mask_ratio=0.75,
+        norm_pix_loss=norm_pix_loss,
     )
     model = ViTMAEForPreTraining(config).eval()
     pixels = torch.randn(2, 3, 8, 8)
@@ -58,13 +68,18 @@ def test_masked_regression_with_nothing_masked_is_zero() -> None:
     assert loss.item() == 0.0 and pred.grad.abs().sum() == 0
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: masked_regression_loss(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.ones(2, 3)), "mask"),
-    (lambda: masked_regression_loss(torch.randn(2, 4), torch.randn(2, 5), torch.ones(2).bool()), "pred and target"),
-    (lambda: masked_regression_loss(torch.randn(2, 4), torch.randn(2, 4), torch.ones(2).bool(), loss="l3"), "loss"),
-    (lambda: masked_regression_loss(torch.ones(2, 1), torch.ones(2, 1), torch.ones(2).bool(), norm_target=True),
-     "norm_target"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: masked_regression_loss(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.ones(2, 3)), "mask"),
+        (lambda: masked_regression_loss(torch.randn(2, 4), torch.randn(2, 5), torch.ones(2).bool()), "pred and target"),
+        (lambda: masked_regression_loss(torch.randn(2, 4), torch.randn(2, 4), torch.ones(2).bool(), loss="l3"), "loss"),
+        (
+            lambda: masked_regression_loss(torch.ones(2, 1), torch.ones(2, 1), torch.ones(2).bool(), norm_target=True),
+            "norm_target",
+        ),
+    ],
+)
 def test_invalid_arguments_are_named(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
@@ -72,8 +87,11 @@ def test_invalid_arguments_are_named(call, message: str) -> None:
 
 def test_masked_regression_decreases_on_a_toy_embedding() -> None:
     # reconstruct the clean 16-feature input of 4 units from the noisy view's embedding
-    assert_decreases_on_a_toy_embedding(lambda z1, z2, predictor, x1, x2: masked_regression_loss(
-        predictor(z2).view(-1, 4, 4), x1.view(-1, 4, 4), torch.arange(4).expand(x1.shape[0], 4) % 2 == 0))
+    assert_decreases_on_a_toy_embedding(
+        lambda z1, z2, predictor, x1, x2: masked_regression_loss(
+            predictor(z2).view(-1, 4, 4), x1.view(-1, 4, 4), torch.arange(4).expand(x1.shape[0], 4) % 2 == 0
+        )
+    )
 
 
 GLOBAL_MASK = torch.tensor([1, 1, 0, 1, 0, 0, 1, 0], dtype=torch.bool)  # 3 masked units on rank 0, 1 on rank 1
@@ -81,8 +99,9 @@ GLOBAL_MASK = torch.tensor([1, 1, 0, 1, 0, 0, 1, 0], dtype=torch.bool)  # 3 mask
 
 def _two_processes(rank: int) -> None:
     # the reference passes the full count on both processes, which the global normaliser maps back to it
-    one_vs_two_processes("masked_regression",
-                         lambda a, b, rows: masked_regression_loss(a, b, GLOBAL_MASK[rows or slice(None)]), rank)
+    one_vs_two_processes(
+        "masked_regression", lambda a, b, rows: masked_regression_loss(a, b, GLOBAL_MASK[rows or slice(None)]), rank
+    )
 
 
 @pytest.mark.timeout(120)

@@ -32,7 +32,7 @@ def test_mae_encodes_the_visible_units_and_decodes_only_the_masked_ones(size: in
     decoded = []
     objective.decoder.head.register_forward_hook(lambda m, i, o: decoded.append(tuple(o.shape)))
     objective(enc, image_batch(images(size), PATCH))
-    ((_, visible), _), = calls
+    (((_, visible), _),) = calls
     units = (size // PATCH) ** 2
     assert visible.shape == (B, visible_count) == (B, round((1 - 0.75) * units))
     assert decoded == [(B, units - visible_count, C)]  # the head runs on the masked units alone

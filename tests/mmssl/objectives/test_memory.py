@@ -71,11 +71,14 @@ def test_queue_negatives_survive_an_enqueue_before_backward() -> None:
     assert q.grad is not None
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: MemoryQueue(0, 4), "dim"),
-    (lambda: MemoryQueue(4, 0), "size"),
-    (lambda: MemoryQueue(4, 8).enqueue(torch.randn(2, 3)), "keys"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: MemoryQueue(0, 4), "dim"),
+        (lambda: MemoryQueue(4, 0), "size"),
+        (lambda: MemoryQueue(4, 8).enqueue(torch.randn(2, 3)), "keys"),
+    ],
+)
 def test_invalid_arguments_are_named(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()

@@ -39,7 +39,7 @@ def test_mlm_projects_only_masked_positions() -> None:
     torch.manual_seed(0)
     objective(enc, token_batch())
     handle.remove()
-    (n, v), = shapes
+    ((n, v),) = shapes
     assert v == V and 0 < n < B * T * 0.3  # ~15% of the maskable positions, not B*T
 
 
@@ -51,7 +51,9 @@ def test_mlm_never_predicts_padding() -> None:
     mask, _ = bert_mask(batch.units, batch.maskable, mask_token_id=4, vocab_size=V, mask_prob=0.9)
     assert not mask[batch.padding_mask].any()
     torch.manual_seed(0)
-    assert objective(enc, batch).logs["masked_fraction"] == pytest.approx(mask.sum().item() / batch.maskable.sum().item())
+    assert objective(enc, batch).logs["masked_fraction"] == pytest.approx(
+        mask.sum().item() / batch.maskable.sum().item()
+    )
 
 
 def test_loss_decreases() -> None:

@@ -66,8 +66,9 @@ def test_a_queue_of_another_width_is_named() -> None:
 
 
 def test_info_nce_decreases_on_a_toy_embedding() -> None:
-    assert_decreases_on_a_toy_embedding(lambda z1, z2, predictor, x1, x2: info_nce(predictor(z1), z2,
-                                                                                  toy_queue(z1.shape[1])))
+    assert_decreases_on_a_toy_embedding(
+        lambda z1, z2, predictor, x1, x2: info_nce(predictor(z1), z2, toy_queue(z1.shape[1]))
+    )
 
 
 # ---------------------------------------------------------------- the objective

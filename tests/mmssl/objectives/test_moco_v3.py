@@ -57,7 +57,8 @@ def test_mismatched_shapes_are_named() -> None:
 
 def test_moco_v3_loss_decreases_on_a_toy_embedding() -> None:
     assert_decreases_on_a_toy_embedding(
-        lambda z1, z2, predictor, x1, x2: moco_v3_loss(predictor(z1), z2) + moco_v3_loss(predictor(z2), z1))
+        lambda z1, z2, predictor, x1, x2: moco_v3_loss(predictor(z1), z2) + moco_v3_loss(predictor(z2), z1)
+    )
 
 
 def _two_processes(rank: int) -> None:

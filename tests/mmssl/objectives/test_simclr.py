@@ -59,10 +59,13 @@ def test_nt_xent_is_symmetric_in_the_views() -> None:
     torch.testing.assert_close(nt_xent(z1, z2), nt_xent(z2, z1))
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: nt_xent(torch.randn(4, 3), torch.randn(4, 2)), "z1 and z2"),
-    (lambda: nt_xent(torch.randn(4, 3), torch.randn(4, 3), temperature=0.0), "temperature"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: nt_xent(torch.randn(4, 3), torch.randn(4, 2)), "z1 and z2"),
+        (lambda: nt_xent(torch.randn(4, 3), torch.randn(4, 3), temperature=0.0), "temperature"),
+    ],
+)
 def test_invalid_arguments_are_named(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()

@@ -35,7 +35,7 @@ def test_simmim_masks_blocks_on_the_grid_and_regresses_them_with_l1() -> None:
 
     torch.manual_seed(5)
     mask = block_mask_2d(B, 7, 7, ratio=0.6, min_block=4)
-    ((_, positions), kwargs), = calls
+    (((_, positions), kwargs),) = calls
     assert torch.equal(positions, mask) and torch.equal(kwargs["mask"], mask)
     assert mask.sum(1).float().mean() > 0.5 * 49
     pred = objective.head(enc.encode(batch, mask=mask).hidden)  # [B, T, C]
@@ -52,7 +52,7 @@ def test_simmim_uses_random_masks_without_a_grid() -> None:
     torch.manual_seed(1)
     objective(enc, batch)
     torch.manual_seed(1)
-    ((_, positions), _), = calls
+    (((_, positions), _),) = calls
     assert torch.equal(positions, random_mask(batch.maskable, ratio=0.6))
     assert (positions.sum(1) == 6).all()
 

@@ -37,7 +37,8 @@ def test_simsiam_stops_the_gradient_of_the_target() -> None:
 
 def test_simsiam_decreases_on_a_toy_embedding() -> None:
     assert_decreases_on_a_toy_embedding(
-        lambda z1, z2, predictor, x1, x2: (simsiam_loss(predictor(z1), z2) + simsiam_loss(predictor(z2), z1)) / 2)
+        lambda z1, z2, predictor, x1, x2: (simsiam_loss(predictor(z1), z2) + simsiam_loss(predictor(z2), z1)) / 2
+    )
 
 
 # ---------------------------------------------------------------- the objective

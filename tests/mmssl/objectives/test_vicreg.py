@@ -42,10 +42,13 @@ def test_vicreg_matches_lightly_total_and_terms() -> None:
     torch.testing.assert_close(terms["covariance"], covariance_loss(z1) + covariance_loss(z2))
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: vicreg_loss(torch.randn(4, 3), torch.randn(4, 3), var_weight=-1), "var_weight"),
-    (lambda: vicreg_loss(torch.randn(4, 3), torch.randn(4, 3), eps=0), "eps"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: vicreg_loss(torch.randn(4, 3), torch.randn(4, 3), var_weight=-1), "var_weight"),
+        (lambda: vicreg_loss(torch.randn(4, 3), torch.randn(4, 3), eps=0), "eps"),
+    ],
+)
 def test_invalid_arguments_are_named(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
@@ -78,7 +81,9 @@ def test_loss_equals_the_weighted_terms_of_the_projections() -> None:
     out = objective(enc, batch)
     cfg = objective.config
     z1, z2 = projections(objective, enc, batch.views)
-    torch.testing.assert_close(out.loss, vicreg_loss(z1, z2, cfg.sim_weight, cfg.var_weight, cfg.cov_weight, cfg.eps)[0])
+    torch.testing.assert_close(
+        out.loss, vicreg_loss(z1, z2, cfg.sim_weight, cfg.var_weight, cfg.cov_weight, cfg.eps)[0]
+    )
     check_output(out)
     assert set(out.terms) == {"invariance", "variance", "covariance"}
     weighted = cfg.sim_weight * out.terms["invariance"] + cfg.var_weight * out.terms["variance"]

@@ -48,4 +48,5 @@ def test_diagnostics_at_a_perfect_match_and_at_collapse() -> None:
     assert float(contrastive_accuracy(z, z.roll(1, 0))) == 0.0
     assert float(embedding_std(torch.ones(8, 4))) == 0.0  # every sample the same vector: collapsed
     assert float(embedding_std(torch.randn(512, 64, generator=torch.Generator().manual_seed(0)))) == pytest.approx(
-        64**-0.5, rel=0.1)  # well spread: about 1 / sqrt(D)
+        64**-0.5, rel=0.1
+    )  # well spread: about 1 / sqrt(D)

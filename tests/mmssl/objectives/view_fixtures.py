@@ -188,8 +188,9 @@ def check_teacher_takes_no_gradient_and_forward_leaves_it_unchanged(name: str) -
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def check_after_optimizer_step_moves_the_teacher(name: str, step: int,
-                                                 momentum_of: Callable[[object, int], float]) -> None:
+def check_after_optimizer_step_moves_the_teacher(
+    name: str, step: int, momentum_of: Callable[[object, int], float]
+) -> None:
     """After optimizer step ``step`` of 10, teacher = m * teacher + (1 - m) * student, m = ``momentum_of(config, step)``."""
     enc = vit()
     objective = make_objective(name, enc)
