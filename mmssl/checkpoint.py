@@ -52,7 +52,16 @@ RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR)
 # Everything a pretraining run writes into its directory, and all that --overwrite removes: the
 # domains add their tokenizer (text) or processor (image, audio, graph, speech-text) and the
 # audio k-means centroids of HuBERT targets.
-RUN_OUTPUTS = (*RUN_MARKERS, SUMMARY_FILE, EXPORT_DIR, TRACKER_DIR, "tokenizer", "processor", "kmeans_centroids.npy")
+RUN_OUTPUTS = (
+    *RUN_MARKERS,
+    SUMMARY_FILE,
+    EXPORT_DIR,
+    TRACKER_DIR,
+    "tokenizer",
+    "processor",
+    "kmeans_centroids.npy",
+    "report",  # mmssl report RUN
+)
 
 # ---------------------------------------------------------------------------- a checkpoint folder
 COMPLETE_MARKER = "COMPLETE"

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mmssl.config import ConfigError, MmsslError, apply_overrides, from_dict, to_dict
 
@@ -52,51 +52,76 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     _finetunes(args, cfg, args.output_dir, args.overwrite)
 
 
+class _Outcome(NamedTuple):
+    """One init at one seed: its result record, and which of the test rows (shared by every init) it got right."""
+
+    record: dict
+    correct: Any  # bool [M]
+    labels: Any  # [M]
+
+
+def _seeds(args: argparse.Namespace, cfg: Any) -> tuple[int, ...]:
+    """The seeds of ``--seeds K``: ``train.seed`` and the K - 1 after it (0..K-1 by default). Each draws its own
+    label subset (``task.labels_per_class`` / ``task.label_fraction``) and, for fine-tuning, seeds the training."""
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: give 1 or more seeds")
+    return tuple(cfg.train.seed + i for i in range(args.seeds))
+
+
+def _with_seed(cfg: Any, seed: int) -> Any:
+    raw = to_dict(cfg)
+    raw["train"]["seed"] = seed
+    return from_dict(type(cfg), raw)
+
+
 def _finetunes(args: argparse.Namespace, cfg: Any, output_dir: Path | None, overwrite: bool) -> None:
-    """Fine-tune ``cfg.init``, or with ``--baseline`` the pretrained and a random-init copy, and compare them."""
-    from mmssl.finetune import finetune
+    """Fine-tune ``cfg.init`` at each seed of ``--seeds``; with ``--baseline`` the pretrained and a random-init copy,
+    and the raw features' linear probe on the same label subsets as a reference (raw features cannot be
+    fine-tuned), each compared with the pretrained."""
+    from mmssl.finetune import finetune, load_predictions
 
-    inits = ["pretrained", "random"] if args.baseline else [cfg.init]
-    results = []
-    for init in inits:
-        results.append(finetune(args.run, _with_init(cfg, init), output_dir, args.domain, overwrite=overwrite))
-        _print_result(results[-1])
-        print(f"fine-tuned model: {Path(results[-1]['output_dir']) / 'export'}")
-    if args.baseline:
-        print(f"\n{cfg.task.name} test accuracy after fine-tuning ({results[0]['n_test']} held-out examples)")
-        for r in results:
-            print(f"  {r['init'] + ' init':<16} {r['accuracy']:.4f}")
-        print(_gain_summary(results[0], results[1]))
-
-
-def _gain_summary(pretrained: dict, random: dict) -> str:
-    """The gain with its paired 95% interval and McNemar's test (both models scored on the same test rows)."""
-    import numpy as np
-
-    from mmssl.finetune import load_predictions
-
-    (pred_a, label_a), (pred_b, label_b) = (load_predictions(Path(r["output_dir"])) for r in (pretrained, random))
-    if not np.array_equal(label_a, label_b):
-        raise RuntimeError("the two fine-tuning runs were scored on different test rows")
-    return _paired_lines(pred_a == label_a, pred_b == label_b, "the random one")
+    seeds = _seeds(args, cfg)
+    # the raw-feature reference first: it is quick, and a domain without one fails before any training
+    raw = _probe_outcomes("linear", args, cfg, "raw", seeds) if args.baseline else []
+    outcomes: dict[str, list[_Outcome]] = {}
+    for seed in seeds:
+        for init in ("pretrained", "random") if args.baseline else (cfg.init,):
+            record = finetune(
+                args.run, _with_seed(_with_init(cfg, init), seed), output_dir, args.domain, overwrite=overwrite
+            )
+            _print_result(record)
+            print(f"fine-tuned model: {Path(record['output_dir']) / 'export'}")
+            pred, label = load_predictions(Path(record["output_dir"]))
+            outcomes.setdefault(init, []).append(_Outcome(record, pred == label, label))
+    if raw:
+        outcomes["raw"] = raw
+    base = Path(next(iter(outcomes.values()))[0].record["output_dir"]).parent  # where the records go outside a run
+    _compare(cfg, "after fine-tuning", outcomes, "finetune", _run_dir(args.run) or base)
+    if _run_dir(args.run):  # the run's report draws its fine-tunes too
+        print(f"report: mmssl report {_run_dir(args.run)}")
 
 
-def _paired_lines(correct_a: Any, correct_b: Any, other: str) -> str:
-    """The pretrained init's gain over ``other`` from per-row 0/1 outcomes on the same test rows: the gain,
-    its paired 95% interval and McNemar's exact test (:func:`mmssl.finetune.paired_comparison`)."""
-    from mmssl.finetune import paired_comparison
+def _probe_outcomes(
+    protocol: str, args: argparse.Namespace, cfg: Any, init: str, seeds: tuple[int, ...]
+) -> list[_Outcome]:
+    """The probe ``protocol`` on the features of ``init``, one :class:`_Outcome` per seed (features computed once)."""
+    from mmssl.probes import run_probes
 
-    c = paired_comparison(correct_a, correct_b)
-    verdict = "significant" if c["p_value"] < 0.05 else "not significant"
-    return (
-        f"  {'gain':<16} {c['gain']:+.4f}  (95% CI {c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f})\n"
-        f"  {'McNemar p':<16} {c['p_value']:.3f}   {verdict} at 0.05: {c['only_a']} rows right only with the "
-        f"pretrained init, {c['only_b']} only with {other}"
-    )
+    results = run_probes(protocol, args.run, _with_init(cfg, init), args.domain, seeds)
+    for r in results:
+        _print_result(r.record)
+    return [_Outcome(r.record, (r.predictions == r.labels).numpy(), r.labels.numpy()) for r in results]
+
+
+def _run_dir(path: Path) -> Path | None:
+    """The run ``path`` is or holds the export of (None: an export outside a run)."""
+    from mmssl.export import resolve_export
+
+    return resolve_export(Path(path))[1]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from mmssl.tasks import check_init
+    from mmssl.tasks import check_init, has_label_budget
 
     cfg = _finetune_config(args.set, args.task, args.init)
     check_init(cfg.init, args.protocol)
@@ -107,33 +132,128 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     else:  # retrieval: paired (two-tower) exports, recall@k both ways
         from mmssl.probes import retrieval_probe
 
+        if has_label_budget(cfg.task) or args.seeds != 1:
+            raise ValueError(
+                "--protocol retrieval trains nothing, so task.labels_per_class, task.label_fraction and --seeds "
+                "do not apply to it: leave them out"
+            )
         for init in ("pretrained", "random") if args.baseline else (cfg.init,):
             _print_result(retrieval_probe(args.run, _with_init(cfg, init), domain=args.domain))
 
 
 def _probes(args: argparse.Namespace, cfg: Any) -> None:
     """``--protocol linear|knn`` with the features of ``cfg.init``, or with ``--baseline`` those of the pretrained
-    encoder, the random-init one and the domain's raw features side by side, each compared with the pretrained."""
-    from mmssl.probes import run_probe
+    encoder, the random-init one and the domain's raw features side by side, each compared with the pretrained;
+    at each seed of ``--seeds`` (each draws its own label subset; the features are computed once per init)."""
+    seeds = _seeds(args, cfg)
+    inits = ("pretrained", "random", "raw") if args.baseline else (cfg.init,)
+    outcomes = {init: _probe_outcomes(args.protocol, args, cfg, init, seeds) for init in inits}
+    _compare(cfg, f"of the {args.protocol} probe", outcomes, "evaluate", _run_dir(args.run))
 
-    results = []
-    for init in ("pretrained", "random", "raw") if args.baseline else (cfg.init,):
-        results.append(run_probe(args.protocol, args.run, _with_init(cfg, init), domain=args.domain))
-        _print_result(results[-1].record)
-    if not args.baseline:
+
+def _init_names(outcomes: dict[str, list[_Outcome]], event: str) -> dict[str, str]:
+    """What each init is called: ``pretrained init``, ``random init``, ``raw tf-idf`` (beside fine-tunes
+    ``raw tf-idf (linear probe)``: raw features are probed, not fine-tuned)."""
+    names = {}
+    for init, runs in outcomes.items():
+        probed = " (linear probe)" if event == "finetune" else ""
+        names[init] = f"raw {runs[0].record['baseline']}{probed}" if init == "raw" else f"{init} init"
+    return names
+
+
+def _check_paired(outcomes: dict[str, list[_Outcome]]) -> None:
+    """Every init was scored on the same test rows and, at each seed, trained on the same label subset."""
+    import numpy as np
+
+    first = next(iter(outcomes.values()))
+    for runs in outcomes.values():
+        for mine, ref in zip(runs, first, strict=True):
+            if not np.array_equal(mine.labels, ref.labels):
+                raise RuntimeError("the inits were scored on different test rows")
+            if mine.record.get("train_subset") != ref.record.get("train_subset"):
+                raise RuntimeError(f"the inits were trained on different label subsets at seed {ref.record['seed']}")
+
+
+def _compare(cfg: Any, what: str, outcomes: dict[str, list[_Outcome]], event: str, log_dir: Path | None) -> None:
+    """With several inits (``--baseline``) or seeds: print how each compares with the first (pretrained) and
+    append the summary (event ``EVENT_summary``) to ``log_dir/metrics.jsonl`` (None: no run to log to)."""
+    from mmssl.metrics import append_metrics
+    from mmssl.stats import OVER_SEEDS_TEST, compare_over_seeds
+
+    reference = next(iter(outcomes))
+    runs = outcomes[reference]
+    if len(outcomes) == 1 and len(runs) == 1:
         return
-    if any(not r.labels.equal(results[0].labels) for r in results):
-        raise RuntimeError("the probes were scored on different test rows")
-    names = [
-        f"raw {r.record['baseline']}" if r.record["init"] == "raw" else f"{r.record['init']} init" for r in results
-    ]
-    width = max(16, *map(len, names))
-    print(f"\n{cfg.task.name} test accuracy of the {args.protocol} probe ({len(results[0].labels)} held-out examples)")
-    for name, r in zip(names, results):
-        print(f"  {name:<{width}} {r.record['accuracy']:.4f}")
-    correct = [(r.predictions == r.labels).numpy() for r in results]
-    for name, other, outcome in zip(names[1:], ("the random one", "the raw-feature baseline"), correct[1:]):
-        print(f"pretrained init against {name}:\n{_paired_lines(correct[0], outcome, other)}")
+    _check_paired(outcomes)
+    names = _init_names(outcomes, event)
+    summary = compare_over_seeds({init: [o.correct for o in seeds] for init, seeds in outcomes.items()}, reference)
+    if len(runs) == 1:
+        print(f"\n{_one_seed_text(cfg, what, names, outcomes)}")
+    else:
+        print(f"\n{_seeds_text(cfg, what, names, runs, summary)}")
+    first = runs[0].record
+    record = {
+        "event": f"{event}_summary",
+        **({"protocol": first["protocol"]} if event == "evaluate" else {}),
+        "task": cfg.task.name,
+        **{k: first[k] for k in ("labels_per_class", "label_fraction") if k in first},
+        "seeds": [o.record["seed"] for o in runs],
+        "n_train": first["n_train"],
+        "n_test": len(runs[0].labels),
+        "reference": reference,
+        "over_seeds_test": OVER_SEEDS_TEST,
+        "inits": {init: {"name": names[init], **row} for init, row in summary.items()},
+    }
+    if log_dir is not None:
+        append_metrics(log_dir, record)
+
+
+def _training_rows(cfg: Any, record: dict) -> str:
+    """``2 labels per class (4 training rows)``, or ``all 48 training rows`` without a label budget."""
+    from mmssl.tasks import budget_name, has_label_budget
+
+    if has_label_budget(cfg.task):
+        return f"{budget_name(cfg.task)} ({record['n_train']} training rows)"
+    return f"all {record['n_train']} training rows"
+
+
+def _one_seed_text(cfg: Any, what: str, names: dict[str, str], outcomes: dict[str, list[_Outcome]]) -> str:
+    """Each init's accuracy, then each one's paired comparison with the first (gain, 95% interval, McNemar)."""
+    from mmssl.stats import paired_lines
+    from mmssl.tasks import has_label_budget
+
+    reference, *others = outcomes
+    first = outcomes[reference][0]
+    budget = f", {_training_rows(cfg, first.record)}, seed {first.record['seed']}" if has_label_budget(cfg.task) else ""
+    width = max(16, *map(len, names.values()))
+    lines = [f"{cfg.task.name} test accuracy {what}{budget} ({len(first.labels)} held-out examples)"]
+    lines += [f"  {names[init]:<{width}} {runs[0].record['accuracy']:.4f}" for init, runs in outcomes.items()]
+    other_words = {"random": "the random one", "raw": "the raw-feature baseline"}
+    for init in others:
+        lines.append(f"{names[reference]} against {names[init]}:")
+        lines.append(paired_lines(first.correct, outcomes[init][0].correct, other_words.get(init, names[init])))
+    lines.append("over seeds: a paired test of the accuracy differences needs 2 or more seeds (--seeds K)")
+    return "\n".join(lines)
+
+
+def _seeds_text(cfg: Any, what: str, names: dict[str, str], runs: list[_Outcome], summary: dict) -> str:
+    """:func:`mmssl.stats.seeds_table` under a title naming the task, the budget and the seeds (``runs``: the
+    reference init's, one per seed)."""
+    from mmssl.stats import seeds_table
+
+    seeds = [o.record["seed"] for o in runs]
+    title = (
+        f"{cfg.task.name} test accuracy {what}, {_training_rows(cfg, runs[0].record)}, seeds {seeds[0]}-{seeds[-1]} "
+        f"({len(runs[0].labels)} held-out examples each)"
+    )
+    return seeds_table(title, names, summary, len(runs[0].labels))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from mmssl.report import write_report
+
+    features = not args.no_features
+    print(f"report: {write_report(args.run, args.task, args.set, features, args.max_points)}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -239,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--task", required=True, help="registered task name, or `file` / `hub` with --set task.path=..."
         )
         sp.add_argument("--domain", default=None, help="domain of an export made outside mmssl (e.g. text)")
+        sp.add_argument(
+            "--seeds",
+            type=int,
+            default=1,
+            metavar="K",
+            help="repeat with K seeds (train.seed + 0..K-1): each draws its own label subset (task.labels_per_class, "
+            "task.label_fraction) and seeds the fine-tuning; prints the mean, spread and paired tests",
+        )
         if name == "finetune":
             sp.add_argument(
                 "--output-dir",
@@ -251,7 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="replace a previous fine-tune in DIR/TASK-INIT (removes only what a fine-tune writes)",
             )
-            sp.add_argument("--baseline", action="store_true", help="also fine-tune a random-init copy and compare")
+            sp.add_argument(
+                "--baseline",
+                action="store_true",
+                help="also fine-tune a random-init copy, and probe the raw features on the same labels, and compare",
+            )
         else:
             sp.add_argument("--protocol", choices=["linear", "knn", "finetune", "retrieval"], default="linear")
             sp.add_argument(
@@ -268,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="also evaluate random init and (linear, knn) the raw features, each compared with pretrained",
             )
         sp.set_defaults(func=func)
+
+    sp = with_set(add("report", help="plot a run's metrics and results into RUN/report/ (PNG files + report.md)"))
+    sp.add_argument("run", type=Path, help="a run directory (or a fine-tune folder)")
+    sp.add_argument("--task", default=None, help="labelled task of the feature map (default: the run's own)")
+    sp.add_argument("--no-features", action="store_true", help="skip the t-SNE map of the frozen features")
+    sp.add_argument("--max-points", type=int, default=2000, help="test rows in the feature map (stratified sample)")
+    sp.set_defaults(func=cmd_report)
 
     sp = add("export", help="export a run's encoder in Hugging Face format")
     sp.add_argument("run", type=Path)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -182,6 +183,12 @@ class DownstreamDomain(Domain, Protocol):
 
     def task_data(self, task: Any) -> TaskData:
         """Load a task (a registered name, or the user's file / Hub dataset given by ``task.path``)."""
+        ...
+
+    def task_labels(self, rows: Any) -> np.ndarray:
+        """``int64 [N]``: the label of each of ``rows`` (a split of :meth:`task_data`), in their order, read
+        without decoding the inputs; the label budgets (:func:`mmssl.tasks.label_subset`) draw from it. A
+        ``ValueError`` where the rows have no labels (paired tasks)."""
         ...
 
     def task_collate(self, processor: Any, task: Any) -> Callable[[list[Any]], Batch]:

@@ -1,60 +1,43 @@
 """Fine-tuning shared by every domain: the export's backbone with a new head, trained on a labelled task,
-its output folder, its test predictions and the paired comparison of two fine-tunes (``--baseline``).
+its output folder and its test predictions (compared, with ``--baseline``, by :mod:`mmssl.stats`).
 
-The frozen-feature probes (linear, kNN, retrieval) are :mod:`mmssl.probes`; the settings both read,
-:mod:`mmssl.tasks`.
+The frozen-feature probes (linear, kNN, retrieval) are :mod:`mmssl.probes`; the settings both read, and the
+label budget that cuts the training split, :mod:`mmssl.tasks`.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from accelerate import PartialState
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from mmssl.checkpoint import CHECKPOINT_DIR, EXPORT_DIR, METRICS_FILE, TRACKER_DIR
+from mmssl.checkpoint import CHECKPOINT_DIR, EXPORT_DIR, METRICS_FILE, TRACKER_DIR, write_atomically
 from mmssl.export import resolve_export
 from mmssl.metrics import append_metrics
-from mmssl.tasks import FinetuneConfig, check_init, export_domain
-from mmssl.trainer import Trainer, use_cpu
+from mmssl.recipe import TrainConfig
+from mmssl.tasks import (
+    FinetuneConfig,
+    TaskConfig,
+    budget_tag,
+    budgeted_task_data,
+    check_init,
+    export_domain,
+    has_label_budget,
+    subset_rows,
+)
+from mmssl.trainer import BestWeights, Trainer, use_cpu
 from mmssl.types import Extra
 
 PREDICTIONS_FILE = "test_predictions.npz"  # in each fine-tuning output folder: `prediction` and `label` per test row
-
-
-def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, Any]:
-    """How sure is "model A is more accurate than model B" when both were scored on the same test rows?
-
-    ``correct_*`` are the per-row 0/1 outcomes. The gain is the difference of the accuracies; its
-    standard error is that of the mean of the per-row differences (-1, 0 or 1), which only the
-    rows where exactly one model is right make non-zero. ``p_value`` is McNemar's exact test: a
-    two-sided binomial test of those discordant rows against an even split.
-    """
-    from scipy.stats import binomtest
-
-    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
-    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
-        raise ValueError(f"paired outcomes need two equal, non-empty 1-D arrays; got shapes {a.shape} and {b.shape}")
-    n = a.size
-    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    gain = (only_a - only_b) / n
-    se = float(np.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n)
-    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return {
-        "gain": gain,
-        "se": se,
-        "ci95": [gain - 1.96 * se, gain + 1.96 * se],
-        "only_a": only_a,
-        "only_b": only_b,
-        "n": n,
-        "p_value": float(p),
-    }
 
 
 def load_predictions(finetune_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -67,27 +50,38 @@ def load_predictions(finetune_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def predict(model: Any, rows: Any, collate: Any, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted and true labels of ``rows`` (model in eval mode)."""
+def predict_logits(model: Any, rows: Any, collate: Any, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[N, K]`` (float32, on the CPU) and true labels ``[N]`` of ``rows`` (model in eval mode)."""
     model.eval()
     device = next(model.parameters()).device
-    preds, labels = [], []
+    logits, labels = [], []
     for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
-        preds.append(model.logits(batch.to(device)).argmax(-1).cpu().numpy())
-        labels.append(batch.extras[Extra.LABELS].numpy())
-    return np.concatenate(preds), np.concatenate(labels)
+        logits.append(model.logits(batch.to(device)).float().cpu())
+        labels.append(batch.extras[Extra.LABELS])
+    return torch.cat(logits), torch.cat(labels)
+
+
+def predict(model: Any, rows: Any, collate: Any, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true labels of ``rows`` (model in eval mode)."""
+    logits, labels = predict_logits(model, rows, collate, batch_size)
+    return logits.argmax(-1).numpy(), labels.numpy()
 
 
 FINETUNE_MARKER = "finetune.json"  # written first in each fine-tuning folder: the task and init it holds
 # Everything a fine-tune writes in its folder, and all that a replacement removes; the marker goes last, so a
 # folder half cleaned is still recognised as a fine-tune.
-FINETUNE_OUTPUTS = (EXPORT_DIR, CHECKPOINT_DIR, TRACKER_DIR, METRICS_FILE, PREDICTIONS_FILE, FINETUNE_MARKER)
+FINETUNE_OUTPUTS = (EXPORT_DIR, CHECKPOINT_DIR, TRACKER_DIR, METRICS_FILE, PREDICTIONS_FILE, FINETUNE_MARKER, "report")
 
 
 def finetune_dir(base: Path, cfg: FinetuneConfig) -> Path:
     """Where a fine-tune goes: ``BASE/TASK-INIT`` (``BASE`` is ``--output-dir``, or ``RUN/finetune``), so the
-    pretrained and random-init runs of ``--baseline`` and fine-tunes on other tasks never share a folder."""
-    return Path(base) / f"{cfg.task.name}-{cfg.init}"
+    pretrained and random-init runs of ``--baseline`` and fine-tunes on other tasks never share a folder.
+
+    A label budget and its seed, or a seed other than 0, follow (``TASK-INIT-10-per-class-seed1``, see
+    :func:`mmssl.tasks.budget_tag`), so the seeds of ``--seeds K`` and other budgets keep their own folders.
+    """
+    seed = f"-seed{cfg.train.seed}" if has_label_budget(cfg.task) or cfg.train.seed != 0 else ""
+    return Path(base) / f"{cfg.task.name}-{cfg.init}{budget_tag(cfg.task)}{seed}"
 
 
 def _previous_finetune(out: Path) -> dict[str, Any] | None:
@@ -147,6 +141,107 @@ def clear_output_dir(out: Path, cfg: FinetuneConfig, domain: str) -> None:
     (out / FINETUNE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
+def split_labels(dom: Any, rows: Any) -> np.ndarray:
+    """``int64 [N]``: the labels of a task split's rows (:meth:`mmssl.domain.DownstreamDomain.task_labels`),
+    also where a label budget cut the split to a ``Subset`` of them."""
+    if isinstance(rows, Subset):
+        return split_labels(dom, rows.dataset)[np.asarray(rows.indices, dtype=np.int64)]
+    return dom.task_labels(rows)
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the rows whose labels are ``labels [N]`` into kept and held-out rows, class by class.
+
+    Of every class, ``fraction`` of its rows (rounded) is held out: at least one where the class has two rows
+    or more, and never its last one, so every class keeps training rows however small the data. The rows come
+    from one permutation per class drawn with ``seed`` (numpy's ``default_rng``).
+
+    Returns:
+        Sorted indices ``(kept [N - M], held [M])``; ``M`` is 0 when ``fraction`` is 0.
+    """
+    rng = np.random.default_rng(seed)
+    kept, held = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        take = min(max(round(fraction * len(rows)), 1), len(rows) - 1) if fraction > 0 else 0
+        held.append(rows[:take])
+        kept.append(rows[take:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def validation_split(dom: Any, rows: Any, task: TaskConfig) -> tuple[Any, Any]:
+    """The training rows, and the validation slice carved from them that chooses the epoch kept:
+    ``task.validation_fraction`` of every class drawn with ``task.split_seed`` (:func:`stratified_holdout`).
+    The test split is never touched."""
+    if task.validation_fraction == 0:
+        return rows, []
+    kept, held = stratified_holdout(split_labels(dom, rows), task.validation_fraction, task.split_seed)
+    return subset_rows(rows, kept), subset_rows(rows, held)
+
+
+def validation_metrics(rows: Any, collate: Callable[[list[Any]], Any]) -> Callable[[Any], dict[str, float]]:
+    """An evaluation for :class:`mmssl.trainer.BestWeights`: a model's accuracy and mean cross-entropy on ``rows``."""
+
+    def evaluate(model: Any) -> dict[str, float]:
+        logits, labels = predict_logits(model, rows, collate)
+        accuracy = (logits.argmax(-1) == labels).float().mean()
+        return {"val_accuracy": float(accuracy), "val_loss": float(F.cross_entropy(logits, labels))}
+
+    return evaluate
+
+
+def accuracy_then_loss(metrics: dict[str, float]) -> tuple[float, float]:
+    """How fine-tuning ranks epochs: the validation accuracy, and among equal accuracies the lower validation
+    loss (transformers' default ``metric_for_best_model``), since a small slice gives several epochs the same
+    accuracy (often all of its rows right); an exact tie keeps the earlier epoch."""
+    return metrics["val_accuracy"], -metrics["val_loss"]
+
+
+def finetune_trainer(
+    model: Any, train: Any, validation: Any, collate: Callable[[list[Any]], Any], cfg: TrainConfig, out: Path
+) -> tuple[Trainer, BestWeights | None]:
+    """The fine-tune's Trainer: every training row each epoch (the last, smaller batch too), and with a
+    validation slice, its accuracy and loss at the end of every epoch (logged as ``val_accuracy`` and
+    ``val_loss``) and the best epoch's weights kept (:class:`mmssl.trainer.BestWeights`, saved with the
+    checkpoints; :func:`accuracy_then_loss` ranks them)."""
+    best = BestWeights(validation_metrics(validation, collate), accuracy_then_loss) if len(validation) else None
+    trainer = Trainer(model, train, collate, cfg, out, epoch_hooks=[best] if best else [], drop_last=False)
+    if best is not None:
+        trainer.register_state("best", best)
+    return trainer, best
+
+
+def keep_best_epoch(trainer: Trainer, best: BestWeights | None) -> dict[str, Any]:
+    """Load the best epoch's weights into the trained model; returns the epochs run, the epoch kept and its
+    validation accuracy and loss (without a validation slice: the last epoch, and no validation scores)."""
+    ran = trainer.epochs_done()
+    if best is None:
+        return {"epochs": ran, "best_epoch": ran, "best_val_accuracy": None}
+    best.restore(trainer.accelerator.unwrap_model(trainer.model))
+    scores = {"best_val_accuracy": best.metrics["val_accuracy"], "best_val_loss": best.metrics["val_loss"]}
+    return {"epochs": ran, "best_epoch": best.epoch, "best_step": best.step, **scores}
+
+
+def kept_summary(record: dict[str, Any], validation_fraction: float) -> str:
+    """The line ``mmssl finetune`` prints: how many epochs ran, which was kept and why, and the test accuracy."""
+    ran = f"fine-tuned {record['epochs']:g} epochs ({record['steps']} steps)"
+    test = f"test accuracy {record['accuracy']:.4f} on {record['n_test']} rows"
+    if record["best_val_accuracy"] is None:
+        why = "task.validation_fraction=0" if validation_fraction == 0 else "every class has a single training row"
+        return f"{ran}; kept the last: no validation slice ({why}); {test}"
+    return (
+        f"{ran}; kept epoch {record['best_epoch']:g}, validation accuracy {record['best_val_accuracy']:.4f} "
+        f"(loss {record['best_val_loss']:.4f}) on {record['n_validation']} rows; {test}"
+    )
+
+
+def write_result(out: Path, record: dict[str, Any]) -> None:
+    """Add the result to the folder's marker (:data:`FINETUNE_MARKER`), after the task, init and domain it names."""
+    marker = json.loads((out / FINETUNE_MARKER).read_text())
+    fields = {k: v for k, v in record.items() if k not in ("event", "output_dir")}
+    write_atomically(out / FINETUNE_MARKER, json.dumps({**marker, **fields}, indent=2) + "\n")  # never half a marker
+
+
 def finetune(
     path: Path, cfg: FinetuneConfig, output_dir: Path | None = None, domain: str | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -163,7 +258,7 @@ def finetune(
     base = Path(output_dir) if output_dir else (run_dir or export_dir.parent) / "finetune"
     out = finetune_dir(base, cfg)
     check_output_dir(out, cfg, overwrite, default=output_dir is None)
-    data = dom.task_data(cfg.task)
+    data, budget = budgeted_task_data(dom, cfg.task, cfg.train.seed)  # the training rows a label budget keeps
     state = PartialState(cpu=use_cpu())
     state.wait_for_everyone()  # every process has checked the folder before the main one clears it
     if state.is_main_process:
@@ -173,9 +268,11 @@ def finetune(
     model = dom.classifier(export_dir, list(data.label_names), cfg.init)
     processor = dom.load_processor(export_dir)
     collate = dom.task_collate(processor, cfg.task)
-    trainer = Trainer(model, data.train, collate, cfg.train, out)
+    train, validation = validation_split(dom, data.train, cfg.task)
+    trainer, best = finetune_trainer(model, train, validation, collate, cfg.train, out)
     last = trainer.fit()
     model = trainer.accelerator.unwrap_model(trainer.model)
+    kept = keep_best_epoch(trainer, best)
     pred, true = predict(model, data.test, collate)
     if trainer.accelerator.is_main_process:
         model.export(out / EXPORT_DIR)
@@ -187,14 +284,19 @@ def finetune(
         "init": cfg.init,
         "accuracy": float((pred == true).mean()),
         "n_train": len(data.train),
+        "n_validation": len(validation),  # of the n_train rows, held out to choose the epoch kept
         "n_test": len(true),
+        **budget,
         **data.skipped_record(),
-        "steps": cfg.train.max_steps,
+        "steps": trainer.state.step,
+        **kept,
         "final_train_loss": last.get("loss"),
         "output_dir": str(out),
     }
+    trainer.accelerator.print(kept_summary(record, cfg.task.validation_fraction))
     if trainer.accelerator.is_main_process:
         append_metrics(run_dir or out, record)
+        write_result(out, record)
     trainer.accelerator.wait_for_everyone()
     trainer.close()
     return record

@@ -188,6 +188,7 @@ def pretrain(
             data.summary,
         )
         log.info("exported %s", run_dir / EXPORT_DIR)
+        log.info("report: mmssl report %s", run_dir)  # plots and report.md on demand: seconds, not every run
     trainer.accelerator.wait_for_everyone()
     trainer.close()
     return run_dir

@@ -4,7 +4,9 @@ retrieval``), and the online kNN monitor that logs to ``metrics.jsonl`` during p
 
 The linear and kNN probes also read a domain's raw-feature baseline instead of an encoder (``init=raw``:
 :meth:`mmssl.domain.DownstreamDomain.raw_features`, pixels, MFCC statistics, propagated node features,
-TF-IDF), on the same rows and labels, so every probe is compared against the same floor.
+TF-IDF), on the same rows and labels, so every probe is compared against the same floor. With a label budget
+(``task.labels_per_class`` / ``task.label_fraction``) the features are computed once and each seed's probe is
+fitted on the training rows that seed's subset keeps (:func:`budgeted_features`); the test rows stay whole.
 
 Fine-tuning, which trains the encoder, is :mod:`mmssl.finetune`.
 """
@@ -32,7 +34,17 @@ from mmssl.export import resolve_export
 from mmssl.metrics import append_metrics
 from mmssl.objectives.clip import ClipHeads, two_towers
 from mmssl.recipe import MonitorConfig
-from mmssl.tasks import FinetuneConfig, ProbeConfig, check_init, export_domain
+from mmssl.tasks import (
+    FinetuneConfig,
+    ProbeConfig,
+    TaskConfig,
+    budget_record,
+    check_init,
+    check_label_budget,
+    export_domain,
+    has_label_budget,
+    label_subset,
+)
 from mmssl.types import Batch, Extra
 
 log = logging.getLogger(__name__)
@@ -184,6 +196,7 @@ def frozen_setup(path: Path, cfg: FinetuneConfig, domain: str | None) -> FrozenS
     export_dir, run_dir = resolve_export(Path(path))
     dom = export_domain(export_dir, domain, cfg.task)
     data = dom.task_data(cfg.task)
+    _check_budget(dom, data, cfg.task)
     set_seed(cfg.train.seed)
     encoder = dom.load_encoder(export_dir, random_init=cfg.init == "random")
     encoder.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -222,6 +235,7 @@ def _raw_inputs(path: Path, cfg: FinetuneConfig, domain: str | None) -> ProbeInp
     export_dir, run_dir = resolve_export(Path(path))
     dom = export_domain(export_dir, domain, cfg.task)
     data = dom.task_data(cfg.task)
+    _check_budget(dom, data, cfg.task)
     log.info("computing the %s domain's raw-feature baseline of %s", dom.name, cfg.task.name)
     raw = dom.raw_features(data, cfg.task)
     log.info(
@@ -232,6 +246,25 @@ def _raw_inputs(path: Path, cfg: FinetuneConfig, domain: str | None) -> ProbeInp
         raw.train[0].shape[1],
     )
     return ProbeInputs(raw.train, raw.test, data, run_dir, raw.name)
+
+
+def _check_budget(dom: Any, data: TaskData, task: TaskConfig) -> None:
+    """Refuse a label budget the training split cannot give before any feature is computed (the subset itself is
+    drawn per seed from the features' labels, :func:`budgeted_features`)."""
+    if has_label_budget(task):
+        check_label_budget(dom.task_labels(data.train), task, data.label_names)
+
+
+def budgeted_features(inputs: ProbeInputs, task: TaskConfig, seed: int) -> tuple[tuple[Tensor, Tensor], dict[str, Any]]:
+    """The training ``(features [n, D], labels [n])`` that ``task``'s label budget keeps at ``seed``
+    (:func:`mmssl.tasks.label_subset` on the training labels: the rows fine-tuning would keep), and
+    :func:`mmssl.tasks.budget_record`. Without a budget, every row."""
+    features, labels = inputs.train
+    picked = label_subset(labels, task, seed, inputs.data.label_names)
+    record = budget_record(task, seed, picked, len(labels))
+    if not has_label_budget(task):
+        return inputs.train, record
+    return (features[picked], labels[picked]), record
 
 
 def fit_linear_probe(train: tuple[Any, Any], test: tuple[Any, Any], probe: ProbeConfig) -> dict[str, Any]:
@@ -300,15 +333,33 @@ class ProbeResult:
     labels: Tensor
 
 
-def run_probe(protocol: str, path: Path, cfg: FinetuneConfig, domain: str | None = None) -> ProbeResult:
+def run_probes(
+    protocol: str, path: Path, cfg: FinetuneConfig, domain: str | None = None, seeds: tuple[int, ...] = ()
+) -> list[ProbeResult]:
     """``mmssl evaluate --protocol linear|knn``: the probe on the features ``cfg.init`` names (the export's
-    encoder, the same architecture untrained, or the domain's raw features), scored on the task's test rows."""
+    encoder, the same architecture untrained, or the domain's raw features), scored on the task's test rows.
+
+    The features are computed once (a random-init encoder is drawn once, with ``train.seed``); with a label budget
+    (``task.labels_per_class`` / ``task.label_fraction``) the probe is fitted on the subset each of ``seeds`` draws
+    (default: ``train.seed`` alone), one result per seed.
+    """
     check_init(cfg.init, protocol)
     inputs = probe_inputs(path, cfg, domain)
+    return [_probe_at_seed(protocol, inputs, cfg, seed) for seed in seeds or (cfg.train.seed,)]
+
+
+def run_probe(protocol: str, path: Path, cfg: FinetuneConfig, domain: str | None = None) -> ProbeResult:
+    """:func:`run_probes` at ``train.seed``."""
+    return run_probes(protocol, path, cfg, domain)[0]
+
+
+def _probe_at_seed(protocol: str, inputs: ProbeInputs, cfg: FinetuneConfig, seed: int) -> ProbeResult:
+    """Fit and score the probe on the training rows the label budget keeps at ``seed``; log the record."""
+    train, budget = budgeted_features(inputs, cfg.task, seed)
     if protocol == "linear":
-        result, predictions = _fit_linear(inputs.train, inputs.test, cfg.probe)
+        result, predictions = _fit_linear(train, inputs.test, cfg.probe)
     else:
-        result, predictions = _fit_knn(inputs.train, inputs.test, cfg.probe, len(inputs.data.label_names))
+        result, predictions = _fit_knn(train, inputs.test, cfg.probe, len(inputs.data.label_names))
     baseline = {"baseline": inputs.baseline} if inputs.baseline else {}
     record = {
         "event": "evaluate",
@@ -317,6 +368,7 @@ def run_probe(protocol: str, path: Path, cfg: FinetuneConfig, domain: str | None
         "init": cfg.init,
         **baseline,
         **result,
+        **budget,
         **inputs.data.skipped_record(),
     }
     if inputs.run_dir is not None:

@@ -22,14 +22,19 @@ from mmssl.registry import DOMAINS
 class TrainConfig:
     """The optimisation loop shared by every recipe."""
 
-    max_steps: int = 1000  # optimizer steps
+    # The run's length in optimizer steps. Fine-tuning leaves it unset and trains train.epochs passes over
+    # its rows instead; set, it wins over train.epochs (transformers' max_steps overrides num_train_epochs too).
+    max_steps: int | None = 1000
+    epochs: int | None = None  # passes over the training rows (mmssl finetune: 3); pretraining refuses it
     batch_size: int = 32  # per process and micro-batch; global = batch_size * processes * grad_accum_steps
     grad_accum_steps: int = 1
     lr: float = 5e-4  # peak learning rate after warmup
     weight_decay: float = 0.01  # AdamW decoupled decay; never applied to biases and norm weights
     betas: tuple[float, float] = (0.9, 0.98)  # RoBERTa (Liu et al. 2019) uses beta2=0.98 for stability
     eps: float = 1e-6
-    warmup_steps: int = 100  # linear warmup (capped at max_steps), then cosine decay to 0 at max_steps
+    # linear warmup (capped at the run's steps), then cosine decay to 0 at the last step; a value below 1 is a
+    # fraction of the run's steps (transformers' convention: 0.1 warms up over the first 10%)
+    warmup_steps: int | float = 100
     max_grad_norm: float = 1.0  # clip the global gradient norm; <= 0 disables clipping (the run logs it)
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"  # auto: bf16 where the hardware runs it natively
     seed: int = 0
@@ -43,18 +48,23 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in (
             "max_steps",
+            "epochs",
             "batch_size",
             "grad_accum_steps",
             "log_every",
             "checkpoint_every",
             "keep_checkpoints",
         ):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1")
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set train.max_steps or train.epochs (train.max_steps wins when both are set)")
         if self.lr <= 0:
             raise ValueError("train.lr must be > 0")
-        if self.warmup_steps < 0:
-            raise ValueError("train.warmup_steps must be >= 0")
+        if self.warmup_steps < 0 or (self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps)):
+            raise ValueError(
+                "train.warmup_steps must be a whole number of steps, or a fraction below 1 of the run's steps"
+            )
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,17 @@ def with_derived(objective: dict[str, Any], derived: dict[str, tuple[Any, str]])
     return filled
 
 
+def pretraining_train(raw: Any) -> TrainConfig:
+    """A recipe's ``train`` section: a pretraining run is ``train.max_steps`` long; epochs are for fine-tuning."""
+    train = from_dict(TrainConfig, raw, "train")
+    if train.epochs is not None:
+        raise ConfigError(
+            f"train.epochs={train.epochs}: epochs are for mmssl finetune; a pretraining run lasts train.max_steps "
+            "optimizer steps (or train.max_minutes): set train.max_steps and leave train.epochs out"
+        )
+    return train
+
+
 def recipe_from_dict(raw: dict) -> Recipe:
     """Validate a raw recipe mapping (after overrides) into a :class:`Recipe`.
 
@@ -186,7 +207,7 @@ def recipe_from_dict(raw: dict) -> Recipe:
             with_derived(objective, domain.derived_objective_settings(data, objective["name"])),
             "objective",
         ),
-        train=from_dict(TrainConfig, raw.get("train"), "train"),
+        train=pretraining_train(raw.get("train")),
         monitor=from_dict(MonitorConfig, raw.get("monitor"), "monitor"),
     )
     try:  # what one section's dataclass cannot see: settings that must agree across sections

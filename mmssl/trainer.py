@@ -5,7 +5,12 @@ The loop, in order, for each optimizer step::
     for each micro-batch:   seed RNG (step, micro, rank) -> transform(batch) -> forward
                             -> all-ranks finite check -> backward (inside accelerator.accumulate)
     on the sync micro-batch: clip -> optimizer.step (or skip if non-finite) -> scheduler.step
-                            -> model.after_optimizer_step (EMA teachers) -> log -> checkpoint
+                            -> model.after_optimizer_step (EMA teachers) -> step hooks
+                            -> epoch hooks (at an epoch's end and the last step) -> log -> checkpoint
+
+The run lasts ``train.max_steps`` optimizer steps or, when that is unset, ``train.epochs`` passes over the data
+(:func:`run_length`); the warmup/cosine schedule is sized to that number. Epoch hooks evaluate the model
+(fine-tuning's validation slice), and :class:`BestWeights` keeps the weights of the best evaluation.
 
 Exact resume: the RNG is re-seeded from ``(seed, step, micro-batch, rank)`` before every
 micro-batch, the data order comes from Accelerate's seedable sampler, and a resumed run skips
@@ -19,6 +24,7 @@ checkpoint is checked against its manifest before it is resumed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import pickle
@@ -73,6 +79,9 @@ __all__ = [
 
 TRACKER_DIR = "tensorboard"  # TensorBoard event files, under the run directory
 StepHook = Callable[["Trainer", int], "dict[str, float] | None"]
+# called with the trainer and the epochs done (2.0 at the end of the second; 2.5 when the run ends half-way
+# through the third); returned dicts are logged
+EpochHook = Callable[["Trainer", float], "dict[str, float] | None"]
 
 
 class NonFiniteLossError(MmsslError, RuntimeError):
@@ -111,6 +120,28 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + micro * 101 + rank) % (2**63 - 1)
 
 
+def run_length(cfg: TrainConfig, steps_per_epoch: int | None) -> TrainConfig:
+    """``cfg`` with the run's length and warmup as numbers of optimizer steps.
+
+    The length is ``train.max_steps`` when it is set (it wins over ``train.epochs``, as transformers'
+    ``max_steps`` wins over ``num_train_epochs``), else ``train.epochs x steps_per_epoch``. A
+    ``train.warmup_steps`` below 1 is that fraction of the length, rounded.
+
+    Raises:
+        ValueError: ``train.epochs`` alone for streamed data (``steps_per_epoch`` None), whose length is unknown.
+    """
+    steps = cfg.max_steps
+    if steps is None:
+        if steps_per_epoch is None:
+            raise ValueError(
+                f"train.epochs={cfg.epochs} needs data of known length and this data is streamed: "
+                "set train.max_steps instead"
+            )
+        steps = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_steps if cfg.warmup_steps >= 1 else round(cfg.warmup_steps * steps)
+    return dataclasses.replace(cfg, max_steps=steps, warmup_steps=int(warmup))
+
+
 class Trainer:
     """Runs ``model(batch) -> ObjectiveOutput`` under Accelerate.
 
@@ -124,6 +155,11 @@ class Trainer:
         transform: per-step random transform applied on the device before ``model``.
         unit_name: what ``tokens_per_s`` counts (also logged as ``<unit_name>_per_s``).
         hooks: called after every optimizer step; returned dicts are logged (online probes).
+        epoch_hooks: called at the end of every epoch, and at the last step when an epoch does not end there
+            (validation, :class:`BestWeights`); returned dicts are logged and printed; training mode is
+            restored after them.
+        drop_last: leave out each epoch's last, smaller batch (pretraining: contrastive losses want full
+            batches); False (fine-tuning) trains on every row, also when there are fewer than a batch.
     """
 
     def __init__(
@@ -136,12 +172,15 @@ class Trainer:
         transform: Callable[[Batch], Batch] | None = None,
         unit_name: str = "tokens",
         hooks: list[StepHook] | None = None,
+        epoch_hooks: list[EpochHook] | None = None,
+        drop_last: bool = True,
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.transform = transform
         self.unit_name = unit_name
         self.hooks = list(hooks or [])
+        self.epoch_hooks = list(epoch_hooks or [])
         # One process may run trainers of different precision (pretrain in bf16, then fine-tune):
         # Accelerate keeps its state process-wide, so reset it (the process group stays) when it differs.
         self.mixed_precision = resolve_mixed_precision(cfg.mixed_precision, cpu=use_cpu())
@@ -159,7 +198,20 @@ class Trainer:
                 use_seedable_sampler=True, data_seed=cfg.seed, dispatch_batches=False
             ),
         )
-        self._announce_settings()
+        self.loader = self._prepare_loader(dataset, collate, drop_last)
+        self.cfg = run_length(cfg, self.steps_per_epoch)  # the schedule is sized to the real number of steps
+        self._announce_settings(cfg)
+        model = _sync_batch_norm(model, self.accelerator)
+        optimizer, scheduler = build_optimizer(model, self.cfg)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.state = TrainState()
+        # Saved by mmssl.checkpoint as JSON and safetensors, never through Accelerate's
+        # register_for_checkpointing, whose custom_checkpoint_N.pkl is unpickled with weights_only=False.
+        self.states: dict[str, Stateful] = {"loop": self.state}
+
+    def _prepare_loader(self, dataset: Any, collate: Callable[[list[Any]], Batch], drop_last: bool) -> Any:
+        """The shuffled (map-style data), prepared DataLoader; refuses data of less than one batch per process."""
+        cfg = self.cfg
         self.iterable = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
         loader = DataLoader(
             dataset,
@@ -167,26 +219,41 @@ class Trainer:
             shuffle=not self.iterable,
             collate_fn=collate,
             num_workers=cfg.num_workers,
-            drop_last=True,
+            drop_last=drop_last,
         )
-        model = _sync_batch_norm(model, self.accelerator)
-        optimizer, scheduler = build_optimizer(model, cfg)
-        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
-            model, optimizer, loader, scheduler
-        )
-        self.state = TrainState()
-        # Saved by mmssl.checkpoint as JSON and safetensors, never through Accelerate's
-        # register_for_checkpointing, whose custom_checkpoint_N.pkl is unpickled with weights_only=False.
-        self.states: dict[str, Stateful] = {"loop": self.state}
-        if not self.iterable and len(self.loader) == 0:
+        loader = self.accelerator.prepare(loader)
+        if not self.iterable and len(loader) == 0:
             raise ValueError(
                 f"the dataset has {len(dataset)} samples, fewer than one batch of "
                 f"train.batch_size={cfg.batch_size} per process: use more data or a smaller batch"
             )
+        return loader
 
-    def _announce_settings(self) -> None:
-        """One line for each setting that does something other than its name says."""
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps per pass over the data (None for a streamed dataset).
+
+        Accelerate steps at the end of the data even mid-accumulation, so a last short group counts as a step.
+        """
+        return None if self.iterable else math.ceil(len(self.loader) / self.cfg.grad_accum_steps)
+
+    def epochs_done(self) -> float:
+        """Passes over the data so far: 2.0 at the end of the second, 2.5 half-way through the third
+        (whole passes only, for a streamed dataset)."""
+        if self.iterable:
+            return float(self.state.epoch)
+        return round(self.state.epoch + self.state.batches_in_epoch / len(self.loader), 2)
+
+    def _epoch_ended(self) -> bool:
+        """Whether the last optimizer step consumed the last batch of an epoch (never known for streamed data)."""
+        return not self.iterable and self.state.batches_in_epoch == len(self.loader)
+
+    def _announce_settings(self, requested: TrainConfig) -> None:
+        """One line for each setting that does something other than its name says (``requested``: the
+        settings as given, before :func:`run_length`)."""
         cfg, acc = self.cfg, self.accelerator
+        if requested.epochs is not None:
+            self._note(self._length_note(requested))
         if cfg.mixed_precision == "auto":
             self._note(f"train.mixed_precision=auto: {self.mixed_precision} on {acc.device}")
         if self.mixed_precision == "fp16" and not acc.native_amp:
@@ -196,6 +263,17 @@ class Trainer:
             )
         if cfg.max_grad_norm <= 0:
             self._note(f"train.max_grad_norm={cfg.max_grad_norm}: gradient clipping is off (<= 0 disables it)")
+
+    def _length_note(self, requested: TrainConfig) -> str:
+        """How many optimizer steps ``train.epochs`` makes, or that ``train.max_steps`` wins over it."""
+        cfg, per_epoch = self.cfg, self.steps_per_epoch
+        if requested.max_steps is None:
+            return (
+                f"train.epochs={requested.epochs}: {cfg.max_steps} optimizer steps ({per_epoch} per epoch), "
+                f"{cfg.warmup_steps} of warmup"
+            )
+        length = "" if per_epoch is None else f": {cfg.max_steps / per_epoch:.2f} epochs of {per_epoch} steps"
+        return f"train.max_steps={requested.max_steps} wins over train.epochs={requested.epochs}{length}"
 
     def _note(self, message: str) -> None:
         """Print one line once per machine, above the progress bar rather than into it."""
@@ -375,14 +453,15 @@ class Trainer:
             if hasattr(unwrapped, "after_optimizer_step"):
                 unwrapped.after_optimizer_step(self.state.step, self.cfg.max_steps)
             window.grad_norm(grad_norm)
-            extra = self._run_hooks()
-            if self.state.step % self.cfg.log_every == 0 or self.state.step == self.cfg.max_steps or extra:
+            out_of_time = self._out_of_time(start)
+            final = out_of_time or self.state.step == self.cfg.max_steps
+            extra = {**self._run_hooks(), **self._run_epoch_hooks(final)}
+            if self.state.step % self.cfg.log_every == 0 or final or extra:
                 last = self._log(window, extra)
                 window = _Window()
                 bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
             bar.update(1)
-            out_of_time = self._out_of_time(start)
-            if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == self.cfg.max_steps or out_of_time:
+            if self.state.step % self.cfg.checkpoint_every == 0 or final:
                 self.save_checkpoint()
             if out_of_time:
                 self._note(f"train.max_minutes={self.cfg.max_minutes} reached at step {self.state.step}; stopping")
@@ -407,10 +486,25 @@ class Trainer:
             extra.update(hook(self, self.state.step) or {})
         return extra
 
+    def _run_epoch_hooks(self, final: bool) -> dict[str, float]:
+        """The epoch hooks' results at the end of an epoch, and at the ``final`` step if no epoch ends there."""
+        if not self.epoch_hooks or not (final or self._epoch_ended()):
+            return {}
+        epoch = self.epochs_done()
+        extra: dict[str, float] = {}
+        for hook in self.epoch_hooks:
+            extra.update(hook(self, epoch) or {})
+        self.model.train()  # an evaluation may have left the model in eval mode
+        if extra:
+            values = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in extra.items())
+            self._note(f"epoch {epoch:g} (step {self.state.step}): {values}")
+        return extra
+
     def _log(self, window: _Window, extra: dict[str, float]) -> dict[str, float]:
         acc = self.accelerator
         stats = window.reduce(acc)
-        record: dict[str, Any] = {"step": self.state.step, "epoch": self.state.epoch, **stats}
+        epoch = self.state.epoch + int(self._epoch_ended())  # whole epochs done, counting the one this step ended
+        record: dict[str, Any] = {"step": self.state.step, "epoch": epoch, **stats}
         record["lr"] = self.scheduler.get_last_lr()[0]
         record["nonfinite_skipped"] = self.state.nonfinite_total
         record["elapsed_s"] = round(time.perf_counter() - self._fit_start, 2)  # wall time of this fit() call
@@ -421,6 +515,60 @@ class Trainer:
             append_metrics(self.run_dir, record)
         acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.state.step)
         return record
+
+
+class BestWeights:
+    """An epoch hook that evaluates the model and keeps a copy of its weights at the best evaluation so far.
+
+    ``rank`` orders evaluations, higher first, element by element (``(accuracy, -loss)``: the accuracy, then
+    the loss among equal accuracies); a later evaluation replaces the kept weights only by ranking strictly
+    higher, so an exact tie keeps the earlier weights. Register it with :meth:`Trainer.register_state` and a
+    resumed run still knows the best it saw before.
+
+    Args:
+        evaluate: ``model -> {name: value}`` on the unwrapped model (logged each time); may leave it in eval mode.
+        rank: ``metrics -> tuple`` of an evaluation; a NaN never ranks higher.
+    """
+
+    def __init__(
+        self, evaluate: Callable[[nn.Module], dict[str, float]], rank: Callable[[dict[str, float]], tuple[float, ...]]
+    ) -> None:
+        self.evaluate, self.rank = evaluate, rank
+        self.metrics: dict[str, float] = {}  # the kept weights' evaluation, and when it was made
+        self.epoch: float | None = None
+        self.step: int | None = None
+        self.weights: dict[str, torch.Tensor] = {}  # CPU copies of the model's state dict
+
+    def __call__(self, trainer: Trainer, epoch: float) -> dict[str, float]:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        metrics = {k: float(v) for k, v in self.evaluate(model).items()}
+        if self._better(metrics):
+            self.metrics, self.epoch, self.step = metrics, epoch, trainer.state.step
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return metrics
+
+    def _better(self, metrics: dict[str, float]) -> bool:
+        """Whether ``metrics`` rank strictly higher than the kept weights' (anything beats no weights)."""
+        if not self.weights:
+            return True
+        new, kept = self.rank(metrics), self.rank(self.metrics)
+        return not any(map(math.isnan, new)) and (any(map(math.isnan, kept)) or new > kept)
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the kept weights into ``model`` (the unwrapped model)."""
+        if not self.weights:
+            raise RuntimeError("no weights were kept: the hook never ran")
+        model.load_state_dict(self.weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        metrics = {f"metric.{k}": v for k, v in self.metrics.items()}
+        weights = {f"weights.{k}": v for k, v in self.weights.items()}
+        return {"epoch": self.epoch, "step": self.step, **metrics, **weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.metrics = {k.removeprefix("metric."): v for k, v in state.items() if k.startswith("metric.")}
+        self.weights = {k.removeprefix("weights."): v for k, v in state.items() if k.startswith("weights.")}
 
 
 def resolve_mixed_precision(setting: str, cpu: bool) -> str:

@@ -293,6 +293,12 @@ class AudioDomain:
             ClipRows(train, limit), ClipRows(test, limit), list(names), {"unreadable_clip": skipped} if skipped else {}
         )
 
+    def task_labels(self, rows: ClipRows) -> np.ndarray:
+        """The labels the rows' :class:`AudioClips` hold (no clip is cropped)."""
+        if rows.clips.labels is None:
+            raise ValueError("the clips have no labels")
+        return np.asarray(rows.clips.labels, dtype=np.int64)
+
     def task_collate(self, processor: FeatureExtractionMixin, task: Any) -> Callable[[list[Any]], Batch]:
         return collator(processor, with_labels=True)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -102,8 +102,11 @@ class AudioEncoderConfig:
             )
 
 
-def wav2vec2_config(cfg: AudioEncoderConfig) -> Wav2Vec2Config:
-    return Wav2Vec2Config(
+def _conv_transformer_kwargs(cfg: AudioEncoderConfig) -> dict[str, Any]:
+    """The settings wav2vec 2.0's and data2vec-audio's configs share: the transformer, its dropouts and
+    the conv feature encoder; SpecAugment during fine-tuning at transformers' defaults (``mask_time_prob``
+    > 0 also keeps ``masked_spec_embed``, the [MASK] vector pretraining uses)."""
+    return dict(
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
@@ -112,45 +115,36 @@ def wav2vec2_config(cfg: AudioEncoderConfig) -> Wav2Vec2Config:
         activation_dropout=cfg.dropout,
         attention_dropout=cfg.attention_dropout,
         feat_proj_dropout=cfg.dropout,
-        feat_quantizer_dropout=cfg.dropout,
         final_dropout=cfg.dropout,
         layerdrop=0.0,
         conv_dim=list(cfg.conv_dim),
         conv_kernel=list(cfg.conv_kernel),
         conv_stride=list(cfg.conv_stride),
+        num_conv_pos_embedding_groups=cfg.num_conv_pos_embedding_groups,
+        mask_time_prob=0.05,
+        mask_time_length=10,
+    )
+
+
+def wav2vec2_config(cfg: AudioEncoderConfig) -> Wav2Vec2Config:
+    return Wav2Vec2Config(
+        **_conv_transformer_kwargs(cfg),
+        feat_quantizer_dropout=cfg.dropout,
         feat_extract_norm=cfg.feat_extract_norm,
         do_stable_layer_norm=cfg.do_stable_layer_norm,
         num_conv_pos_embeddings=cfg.num_conv_pos_embeddings,
-        num_conv_pos_embedding_groups=cfg.num_conv_pos_embedding_groups,
         num_codevector_groups=cfg.num_codevector_groups,
         num_codevectors_per_group=cfg.num_codevectors_per_group,
         codevector_dim=cfg.codevector_dim,
         proj_codevector_dim=cfg.proj_codevector_dim,
-        mask_time_prob=0.05,
-        mask_time_length=10,  # SpecAugment during fine-tuning (transformers' defaults)
     )
 
 
 def data2vec_audio_config(cfg: AudioEncoderConfig) -> Data2VecAudioConfig:
     return Data2VecAudioConfig(
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
-        hidden_dropout=cfg.dropout,
-        activation_dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout,
-        feat_proj_dropout=cfg.dropout,
-        final_dropout=cfg.dropout,
-        layerdrop=0.0,
-        conv_dim=list(cfg.conv_dim),
-        conv_kernel=list(cfg.conv_kernel),
-        conv_stride=list(cfg.conv_stride),
+        **_conv_transformer_kwargs(cfg),
         num_conv_pos_embeddings=cfg.num_conv_pos_layers,
         conv_pos_kernel_size=cfg.conv_pos_kernel_size,
-        num_conv_pos_embedding_groups=cfg.num_conv_pos_embedding_groups,
-        mask_time_prob=0.05,
-        mask_time_length=10,  # SpecAugment during fine-tuning; > 0 keeps masked_spec_embed
     )
 
 

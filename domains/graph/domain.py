@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
@@ -244,6 +245,12 @@ class GraphDomain:
             n = min(task.max_train_samples, len(train))
             train = Items(train.items[:n], train.labels[:n])
         return TaskData(train, t.test, list(t.label_names))
+
+    def task_labels(self, rows: Items) -> np.ndarray:
+        """The labels the rows (node ids or graphs) carry beside their items."""
+        if rows.labels is None:
+            raise ValueError("the graph task's rows have no labels")
+        return torch.as_tensor(rows.labels).numpy().astype(np.int64)
 
     def task_collate(self, processor: GraphProcessor, task: Any) -> Callable[[list[Any]], Batch]:
         t = self.load_task(task.name)

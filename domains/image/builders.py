@@ -7,20 +7,30 @@ Machine Learning Algorithms", arXiv:1708.07747; MIT licence): from
 ``.deb`` fetched and unpacked without installing it (:mod:`domains.packages`). It writes
 ``train/`` (60,000 images) and ``test/`` (10,000) with :func:`domains.image.data.save_arrays`:
 ``uint8 [N, 1, 28, 28]`` images, ``int64`` labels and the ten class names of the paper.
+
+``fashion-mnist-small`` ships inside the package (``domains/image/data/fashion-mnist-small.npz``, see the
+README there), so the first run needs no system package and no download: a class-balanced, seeded subset of
+1,000 training images per class (10,000) and 200 test images per class (2,000), read by
+:func:`load_fashion_mnist_small`. Regenerate it with ``python -m domains.image.builders --write-embedded``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gzip
+import os
 import re
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from domains.image.data import ImageArrays, load_arrays, read_idx, save_arrays
+from domains.image.data import ImageArrays, load_arrays, read_idx, read_idx_array, save_arrays
 from domains.packages import extracted_debs
 from mmssl.datasets import prepare
 
@@ -41,6 +51,10 @@ FASHION_MNIST_CLASSES = (  # label order of the paper's Table 1
     "Ankle boot",
 )
 FASHION_MNIST_SPLITS = {"train": ("train", 60_000), "test": ("t10k", 10_000)}  # split -> (file prefix, images)
+FASHION_MNIST_SMALL = "fashion-mnist-small"
+FASHION_MNIST_SMALL_FILE: Path = Path(__file__).resolve().parent / "data" / "fashion-mnist-small.npz"
+FASHION_MNIST_SMALL_PER_CLASS = {"train": 1_000, "test": 200}  # images per class drawn from each official split
+FASHION_MNIST_SMALL_SEED = 0
 
 
 def fashion_mnist_idx_files(prefix: str) -> tuple[str, str]:
@@ -121,3 +135,123 @@ def load_fashion_mnist(split: Literal["train", "test"]) -> ImageArrays:
     if split not in FASHION_MNIST_SPLITS:
         raise ValueError(f"unknown Fashion-MNIST split {split!r}; known: {', '.join(FASHION_MNIST_SPLITS)}")
     return load_arrays(prepare(FASHION_MNIST) / split)
+
+
+# --------------------------------------------------------------------------- the embedded subset
+def balanced_subset(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``per_class`` rows of every class without replacement.
+
+    Args:
+        labels: ``[N]`` integer class ids.
+        per_class: rows to draw from each class.
+        rng: the generator that draws them (one ``choice`` per class, classes in ascending order).
+
+    Returns:
+        ``int64 [per_class * num_classes]`` row indices into ``labels``, ascending (the source's order is kept).
+
+    Raises:
+        ValueError: a class has fewer than ``per_class`` rows.
+    """
+    picks = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        if len(rows) < per_class:
+            raise ValueError(f"class {label} has {len(rows):,} rows, fewer than the {per_class:,} asked for")
+        picks.append(rng.choice(rows, per_class, replace=False))
+    return np.sort(np.concatenate(picks))
+
+
+def fashion_mnist_small_arrays(folder: Path, seed: int = FASHION_MNIST_SMALL_SEED) -> dict[str, np.ndarray]:
+    """Draw the embedded subset from the official IDX files in ``folder`` (train first, then test, one generator).
+
+    Returns:
+        ``label_names`` (the ten class names) and, for each split ``train`` / ``test``: ``{split}_images``
+        ``uint8 [n, 28, 28]``, ``{split}_labels`` ``uint8 [n]`` and ``{split}_index`` ``uint16 [n]``, the row of
+        each image in the official split (n = :data:`FASHION_MNIST_SMALL_PER_CLASS` x 10).
+    """
+    rng = np.random.default_rng(seed)
+    arrays = {"label_names": np.array(FASHION_MNIST_CLASSES)}
+    for split, (prefix, _) in FASHION_MNIST_SPLITS.items():
+        images_file, labels_file = fashion_mnist_idx_files(prefix)
+        labels = read_idx_array(folder / labels_file)
+        index = balanced_subset(labels, FASHION_MNIST_SMALL_PER_CLASS[split], rng)
+        arrays[f"{split}_images"] = read_idx_array(folder / images_file)[index]
+        arrays[f"{split}_labels"] = labels[index].astype(np.uint8)
+        arrays[f"{split}_index"] = index.astype(np.uint16)
+    return arrays
+
+
+def write_fashion_mnist_small(path: Path = FASHION_MNIST_SMALL_FILE, seed: int = FASHION_MNIST_SMALL_SEED) -> Path:
+    """Write the embedded subset to ``path`` with ``np.savez_compressed`` (atomically) and return ``path``.
+
+    The arrays are those of :func:`fashion_mnist_small_arrays` plus ``source`` (the Debian package and version).
+
+    Raises:
+        RuntimeError: the Debian package could not be fetched (:func:`fashion_mnist_files`).
+    """
+    with fashion_mnist_files() as (folder, version):
+        arrays = fashion_mnist_small_arrays(folder, seed)
+    arrays["source"] = np.array(f"Debian {FASHION_MNIST_PACKAGE} {version}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a path
+        np.savez_compressed(handle, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_fashion_mnist_small(split: Literal["train", "test"]) -> ImageArrays:
+    """Load a split of the Fashion-MNIST subset shipped inside the package (no download, no system package).
+
+    Returns:
+        ``images`` ``uint8 [N, 1, 28, 28]`` (N = 10,000 train / 2,000 test, balanced over the ten classes),
+        ``labels`` ``int64 [N]`` and ``label_names`` = :data:`FASHION_MNIST_CLASSES`.
+
+    Raises:
+        ValueError: ``split`` is neither ``"train"`` nor ``"test"``, or the file is unreadable.
+        FileNotFoundError: the installation lacks the file.
+    """
+    if split not in FASHION_MNIST_SMALL_PER_CLASS:
+        raise ValueError(
+            f"unknown {FASHION_MNIST_SMALL} split {split!r}; known: {', '.join(FASHION_MNIST_SMALL_PER_CLASS)}"
+        )
+    path = FASHION_MNIST_SMALL_FILE
+    rebuild = "reinstall mmssl, or rebuild it with `python -m domains.image.builders --write-embedded`"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from this installation: {rebuild}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images, labels = archive[f"{split}_images"], archive[f"{split}_labels"]
+            names = [str(name) for name in archive["label_names"]]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is unreadable ({exc}): {rebuild}") from exc
+    per_class = FASHION_MNIST_SMALL_PER_CLASS[split]
+    return ImageArrays(
+        images=torch.from_numpy(images).unsqueeze(1),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        label_names=names,
+        source=f"Fashion-MNIST {split} split, {per_class:,} images per class (embedded {path.name})",
+    )
+
+
+def build_fashion_mnist_small(out_dir: Path) -> None:
+    """Copy the embedded subset into ``out_dir/train`` and ``out_dir/test``, the folders that
+    ``data.source=prepared`` reads (``--set data.name=fashion-mnist-small``); nothing is downloaded."""
+    for split in FASHION_MNIST_SMALL_PER_CLASS:
+        save_arrays(load_fashion_mnist_small(split), out_dir / split)
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    """Command line: ``python -m domains.image.builders --write-embedded [--path FILE]``."""
+    parser = argparse.ArgumentParser(description="Regenerate the Fashion-MNIST subset that ships inside mmssl.")
+    parser.add_argument("--write-embedded", action="store_true", help=f"write {FASHION_MNIST_SMALL_FILE.name}")
+    parser.add_argument("--path", type=Path, default=FASHION_MNIST_SMALL_FILE, help="where to write it")
+    args = parser.parse_args(None if argv is None else list(argv))
+    if not args.write_embedded:
+        parser.error("nothing to do: pass --write-embedded")
+    path = write_fashion_mnist_small(args.path)
+    print(f"{path}: {path.stat().st_size:,} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,12 +2,21 @@
 
 from mmssl.registry import DATASETS, DatasetBuilder
 
-DATASETS.add(
-    "fashion-mnist",
+BUILDERS = "domains.image.builders"
+
+for _builder in (
     DatasetBuilder(
         "fashion-mnist",
         "Fashion-MNIST, 28x28 grayscale, 10 classes, 60k/10k (Debian dataset-fashion-mnist)",
-        "domains.image.builders:build_fashion_mnist",
+        f"{BUILDERS}:build_fashion_mnist",
         "image",
     ),
-)
+    DatasetBuilder(
+        "fashion-mnist-small",
+        "Fashion-MNIST subset, 10 classes, 10k/2k balanced (1,000/200 per class; shipped with mmssl)",
+        f"{BUILDERS}:build_fashion_mnist_small",
+        "image",
+        embedded=True,
+    ),
+):
+    DATASETS.add(_builder.name, _builder)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForImageClassification, ViTImageProcessor, ViTModel
@@ -24,7 +25,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, ViTImagePr
 from domains.image import pretext
 from domains.image import views as augment_views
 from domains.image.baselines import pixel_baseline
-from domains.image.builders import load_fashion_mnist
+from domains.image.builders import load_fashion_mnist, load_fashion_mnist_small
 from domains.image.data import ImageArrays, load_arrays, load_hf_image_dataset, load_imagefolder, load_numpy
 from domains.image.encoders import ImageEncoderConfig, ResNetEncoder, ViTEncoder, build_image_encoder
 from domains.image.resnet import SmallResNet
@@ -258,6 +259,13 @@ def _fashion_mnist_task() -> tuple[ImageArrays, ImageArrays]:
 TASKS.add("fashion-mnist", TaskSpec(_fashion_mnist_task, domain="image"))  # Xiao et al. (2017): 60k/10k, 10 classes
 
 
+def _fashion_mnist_small_task() -> tuple[ImageArrays, ImageArrays]:
+    return load_fashion_mnist_small("train"), load_fashion_mnist_small("test")
+
+
+TASKS.add("fashion-mnist-small", TaskSpec(_fashion_mnist_small_task, domain="image"))  # embedded: 10k/2k, balanced
+
+
 class ImageDomain:
     """Images as patch units (registered as ``image``)."""
 
@@ -368,6 +376,12 @@ class ImageDomain:
             train = dataclasses.replace(train, images=train.images[:n], labels=train.labels[:n])
         names = train.label_names or [str(i) for i in range(int(train.labels.max()) + 1)]
         return TaskData(ImageRows(train), ImageRows(test), list(names))
+
+    def task_labels(self, rows: ImageRows) -> np.ndarray:
+        """The label tensor the rows' :class:`ImageArrays` hold (no image is read)."""
+        if rows.arrays.labels is None:
+            raise ValueError("the images have no labels")
+        return rows.arrays.labels.numpy().astype(np.int64)
 
     def task_collate(self, processor: ViTImageProcessor, task: Any) -> Callable[[list[Any]], Batch]:
         return image_collate(processor, with_labels=True)

@@ -179,6 +179,13 @@ class SpeechTextDomain:
             train.texts = train.texts[: task.max_train_samples]
         return TaskData(PairedRows(train), PairedRows(test), [])
 
+    def task_labels(self, rows: PairedRows) -> Any:
+        """Refused with a ``ValueError``: paired rows have no classes, so no label budget applies."""
+        raise ValueError(
+            "task.labels_per_class / task.label_fraction: the speech_text tasks pair speech with text and "
+            "have no classes to budget; evaluate them with --protocol retrieval without a label budget"
+        )
+
     def task_collate(self, processor: SpeechTextProcessor, task: Any) -> Callable[[list[Any]], Batch]:
         return SpeechTextCollator(
             audio_collator(processor.feature_extractor, False),

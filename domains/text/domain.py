@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow.compute as pc
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedTokenizerBase
 
@@ -134,6 +135,10 @@ class TextDomain:
 
     def task_data(self, task: Any) -> TaskData:
         return text_task_data(task)
+
+    def task_labels(self, rows: datasets.Dataset) -> np.ndarray:
+        """The ``label`` column of the rows (no text is read)."""
+        return np.asarray(rows.select_columns("label")[:]["label"], dtype=np.int64)
 
     def task_collate(self, processor: PreTrainedTokenizerBase, task: Any):
         return classification_collate(processor, task.max_length)

@@ -202,8 +202,8 @@ def test_evaluate_baseline_puts_pretrained_random_and_raw_features_side_by_side(
 ) -> None:
     import json
 
-    from mmssl.finetune import paired_comparison
     from mmssl.metrics import read_metrics
+    from mmssl.stats import paired_comparison
 
     task = ["--task", "file", "--set", f"task.path={_reviews(tmp_path / 'reviews.csv')}"]
     assert main(["evaluate", str(tiny_bert_run), "--protocol", "knn", "--set", "probe.k=5", *task, "--baseline"]) == 0
@@ -223,3 +223,86 @@ def test_evaluate_baseline_puts_pretrained_random_and_raw_features_side_by_side(
     assert f"{c['only_b']} only with the raw-feature baseline" in out and f"gain             {c['gain']:+.4f}" in out
     logged = [r for r in read_metrics(tiny_bert_run) if r.get("event") == "evaluate"][-3:]
     assert [r["init"] for r in logged] == ["pretrained", "random", "raw"]
+
+
+def test_finetune_with_a_label_budget_over_seeds_compares_with_random_init_and_raw_features(
+    tiny_bert_run: Path, tmp_path: Path, capsys
+) -> None:
+    """``finetune --set task.labels_per_class=3 --seeds 2 --baseline``: each seed fine-tunes the pretrained and
+    the random-init model on the same 3 reviews of each class (its own folder), the raw features' linear probe
+    on the same rows is the reference line, and the table and the logged summary cover all three."""
+    import json
+
+    from mmssl.metrics import read_metrics
+
+    args = [
+        "finetune",
+        str(tiny_bert_run),
+        "--task",
+        "file",
+        "--set",
+        f"task.path={_reviews(tmp_path / 'reviews.csv')}",
+        "--set",
+        "task.labels_per_class=3",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.batch_size=4",
+        "--seeds",
+        "2",
+        "--baseline",
+        "--output-dir",
+        str(tmp_path / "ft"),
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(r["event"], r["init"], r["seed"]) for r in records] == [
+        ("evaluate", "raw", 0),
+        ("evaluate", "raw", 1),
+        ("finetune", "pretrained", 0),
+        ("finetune", "random", 0),
+        ("finetune", "pretrained", 1),
+        ("finetune", "random", 1),
+    ]
+    assert all(r["labels_per_class"] == 3 and r["n_train"] == 6 and r["n_test"] == 12 for r in records)
+    by_seed = {seed: {r["train_subset"] for r in records if r["seed"] == seed} for seed in (0, 1)}
+    assert all(len(digests) == 1 for digests in by_seed.values()) and by_seed[0] != by_seed[1]
+    folders = sorted(p.name for p in (tmp_path / "ft").iterdir() if p.is_dir())
+    assert folders == [f"file-{init}-3-per-class-seed{s}" for init in ("pretrained", "random") for s in (0, 1)]
+    assert "file test accuracy after fine-tuning, 3 labels per class (6 training rows), seeds 0-1" in out
+    assert "  raw tf-idf (linear probe)  " in out and "  random init  " in out
+    summary = [r for r in read_metrics(tiny_bert_run) if r.get("event") == "finetune_summary"][-1]
+    assert list(summary["inits"]) == ["pretrained", "random", "raw"] and summary["seeds"] == [0, 1]
+    accuracies = [r["accuracy"] for r in records if r["init"] == "random"]
+    assert summary["inits"]["random"]["accuracies"] == pytest.approx(accuracies)
+
+
+def test_one_seed_with_a_budget_says_the_test_over_seeds_needs_more(
+    tiny_bert_run: Path, tmp_path: Path, capsys
+) -> None:
+    task = ["--task", "file", "--set", f"task.path={_reviews(tmp_path / 'reviews.csv')}"]
+    args = ["evaluate", str(tiny_bert_run), "--protocol", "knn", "--set", "probe.k=3", *task]
+    assert main([*args, "--set", "task.label_fraction=0.25", "--baseline"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "file test accuracy of the knn probe, 25% of the labels (12 training rows), seed 0 (12 held-out examples)"
+        in out
+    )
+    assert "over seeds: a paired test of the accuracy differences needs 2 or more seeds (--seeds K)" in out
+    assert "pretrained init against raw tf-idf:" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "/nonexistent", "--task", "x", "--seeds", "0"], "--seeds 0: give 1 or more seeds"),
+        (
+            ["evaluate", "/nonexistent", "--task", "speech-text", "--protocol", "retrieval", "--seeds", "2"],
+            "--protocol retrieval trains nothing, so task.labels_per_class, task.label_fraction and --seeds",
+        ),
+    ],
+)
+def test_seeds_and_budgets_that_do_not_apply_are_refused(args: list[str], message: str, capsys) -> None:
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith(f"mmssl: error: {message}")

@@ -115,3 +115,96 @@ def test_statistics_pooling_ignores_padding() -> None:
     )
     torch.testing.assert_close(out.pooled_statistics(), expected)
     assert out.pooled_statistics()[2, 4:].abs().max() == 0.0  # one unit: no spread
+
+
+# ---------------------------------------------------------------------------- label budgets
+@pytest.fixture(scope="module")
+def _bars(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Noisy 28x28 images of a horizontal (label 0) or vertical (label 1) bar: 24 to train on, 12 to test."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> datasets.Dataset:
+        images = []
+        for i in range(n):
+            pixels = rng.integers(0, 60, (28, 28), dtype=np.uint8)
+            at = rng.integers(4, 22)
+            if i % 2 == 0:
+                pixels[at : at + 3, 3:25] = 230
+            else:
+                pixels[3:25, at : at + 3] = 230
+            images.append(Image.fromarray(pixels))
+        features = datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=["horizontal", "vertical"])}
+        )
+        return datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(n)]}, features=features)
+
+    path = tmp_path_factory.mktemp("bars") / "bars"
+    datasets.DatasetDict({"train": split(24), "test": split(12)}).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(params=["text", "image", "graph"])
+def labelled_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """``(run, --task arguments, number of classes, raw-feature baseline, labels per class)`` of a tiny run of each
+    domain (karate-club's 16 training nodes hold a single node of one of its 4 communities)."""
+    from tests.conftest import TINY_GRAPH, TINY_IMAGE
+
+    if request.param == "text":
+        path = tmp_path_factory.mktemp("reviews") / "reviews.csv"
+        rows = [
+            f"a {'lovely charming' if i % 2 else 'dull tedious'} film {i},{'pos' if i % 2 else 'neg'}"
+            for i in range(60)
+        ]
+        path.write_text("text,label\n" + "\n".join(rows) + "\n")
+        task = ["--task", "file", "--set", f"task.path={path}"]
+        return request.getfixturevalue("tiny_bert_run"), task, 2, "tf-idf", 2
+    if request.param == "image":
+        images = request.getfixturevalue("tiny_images")
+        run = pretrain(
+            "mae", [*TINY_IMAGE, f"data.path={images}", "train.max_steps=2"], tmp_path_factory.mktemp("mae") / "run"
+        )
+        return run, ["--task", "hub", "--set", f"task.path={request.getfixturevalue('_bars')}"], 2, "pixels", 2
+    run = pretrain("dgi", [*TINY_GRAPH, "train.max_steps=2"], tmp_path_factory.mktemp("dgi") / "run")
+    return run, ["--task", "karate-club"], 4, "propagated-features", 1
+
+
+def test_label_budget_over_seeds_against_both_baselines_in_every_domain(labelled_run: tuple, capsys) -> None:
+    """``evaluate --protocol linear --set task.labels_per_class=2 --seeds 2 --baseline`` (1 per class on karate-club):
+    per seed, every init is fitted on the same rows of each class (another subset at the other seed) and scored
+    on the whole test split; the table and the logged summary agree with the per-seed records."""
+    import json
+
+    from mmssl.cli import main
+
+    run, task, classes, raw, n = labelled_run
+    args = ["evaluate", str(run), "--protocol", "linear", *task, "--set", f"task.labels_per_class={n}", "--seeds", "2"]
+    assert main([*args, "--baseline"]) == 0
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(r["init"], r["seed"]) for r in records] == [
+        (init, seed) for init in ("pretrained", "random", "raw") for seed in (0, 1)
+    ]
+    assert all(r["labels_per_class"] == n and r["n_train"] == n * classes for r in records)
+    assert len({r["n_test"] for r in records}) == 1 and records[0]["train_split_rows"] > n * classes
+    subsets = {(r["seed"], r["train_subset"]) for r in records}
+    assert len(subsets) == 2 and {seed for seed, _ in subsets} == {0, 1}  # one subset per seed, shared by the inits
+    n_test = records[0]["n_test"]
+    per_class = f"{n} label{'s' if n > 1 else ''} per class"
+    title = f"test accuracy of the linear probe, {per_class} ({n * classes} training rows), seeds 0-1 "
+    assert f"{title}({n_test} held-out examples each)" in out
+    table = out[out.index(title) :].splitlines()
+    for line, init in zip(table[2:5], ("pretrained init", "random init", f"raw {raw}")):
+        accs = [r["accuracy"] for r in records if line.startswith(f"  {init} ") and r["init"] == init.split()[0]]
+        assert len(accs) == 2 and line.split()[len(init.split())] == f"{sum(accs) / 2:.4f}", line
+    summary = [r for r in read_metrics(run) if r.get("event") == "evaluate_summary"][-1]
+    assert summary["seeds"] == [0, 1] and summary["labels_per_class"] == n and summary["n_test"] == n_test
+    assert list(summary["inits"]) == ["pretrained", "random", "raw"]
+    vs = summary["inits"]["raw"]["vs_reference"]
+    assert len(vs["mcnemar_p"]) == 2 and "ttest_rel" in vs["over_seeds"]["test"]
+    assert summary["inits"]["raw"]["name"] == f"raw {raw}"
+    logged = [r for r in read_metrics(run) if r.get("event") == "evaluate"][-6:]
+    assert [(r["init"], r["seed"]) for r in logged] == [(r["init"], r["seed"]) for r in records]

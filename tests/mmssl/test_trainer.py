@@ -11,14 +11,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils.data import IterableDataset
 
 import mmssl.trainer as trainer_module
-from mmssl.checkpoint import checkpoint_dirs
+from mmssl.checkpoint import checkpoint_dirs, load_trainer_state
+from mmssl.cli import main
 from mmssl.metrics import read_metrics
 from mmssl.pretrain import pretrain
 from mmssl.probes import KNNMonitor
 from mmssl.recipe import MonitorConfig
-from mmssl.trainer import NonFiniteLossError, Trainer, use_cpu
+from mmssl.trainer import BestWeights, NonFiniteLossError, Trainer, TrainState, use_cpu
 from tests.conftest import TINY
 from tests.mmssl.loop_fixtures import (
     Regression,
@@ -231,3 +233,136 @@ def test_a_run_shorter_than_the_monitor_interval_skips_the_probe(tmp_path: Path,
     assert "monitor: skipped: train.max_steps=2 is below monitor.every=10" in out
     assert not [r for r in read_metrics(run) if "knn_accuracy" in r]
     assert logged_steps(run) == [1, 2]
+
+
+# ---------------------------------------------------------------------------- epochs, epoch hooks, best weights
+@pytest.mark.parametrize(
+    ("rows", "batch", "accum", "drop_last", "per_epoch"),
+    [(64, 8, 1, True, 8), (60, 8, 1, True, 7), (60, 8, 1, False, 8), (60, 8, 3, False, 3)],
+)
+def test_epochs_set_the_optimizer_steps_and_the_schedule(
+    tmp_path: Path, rows: int, batch: int, accum: int, drop_last: bool, per_epoch: int
+) -> None:
+    """train.epochs x steps per epoch optimizer steps; the warmup fraction and the cosine end follow them.
+    Accelerate steps at the end of the data mid-accumulation: 8 batches at 3 per step are 3 steps."""
+    model, epochs = Regression(), []
+    cfg = train_cfg(max_steps=None, epochs=3, batch_size=batch, grad_accum_steps=accum, warmup_steps=0.25)
+    trainer = Trainer(model, regression_data(rows), regression_collate, cfg, tmp_path, drop_last=drop_last)
+    trainer.epoch_hooks.append(lambda t, epoch: epochs.append(epoch))
+    total = 3 * per_epoch
+    assert trainer.steps_per_epoch == per_epoch
+    assert (trainer.cfg.max_steps, trainer.cfg.warmup_steps) == (total, round(0.25 * total))
+    trainer.fit()
+    assert logged_steps(tmp_path) == list(range(1, total + 1)) and epochs == [1.0, 2.0, 3.0]
+    assert model.calls == 3 * (rows // batch if drop_last else math.ceil(rows / batch))  # every batch, once an epoch
+    lr = {r["step"]: r["lr"] for r in read_metrics(tmp_path)}
+    assert lr[trainer.cfg.warmup_steps] == pytest.approx(cfg.lr) == max(lr.values())  # peak at the warmup's end
+    assert lr[total] == pytest.approx(0.0, abs=1e-12)  # the cosine reaches 0 at the last step
+
+
+def test_max_steps_wins_over_epochs_and_the_run_says_how_long_it_is(tmp_path: Path, capsys) -> None:
+    assert regression_trainer(tmp_path / "a", max_steps=4, epochs=3).cfg.max_steps == 4
+    assert "train.max_steps=4 wins over train.epochs=3: 0.50 epochs of 8 steps" in capsys.readouterr().out
+    regression_trainer(tmp_path / "b", max_steps=None, epochs=2, warmup_steps=0.1)
+    assert "train.epochs=2: 16 optimizer steps (8 per epoch), 2 of warmup" in capsys.readouterr().out
+
+
+def test_epochs_need_data_of_known_length(tmp_path: Path) -> None:
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(regression_data())
+
+    with pytest.raises(ValueError, match=r"train.epochs=2 needs data of known length .*set train.max_steps"):
+        Trainer(Regression(), Stream(), regression_collate, train_cfg(max_steps=None, epochs=2), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_steps": None}, "set train.max_steps or train.epochs"),
+        ({"epochs": 0}, "train.epochs must be >= 1"),
+        ({"warmup_steps": 1.5}, "train.warmup_steps must be a whole number of steps, or a fraction below 1"),
+    ],
+)
+def test_bad_run_lengths_name_the_key(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        train_cfg(**settings)
+
+
+def test_pretraining_refuses_epochs(tmp_path: Path, capsys) -> None:
+    sets = [arg for o in TINY for arg in ("--set", o)]
+    assert main(["pretrain", "bert", *sets, "--set", "train.epochs=2", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "train.epochs=2: epochs are for mmssl finetune; a pretraining run lasts train.max_steps" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_epoch_hooks_run_at_each_epochs_end_and_at_the_last_step(tmp_path: Path, capsys) -> None:
+    seen, modes = [], []
+
+    def evaluate(t: Trainer, epoch: float) -> dict[str, float]:
+        t.model.eval()  # as an evaluation does; the trainer switches back
+        seen.append((t.state.step, epoch))
+        return {"score": float(len(seen))}
+
+    trainer = regression_trainer(tmp_path, max_steps=20, epochs=3)  # 8 steps an epoch: 20 ends half-way through
+    trainer.epoch_hooks.append(evaluate)
+    trainer.hooks.append(lambda t, step: modes.append(t.model.training))
+    trainer.fit()
+    assert seen == [(8, 1.0), (16, 2.0), (20, 2.5)] and all(modes)
+    lines = {r["step"]: r for r in read_metrics(tmp_path)}
+    assert [lines[step]["score"] for step in (8, 16, 20)] == [1.0, 2.0, 3.0]
+    assert "score" not in lines[9]
+    assert [lines[step]["epoch"] for step in (7, 8, 9, 20)] == [0, 1, 1, 2]  # whole epochs done at that step
+    assert "epoch 2.5 (step 20): score 3.0000" in capsys.readouterr().out
+
+
+def _snapshots(model: torch.nn.Module, into: dict) -> trainer_module.EpochHook:
+    def snapshot(t: Trainer, epoch: float) -> None:
+        into[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    return snapshot
+
+
+def test_best_weights_keep_the_better_epoch_when_a_later_one_diverges(tmp_path: Path) -> None:
+    """From epoch 3 on the learning rate is 20,000 times higher: the weights kept are epoch 2's."""
+    model, snapshots = Regression(), {}
+    held_out = regression_collate(regression_data(80)[64:])  # rows the run does not train on
+
+    @torch.no_grad()
+    def negative_mse(m: torch.nn.Module) -> float:
+        return -float(m(held_out).loss)
+
+    def diverge(t: Trainer, step: int) -> None:
+        if step == 16:
+            t.scheduler.scheduler.base_lrs = [1e3 for _ in t.scheduler.scheduler.base_lrs]
+
+    best = BestWeights(lambda m: {"val_score": negative_mse(m)}, rank=lambda metrics: (metrics["val_score"],))
+    trainer = regression_trainer(tmp_path, model=model, max_steps=None, epochs=3)
+    trainer.hooks.append(diverge)
+    trainer.epoch_hooks += [_snapshots(model, snapshots), best]
+    trainer.fit()
+    scores = [r["val_score"] for r in read_metrics(tmp_path) if "val_score" in r]
+    assert len(scores) == 3 and scores[0] < scores[1] and scores[2] < scores[1]
+    assert (best.epoch, best.step, best.metrics) == (2.0, 16, {"val_score": scores[1]})
+    best.restore(model)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[2.0][name])
+    assert negative_mse(model) == pytest.approx(scores[1])
+
+
+def test_best_weights_keep_the_earlier_epoch_on_a_tie_and_survive_a_checkpoint(tmp_path: Path) -> None:
+    model, snapshots, scores = Regression(), {}, iter([0.5, 0.75, 0.75])
+    best = BestWeights(lambda m: {"val_accuracy": next(scores)}, rank=lambda metrics: (metrics["val_accuracy"],))
+    trainer = regression_trainer(tmp_path, model=model, max_steps=None, epochs=3)
+    trainer.epoch_hooks += [_snapshots(model, snapshots), best]
+    trainer.register_state("best", best)
+    trainer.fit()
+    assert (best.epoch, best.step, best.metrics) == (2.0, 16, {"val_accuracy": 0.75})
+    assert all(torch.equal(best.weights[k], snapshots[2.0][k]) for k in snapshots[2.0])
+    # a resumed run loads what the last checkpoint saved of it
+    again = BestWeights(lambda m: {}, rank=lambda metrics: ())
+    load_trainer_state(checkpoint_dirs(tmp_path)[-1], {"loop": TrainState(), "best": again})
+    assert (again.epoch, again.step, again.metrics) == (2.0, 16, {"val_accuracy": 0.75})
+    assert again.weights.keys() == best.weights.keys()
+    assert all(torch.equal(again.weights[k], best.weights[k]) for k in best.weights)
