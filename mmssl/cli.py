@@ -294,12 +294,15 @@ def cmd_data(args: argparse.Namespace) -> None:
         rows = [("NAME", "DOMAIN", "STATUS", "DESCRIPTION")]
         for name in DATASETS.names():
             b = DATASETS.get(name)
-            status = "prepared" if is_prepared(name) else "embedded" if b.embedded else "not-prepared"
+            status = "embedded" if b.embedded else "prepared" if is_prepared(name) else "not-prepared"
             rows.append((name, b.domain, status, b.description))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for r in rows:
             print("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + f"  {r[3]}")
-        print("\nembedded: shipped inside mmssl, used as they are; `mmssl data prepare NAME` builds the others")
+        print(
+            "\nembedded: shipped inside mmssl, used as they are (the first use copies or builds them into the "
+            "cache); `mmssl data prepare NAME` builds the others"
+        )
         return
     if not args.name:
         raise ConfigError("mmssl data prepare NAME: NAME is missing (see mmssl data list)")

@@ -345,7 +345,7 @@ def run_probes(
     """
     check_init(cfg.init, protocol)
     inputs = probe_inputs(path, cfg, domain)
-    return [_probe_at_seed(protocol, inputs, cfg, seed) for seed in seeds or (cfg.train.seed,)]
+    return [probe_at_seed(protocol, inputs, cfg, seed) for seed in seeds or (cfg.train.seed,)]
 
 
 def run_probe(protocol: str, path: Path, cfg: FinetuneConfig, domain: str | None = None) -> ProbeResult:
@@ -353,8 +353,10 @@ def run_probe(protocol: str, path: Path, cfg: FinetuneConfig, domain: str | None
     return run_probes(protocol, path, cfg, domain)[0]
 
 
-def _probe_at_seed(protocol: str, inputs: ProbeInputs, cfg: FinetuneConfig, seed: int) -> ProbeResult:
-    """Fit and score the probe on the training rows the label budget keeps at ``seed``; log the record."""
+def probe_at_seed(protocol: str, inputs: ProbeInputs, cfg: FinetuneConfig, seed: int) -> ProbeResult:
+    """Fit and score the probe on the training rows ``cfg.task``'s label budget keeps at ``seed``; log the record
+    to the run. ``inputs`` (:func:`probe_inputs`) can be reused across budgets and seeds: the features are computed
+    once."""
     train, budget = budgeted_features(inputs, cfg.task, seed)
     if protocol == "linear":
         result, predictions = _fit_linear(train, inputs.test, cfg.probe)

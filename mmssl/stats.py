@@ -120,13 +120,16 @@ def paired_lines(correct_a: Any, correct_b: Any, other: str) -> str:
     verdict = "significant" if c["p_value"] < 0.05 else "not significant"
     return (
         f"  {'gain':<16} {c['gain']:+.4f}  (95% CI {c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f})\n"
-        f"  {'McNemar p':<16} {c['p_value']:.3f}   {verdict} at 0.05: {c['only_a']} rows right only with the "
+        f"  {'McNemar p':<16} {format_p(c['p_value']):<6}  {verdict} at 0.05: {c['only_a']} rows right only with the "
         f"pretrained init, {c['only_b']} only with {other}"
     )
 
 
-def _p(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def format_p(value: float | None) -> str:
+    """A p-value to three decimals, ``<0.001`` below that (never a bare ``0.000``), ``-`` for None."""
+    if value is None:
+        return "-"
+    return "<0.001" if value < 0.0005 else f"{value:.3f}"
 
 
 def seeds_table(title: str, names: dict[str, str], summary: dict[str, dict[str, Any]], n_test: int) -> str:
@@ -140,7 +143,9 @@ def seeds_table(title: str, names: dict[str, str], summary: dict[str, dict[str, 
     notes = []
     for init, row in summary.items():
         vs = row.get("vs_reference")
-        mcnemar, over = ("-", "-") if vs is None else (_p(vs["mcnemar_p_median"]), _p(vs["over_seeds"]["p_value"]))
+        mcnemar, over = (
+            ("-", "-") if vs is None else (format_p(vs["mcnemar_p_median"]), format_p(vs["over_seeds"]["p_value"]))
+        )
         sd = "-" if row["sd"] is None else f"{row['sd']:.4f}"
         lines.append(
             f"  {names[init]:<{width}}  {row['mean']:.4f}  {sd:>6}  {row['min']:.4f}-{row['max']:.4f}"
@@ -149,7 +154,7 @@ def seeds_table(title: str, names: dict[str, str], summary: dict[str, dict[str, 
         if vs is not None:
             note = vs["over_seeds"]["note"]
             notes.append(
-                f"  {names[init]}: McNemar p per seed {', '.join(map(_p, vs['mcnemar_p']))}"
+                f"  {names[init]}: McNemar p per seed {', '.join(map(format_p, vs['mcnemar_p']))}"
                 + (f"; paired p: {note}" if note else "")
             )
     if notes:
@@ -158,4 +163,24 @@ def seeds_table(title: str, names: dict[str, str], summary: dict[str, dict[str, 
             f"on the {n_test} shared test rows; paired p is a {OVER_SEEDS_TEST}",
             *notes,
         ]
-    return "\n".join(lines)
+    verdicts = [verdict_line(names[reference], names[init], row) for init, row in summary.items() if init != reference]
+    return "\n".join(lines + verdicts)
+
+
+def verdict_line(reference: str, other: str, row: dict[str, Any], alpha: float = 0.05) -> str:
+    """One sentence on ``reference`` against ``other`` (a :func:`compare_over_seeds` row): the mean accuracy
+    difference and whether it is significant at ``alpha`` by the paired test over seeds, or by the median
+    McNemar p where the seeds cannot be tested (one seed, or equal differences)."""
+    vs = row["vs_reference"]
+    over, per_seed = vs["over_seeds"], vs["mcnemar_p"]
+    p, test = (over["p_value"], "paired p") if over["p_value"] is not None else (vs["mcnemar_p_median"], "McNemar p")
+    diff = over["mean_difference"]
+    if p < alpha:
+        verdict = f"{'better' if diff > 0 else 'worse'}, significant at {alpha:g}"
+    else:
+        verdict = f"not significant at {alpha:g}"
+    below = sum(q < alpha for q in per_seed)
+    return (
+        f"{reference} vs {other}: {diff:+.4f} ({test} {format_p(p)}; McNemar p < {alpha:g} at {below} of "
+        f"{len(per_seed)} seeds): {verdict}"
+    )

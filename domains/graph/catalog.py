@@ -7,9 +7,10 @@ BUILDERS = "domains.graph.builders"
 for _builder in (
     DatasetBuilder(
         "wordnet-graph",
-        "WordNet noun graph: 82k synsets, 26 supersenses, gloss bag of words (Debian wordnet-base)",
+        "WordNet noun graph: 82k synsets, 26 supersenses, gloss bag of words (WordNet 3.0; shipped with mmssl)",
         f"{BUILDERS}:build_wordnet",
         "graph",
+        embedded=True,
     ),
     DatasetBuilder(
         "molecules",

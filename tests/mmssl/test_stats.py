@@ -8,7 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from mmssl.stats import accuracy_spread, compare_over_seeds, paired_comparison, paired_over_seeds, seeds_table
+from mmssl.stats import (
+    accuracy_spread,
+    compare_over_seeds,
+    format_p,
+    paired_comparison,
+    paired_over_seeds,
+    seeds_table,
+    verdict_line,
+)
 
 
 def _outcomes(both: int, only_a: int, only_b: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,5 +97,31 @@ def test_compare_over_seeds_and_its_table() -> None:
     assert lines[2].split() == ["pretrained", "init", "0.7000", "0.0000", "0.7000-0.7000", "-", "-"]
     assert lines[3].split() == ["random", "init", "0.4500", "0.0707", "0.4000-0.5000", "0.117", "0.126"]
     assert "median over the 2 seeds" in table and "random init: McNemar p per seed 0.109, 0.125" in table
+    assert lines[-1] == (
+        "pretrained init vs random init: +0.2500 (paired p 0.126; McNemar p < 0.05 at 0 of 2 seeds): "
+        "not significant at 0.05"
+    )
     with pytest.raises(ValueError, match="not paired"):
         compare_over_seeds({"pretrained": [seed0[0], seed1[0]], "random": [seed0[1]]}, reference="pretrained")
+
+
+def test_the_verdict_says_better_or_worse_only_when_significant() -> None:
+    """Three seeds, 200 shared rows: the reference right on 60 more rows each time (then on 60 fewer)."""
+    seeds = [_outcomes(both=100, only_a=60 + k, only_b=0, neither=40 - k) for k in range(3)]
+    better = compare_over_seeds({"a": [s[0] for s in seeds], "b": [s[1] for s in seeds]}, reference="a")
+    assert verdict_line("A", "B", better["b"]) == (
+        "A vs B: +0.3050 (paired p <0.001; McNemar p < 0.05 at 3 of 3 seeds): better, significant at 0.05"
+    )
+    worse = compare_over_seeds({"b": [s[1] for s in seeds], "a": [s[0] for s in seeds]}, reference="b")
+    assert verdict_line("B", "A", worse["a"]).endswith(
+        "-0.3050 (paired p <0.001; McNemar p < 0.05 at 3 of 3 seeds): worse, significant at 0.05"
+    )
+    one_seed = compare_over_seeds({"a": [seeds[0][0]], "b": [seeds[0][1]]}, reference="a")
+    assert "(McNemar p <0.001; McNemar p < 0.05 at 1 of 1 seeds): better" in verdict_line("A", "B", one_seed["b"])
+
+
+@pytest.mark.parametrize(
+    "p, text", [(None, "-"), (0.0, "<0.001"), (0.0004, "<0.001"), (0.0006, "0.001"), (0.5, "0.500")]
+)
+def test_p_values_below_a_thousandth_are_not_printed_as_zero(p, text) -> None:
+    assert format_p(p) == text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,3 +87,28 @@ def test_real_builds(name: str, count: int) -> None:
 
     loaded = load_prepared(name)
     assert (loaded.num_nodes if name == "wordnet-graph" else len(loaded)) == count
+
+
+def test_the_embedded_wordnet_is_the_whole_noun_file_with_its_licence(tmp_path: Path) -> None:
+    """The shipped data.noun.xz: WordNet's licence in its first lines, 82,115 noun synsets, nothing downloaded."""
+    import hashlib
+
+    from domains.graph.builders import WORDNET_EMBEDDED, open_wordnet
+
+    assert hashlib.sha256(WORDNET_EMBEDDED.read_bytes()).hexdigest() == EMBEDDED_WORDNET_SHA256
+    with open_wordnet() as handle:
+        lines = handle.readlines()
+    header = [line for line in lines if line.startswith("  ")]
+    assert any("WordNet 3.0 Copyright 2006 by Princeton University" in line for line in header)
+    assert len(lines) - len(header) == 82115
+
+
+def test_a_missing_embedded_wordnet_says_to_reinstall(tmp_path: Path) -> None:
+    from domains.graph.builders import open_wordnet
+
+    with pytest.raises(FileNotFoundError, match="data.noun.xz is missing .* reinstall mmssl"):
+        open_wordnet(tmp_path / "data.noun.xz")
+
+
+# domains/graph/data/README.md records the same digest
+EMBEDDED_WORDNET_SHA256 = "e9b8406147e5b001bedcfa1f8c45f3569cb96f858679eb095dfbc0ac73824cae"
