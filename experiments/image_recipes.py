@@ -43,29 +43,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from pretraining import pretrain
 
 from mmssl.metrics import read_metrics
 from mmssl.probes import fit_linear_probe, knn_accuracy, knn_probe, linear_probe
 from mmssl.tasks import FinetuneConfig, TaskConfig
 
 IMAGE_RECIPES = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "mae", "rotation"]
-
-
-def pretrain(recipe: str, out: Path, overrides: list[str]) -> dict[str, Any]:
-    """Run ``mmssl pretrain`` in its own process; wall time, last step and last loss."""
-    cmd = [sys.executable, "-m", "mmssl.cli", "pretrain", recipe, "--output-dir", str(out)]
-    for o in overrides:
-        cmd += ["--set", o]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    wall = time.perf_counter() - start
-    rows = [r for r in read_metrics(out) if "loss" in r and "step" in r and "event" not in r]
-    return {"wall_s": round(wall, 1), "steps": rows[-1]["step"], "final_loss": rows[-1]["loss"]}
 
 
 # MAE-style encoders are probed on the mean of their patch tokens (He et al. 2022, sec. A.2: global

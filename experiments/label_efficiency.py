@@ -37,15 +37,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pretraining import pretrain
 
-from mmssl.metrics import read_metrics
 from mmssl.probes import ProbeInputs, probe_at_seed, probe_inputs
 from mmssl.stats import compare_over_seeds, format_p
 from mmssl.tasks import FinetuneConfig, ProbeConfig, TaskConfig
@@ -83,18 +80,6 @@ STUDIES = {
 }
 BUDGETS = (0.01, 0.1, 1.0)  # task.label_fraction
 INITS = {"pretrained": "pretrained init", "random": "random init", "raw": "raw features"}
-
-
-def pretrain(recipe: str, out: Path, overrides: list[str]) -> dict[str, Any]:
-    """Run ``mmssl pretrain`` in its own process; wall time, last step and last loss."""
-    cmd = [sys.executable, "-m", "mmssl.cli", "pretrain", recipe, "--output-dir", str(out)]
-    for o in overrides:
-        cmd += ["--set", o]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    wall = time.perf_counter() - start
-    rows = [r for r in read_metrics(out) if "loss" in r and "step" in r and "event" not in r]
-    return {"wall_s": round(wall, 1), "steps": rows[-1]["step"], "final_loss": rows[-1]["loss"]}
 
 
 def budget_curve(inputs: dict[str, ProbeInputs], cfg: FinetuneConfig, fraction: float, seeds: int) -> dict[str, Any]:
