@@ -57,7 +57,7 @@ IMAGE_RECIPES = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", 
 
 # MAE-style encoders are probed on the mean of their patch tokens (He et al. 2022, sec. A.2: global
 # average pooling); their [CLS] token is not trained by a pixel-reconstruction loss
-POOLING = {"mae": "mean", "data2vec_image": "mean"}
+POOLING = {"mae": "mean", "data2vec_image": "mean", "ijepa": "mean"}
 
 
 def probes(run: Path, init: str, pooling: str = "auto") -> dict[str, float]:

@@ -6,6 +6,7 @@ One generator serves every domain whose units fit its assumptions:
 * :func:`span_mask` -- contiguous spans from sampled starts (wav2vec 2.0, Baevski et al. 2020).
 * :func:`block_mask_2d` -- rectangular blocks on an ``H x W`` patch grid (BEiT, Bao et al. 2022).
 * :func:`random_mask` -- an exact fraction of units per row (MAE, He et al. 2022).
+* :func:`multi_block_mask` -- one context block and several target blocks on a patch grid (I-JEPA, Assran et al. 2023).
 
 All functions take an optional ``torch.Generator`` and never touch units that are not
 ``maskable`` (padding, special tokens). Masks are ``bool`` with True = masked.
@@ -13,9 +14,11 @@ All functions take an optional ``torch.Generator`` and never touch units that ar
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -180,3 +183,169 @@ def block_mask_2d(
             if 0 < new <= remaining:
                 grid[top : top + h, left : left + w] = True
     return out.reshape(batch_size, height * width).to(device)
+
+
+# ---------------------------------------------------------------- I-JEPA's multi-block masks
+
+
+def multi_block_size(
+    height: int, width: int, scale: tuple[float, float], aspect: tuple[float, float], u: float
+) -> tuple[int, int]:
+    """I-JEPA's block size ``(rows, cols)`` on a ``height x width`` grid for one uniform draw ``u`` in ``[0, 1)``.
+
+    As the official ``MaskCollator._sample_block_size`` (Assran et al. 2023), one draw sets both the scale
+    and the aspect ratio: the block is meant to hold ``n = int(height * width * s)`` patches,
+    ``s = scale[0] + u (scale[1] - scale[0])``, at the aspect ratio (rows / cols)
+    ``r = aspect[0] + u (aspect[1] - aspect[0])``, so its sides are ``round(sqrt(n r))`` and
+    ``round(sqrt(n / r))``. Each side is at least 1 and at most the grid's (the official code caps it one
+    below the grid's, which with its corner draw leaves the last row and column out: facebookresearch/ijepa#40).
+    """
+    n = int(height * width * (scale[0] + u * (scale[1] - scale[0])))
+    r = aspect[0] + u * (aspect[1] - aspect[0])
+    return min(max(round(math.sqrt(n * r)), 1), height), min(max(round(math.sqrt(n / r)), 1), width)
+
+
+@functools.lru_cache(maxsize=64)
+def multi_block_sizes(
+    height: int, width: int, scale: tuple[float, float], aspect: tuple[float, float]
+) -> tuple[tuple[int, int], ...]:
+    """Every size :func:`multi_block_size` gives for some ``u`` in ``[0, 1)``, found exactly.
+
+    The size is a step function of ``u`` that changes only where ``n`` crosses an integer or where
+    ``n r`` or ``n / r`` crosses a ``(j + 1/2)^2``: the sizes at those draws and between consecutive ones
+    are all the sizes.
+    """
+    area = height * width
+    ds, da = scale[1] - scale[0], aspect[1] - aspect[0]
+    cuts = {0.0}
+    if ds > 0:
+        cuts.update((k / area - scale[0]) / ds for k in range(area + 1))
+    if da > 0:
+        for n in range(max(int(area * scale[0]), 1), int(area * scale[1]) + 1):
+            for half in ((j + 0.5) ** 2 for j in range(max(height, width) + 1)):
+                cuts.update(((half / n - aspect[0]) / da, (n / half - aspect[0]) / da))
+    points = sorted(c for c in cuts if 0.0 <= c < 1.0)
+    points += [(a + b) / 2 for a, b in zip(points, [*points[1:], 1.0])]
+    return tuple(sorted({multi_block_size(height, width, scale, aspect, u) for u in points}))
+
+
+def fewest_context_patches(height: int, width: int, target: tuple[int, int], context: tuple[int, int]) -> int:
+    """The context patches a ``target`` block can always leave of a ``context`` block on a ``height x width`` grid.
+
+    The minimum over the context block's places of the maximum over the target block's places of the
+    context patches outside the target block. The overlap of two blocks is the product of their row and
+    column overlaps, so it is computed per axis.
+    """
+
+    def least_overlap(side: int, t: int, c: int) -> Tensor:
+        """``[side - c + 1]``: per start of the context side, the least overlap a target side can have with it."""
+        target_starts = torch.arange(side - t + 1)[:, None]
+        context_starts = torch.arange(side - c + 1)[None]
+        overlap = torch.minimum(target_starts + t, context_starts + c) - torch.maximum(target_starts, context_starts)
+        return overlap.clamp(min=0).min(0).values
+
+    rows = least_overlap(height, target[0], context[0])
+    cols = least_overlap(width, target[1], context[1])
+    return context[0] * context[1] - int(rows.max()) * int(cols.max())
+
+
+@functools.lru_cache(maxsize=64)
+def multi_block_worst_case(
+    height: int,
+    width: int,
+    target_scale: tuple[float, float],
+    target_aspect: tuple[float, float],
+    context_scale: tuple[float, float],
+) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """``(fewest, target size, context size)``: the least :func:`fewest_context_patches` over every pair of block
+    sizes :func:`multi_block_mask` can draw with these settings, and the sizes that give it."""
+    targets = multi_block_sizes(height, width, target_scale, target_aspect)
+    contexts = multi_block_sizes(height, width, context_scale, (1.0, 1.0))
+    return min((fewest_context_patches(height, width, t, c), t, c) for t in targets for c in contexts)
+
+
+def _place_block(context: Tensor, size: tuple[int, int], min_keep: int, generator: torch.Generator | None) -> Tensor:
+    """``[B, H, W]`` bool: a ``size`` block per image, placed uniformly among the places that leave at least
+    ``min_keep`` of the image's ``context`` patches (``[B, H, W]`` bool) outside it."""
+    b, height, width = context.shape
+    h, w = size
+    covered = F.avg_pool2d(context[:, None].float(), (h, w), stride=1, divisor_override=1)[:, 0]  # [B, H-h+1, W-w+1]
+    valid = context.sum((1, 2)).view(b, 1, 1) - covered >= min_keep
+    at = torch.rand(valid.shape, generator=generator).masked_fill(~valid, -1.0).flatten(1).argmax(1)  # uniform
+    top, left = (at // valid.shape[2])[:, None], (at % valid.shape[2])[:, None]
+    rows, cols = torch.arange(height)[None], torch.arange(width)[None]
+    in_rows, in_cols = (rows >= top) & (rows < top + h), (cols >= left) & (cols < left + w)
+    return in_rows[:, :, None] & in_cols[:, None, :]
+
+
+def multi_block_mask(
+    batch_size: int,
+    height: int,
+    width: int,
+    *,
+    num_targets: int = 4,
+    target_scale: tuple[float, float] = (0.15, 0.2),
+    target_aspect: tuple[float, float] = (0.75, 1.5),
+    context_scale: tuple[float, float] = (0.85, 1.0),
+    min_keep: int = 10,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """I-JEPA's multi-block masks on a ``height x width`` patch grid (Assran et al. 2023, sec. 3).
+
+    One target block size and one context block size are drawn per call (:func:`multi_block_size`, the
+    context's aspect ratio 1), so every image of the batch has blocks of the same sizes, as in the official
+    collator. In each image the context block is placed uniformly, then the ``num_targets`` target blocks one
+    after another, each uniformly among the places that leave at least ``min_keep`` context patches outside
+    every target block so far (where that does not bind, the official independent uniform places; the
+    place of the previous target block always qualifies). The target patches are removed from the context:
+    target blocks may overlap one another, never the context. Every image then keeps the same number ``K``
+    of context patches, the fewest any image of the batch has, chosen uniformly among its own (the official
+    code keeps the first ``K`` in raster order).
+
+    Args:
+        batch_size: ``B``.
+        height, width: the patch grid.
+        num_targets: ``M`` target blocks per image (I-JEPA: 4).
+        target_scale: range of a target block's share of the grid (I-JEPA: 0.15-0.2).
+        target_aspect: range of a target block's rows / cols (I-JEPA: 0.75-1.5).
+        context_scale: range of the context block's share of the grid (I-JEPA: 0.85-1.0).
+        min_keep: fewest context patches of an image (I-JEPA's ``min_keep``: 10 on a 14x14 grid).
+        generator: source of every draw, for reproducible masks.
+        device: where the returned indices live.
+
+    Returns:
+        ``(context, targets)``: ``[B, K]`` ascending (row-major) indices of the context patches and
+        ``[B, M, h * w]`` indices of each target block's patches, row-major within the block.
+
+    Raises:
+        ValueError: If ``num_targets < 1``, ``min_keep < 1``, or some pair of block sizes these settings can
+            draw leaves fewer than ``min_keep`` context patches for some place of the context block
+            (:func:`multi_block_worst_case`).
+    """
+    if num_targets < 1 or min_keep < 1:
+        raise ValueError(f"num_targets and min_keep must be >= 1, got {num_targets} and {min_keep}")
+    fewest, worst_target, worst_context = multi_block_worst_case(
+        height, width, tuple(target_scale), tuple(target_aspect), tuple(context_scale)
+    )
+    if fewest < min_keep:
+        raise ValueError(
+            f"on a {height}x{width} grid a {worst_target[0]}x{worst_target[1]} target block (target_scale="
+            f"{tuple(target_scale)}) can leave only {fewest} patches of a {worst_context[0]}x{worst_context[1]} "
+            f"context block (context_scale={tuple(context_scale)}), below min_keep={min_keep}"
+        )
+    u_target = torch.rand(1, generator=generator).item()  # the official order: the target size, then the context's
+    u_context = torch.rand(1, generator=generator).item()
+    target_size = multi_block_size(height, width, target_scale, target_aspect, u_target)
+    nothing = torch.zeros(batch_size, height, width, dtype=torch.bool)
+    context = _place_block(nothing, multi_block_size(height, width, context_scale, (1.0, 1.0), u_context), 0, generator)
+    targets = []
+    for _ in range(num_targets):
+        block = _place_block(context, target_size, min_keep, generator)
+        context &= ~block
+        targets.append(block.flatten(1).nonzero()[:, 1].view(batch_size, -1))  # row-major within the block
+    context = context.flatten(1)
+    keep = int(context.sum(1).min())
+    scores = torch.rand(context.shape, generator=generator).masked_fill(~context, -1.0)
+    kept = scores.topk(keep, dim=1).indices.sort(1).values
+    return kept.to(device), torch.stack(targets, 1).to(device)

@@ -1,6 +1,9 @@
-"""Optimizer and schedule shared by every recipe: AdamW with decay groups, warmup + cosine."""
+"""Optimizer and schedule shared by every recipe: AdamW with decay groups, warmup + cosine, and the weight-decay
+schedule an objective may declare (DINO's cosine from 0.04 to 0.4)."""
 
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -14,15 +17,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
     Biases and normalisation weights (every parameter with fewer than 2 dimensions: LayerNorm,
     BatchNorm and RMSNorm gains, biases, scalar temperatures) get no weight decay, as in
-    BERT and nanoGPT; matrices and embeddings do.
+    BERT and nanoGPT; matrices and embeddings do, except those an objective marks with a
+    ``no_weight_decay = True`` attribute (MSN's prototypes, as its official code).
     """
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            decayed = p.ndim >= 2 and not getattr(p, "no_weight_decay", False)
+            (decay if decayed else no_decay).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay, "decayed": True},  # set_weight_decay schedules this group
+        {"params": no_decay, "weight_decay": 0.0, "decayed": False},
     ]
 
 
@@ -36,3 +41,35 @@ def build_optimizer(
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.max_steps), cfg.max_steps)
     return optimizer, scheduler
+
+
+@runtime_checkable
+class WeightDecaySchedule(Protocol):
+    """A module of the model that schedules AdamW's weight decay (DINO, iBOT: a cosine from 0.04 to 0.4).
+
+    The trainer asks it before every optimizer step and sets the decayed group's decay
+    (:func:`set_weight_decay`); the value depends on the step only, so a resumed run gets the same.
+    """
+
+    def scheduled_weight_decay(self, base: float, position: int, max_steps: int) -> float:
+        """The decay of optimizer step ``position`` (0-based) of ``max_steps``, given ``train.weight_decay`` (``base``)."""
+        ...
+
+
+def weight_decay_schedule(model: nn.Module) -> WeightDecaySchedule | None:
+    """The module of ``model`` that declares a weight-decay schedule (an objective), or None.
+
+    Raises:
+        ValueError: If more than one module declares one.
+    """
+    found = [m for m in model.modules() if isinstance(m, WeightDecaySchedule)]
+    if len(found) > 1:
+        raise ValueError(f"more than one module schedules the weight decay: {[type(m).__name__ for m in found]}")
+    return found[0] if found else None
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Set the decay of the decayed parameter group(s) of :func:`param_groups` (biases and norms keep none)."""
+    for group in optimizer.param_groups:
+        if group.get("decayed"):
+            group["weight_decay"] = value

@@ -212,9 +212,29 @@ def recipe_from_dict(raw: dict) -> Recipe:
     )
     try:  # what one section's dataclass cannot see: settings that must agree across sections
         domain.check_recipe(recipe)
-    except ValueError as e:  # the domain's messages name the dotted keys
+        check_objective_fits(recipe, objective["name"], spec.needs)
+    except ValueError as e:  # the messages name the dotted keys
         raise ConfigError(str(e)) from e
     return recipe
+
+
+def check_objective_fits(recipe: Recipe, name: str, needs: tuple[str, ...]) -> None:
+    """The objective's own checks of other sections (``check_recipe`` of its config: SwAV's prototypes against
+    the batch), and the encoder capabilities it needs (an encoder config's ``missing_capability``).
+
+    Raises:
+        ValueError: Naming the dotted keys.
+    """
+    from mmssl.objectives.base import ENCODER_NEEDS
+
+    check = getattr(recipe.objective, "check_recipe", None)
+    if check is not None:
+        check(recipe)
+    missing = getattr(recipe.encoder, "missing_capability", None)
+    for need in needs:
+        reason = missing(need) if missing is not None and need in ENCODER_NEEDS else None
+        if reason:
+            raise ValueError(f"objective.name={name} needs {ENCODER_NEEDS[need]}: {reason}")
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -169,7 +169,21 @@ class LinearSchedule:
         return linear_momentum(position, self.anneal_steps, self.base, self.final)
 
 
-MomentumSchedule = CosineSchedule | LinearSchedule
+@dataclass(frozen=True)
+class RunLinearSchedule:
+    """:func:`linear_momentum` from ``base`` to ``final`` over ``stretch`` times the run: I-JEPA's EMA schedule
+    (``stretch`` 1), MSN's (1.25: the official code's schedule spans 1.25 x the iterations, so the last step's
+    momentum is 0.9992 of 0.996 -> 1)."""
+
+    base: float
+    final: float
+    stretch: float = 1.0
+
+    def __call__(self, position: int, max_steps: int) -> float:
+        return linear_momentum(position, max(1, int(self.stretch * max_steps)), self.base, self.final)
+
+
+MomentumSchedule = CosineSchedule | LinearSchedule | RunLinearSchedule
 
 
 class MomentumTeacher(nn.Module):

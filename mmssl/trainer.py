@@ -4,7 +4,7 @@ The loop, in order, for each optimizer step::
 
     for each micro-batch:   seed RNG (step, micro, rank) -> transform(batch) -> forward
                             -> all-ranks finite check -> backward (inside accelerator.accumulate)
-    on the sync micro-batch: clip -> optimizer.step (or skip if non-finite) -> scheduler.step
+    on the sync micro-batch: scheduled weight decay -> clip -> optimizer.step (or skip if non-finite) -> scheduler.step
                             -> model.after_optimizer_step (EMA teachers) -> step hooks
                             -> epoch hooks (at an epoch's end and the last step) -> log -> checkpoint
 
@@ -60,7 +60,7 @@ from mmssl.checkpoint import (
 )
 from mmssl.config import MmsslError
 from mmssl.metrics import append_metrics, truncate_after
-from mmssl.optim import build_optimizer
+from mmssl.optim import build_optimizer, set_weight_decay, weight_decay_schedule
 from mmssl.recipe import TrainConfig
 from mmssl.types import Batch, ObjectiveOutput
 
@@ -203,6 +203,7 @@ class Trainer:
         self._announce_settings(cfg)
         model = _sync_batch_norm(model, self.accelerator)
         optimizer, scheduler = build_optimizer(model, self.cfg)
+        self.decay_schedule = weight_decay_schedule(model)  # an objective's own weight-decay schedule (DINO), if any
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.state = TrainState()
         # Saved by mmssl.checkpoint as JSON and safetensors, never through Accelerate's
@@ -366,6 +367,11 @@ class Trainer:
     def _optimizer_step(self) -> float:
         """Clip and step, or skip a step whose gradient is non-finite. Returns the pre-clip gradient norm."""
         acc = self.accelerator
+        if self.decay_schedule is not None:
+            decay = self.decay_schedule.scheduled_weight_decay(
+                self.cfg.weight_decay, self.state.step, self.cfg.max_steps
+            )
+            set_weight_decay(self.optimizer, decay)
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.cfg.max_grad_norm > 0:
             grad_norm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
@@ -506,6 +512,8 @@ class Trainer:
         epoch = self.state.epoch + int(self._epoch_ended())  # whole epochs done, counting the one this step ended
         record: dict[str, Any] = {"step": self.state.step, "epoch": epoch, **stats}
         record["lr"] = self.scheduler.get_last_lr()[0]
+        if self.decay_schedule is not None:
+            record["weight_decay"] = next(g["weight_decay"] for g in self.optimizer.param_groups if g.get("decayed"))
         record["nonfinite_skipped"] = self.state.nonfinite_total
         record["elapsed_s"] = round(time.perf_counter() - self._fit_start, 2)  # wall time of this fit() call
         if self.unit_name != "tokens":

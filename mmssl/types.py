@@ -42,6 +42,7 @@ class Extra(StrEnum):
     TOKEN_TYPE_IDS = "token_type_ids"  # [B, T] int64 segment ids (text)
     SOP_LABELS = "sop_labels"  # [B] int64, 1 where the two segments were swapped (text, ALBERT's SOP)
     PIXELS = "pixels"  # [B, C, H, W] images before the per-step transform (image)
+    SAMPLE_INDEX = "sample_index"  # [B] int64 position of each sample in the training data (DeepCluster's memory)
     EDGE_INDEX = "edge_index"  # [2, E] int64 edges in flat grid coordinates b * T + t (graph)
     NODE_ID = "node_id"  # [B, T] int64 node of each unit in its source graph, -1 at padding (graph)
     GEN_ATTR = "gen_attr"  # [B, T] bool: units whose attributes GPT-GNN regenerates (graph)

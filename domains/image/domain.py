@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForImageClassification, ViTImageProcessor, ViTModel
 
@@ -26,7 +27,14 @@ from domains.image import pretext
 from domains.image import views as augment_views
 from domains.image.baselines import pixel_baseline
 from domains.image.builders import load_fashion_mnist, load_fashion_mnist_small
-from domains.image.data import ImageArrays, load_arrays, load_hf_image_dataset, load_imagefolder, load_numpy
+from domains.image.data import (
+    ARRAYS_FILE,
+    ImageArrays,
+    load_arrays,
+    load_hf_image_dataset,
+    load_imagefolder,
+    load_numpy,
+)
 from domains.image.encoders import ImageEncoderConfig, ResNetEncoder, ViTEncoder, build_image_encoder
 from domains.image.resnet import SmallResNet
 from domains.image.units import grid_of, image_batch, unpatchify
@@ -35,8 +43,9 @@ from mmssl.encoder import Encoder
 from mmssl.registry import DOMAINS, TASKS, TaskSpec, registered_tasks
 from mmssl.types import Batch, Extra
 
-VIEW_PRESETS = ("none", "crop", "fashion-mnist", "simclr", "mocov2", "byol", "rotation", "jigsaw")
+VIEW_PRESETS = ("none", "crop", "fashion-mnist", "simclr", "mocov2", "byol", "dino", "rotation", "jigsaw")
 PRETEXT_VIEWS = ("rotation", "jigsaw")
+NO_VIEWS = ("none", *PRETEXT_VIEWS)  # presets that make no augmented views, so no multi-crop local views either
 
 
 @dataclass(frozen=True)
@@ -45,11 +54,15 @@ class ImageDataConfig:
 
     ``views`` picks the per-step transform: ``none`` (no transform: the collated images as they are), ``crop``
     (random resized crop 20-100% + flip: MAE, SimMIM), ``fashion-mnist`` / ``simclr`` /
-    ``mocov2`` / ``byol`` (two augmented views, :mod:`domains.image.augment` presets) or
+    ``mocov2`` / ``byol`` / ``dino`` (two augmented views, :mod:`domains.image.views` presets) or
     ``rotation`` (RotNet: each image rotated by 0/90/180/270 degrees) or ``jigsaw`` (a
     ``jigsaw_grid`` x ``jigsaw_grid`` puzzle shuffled by one of ``jigsaw_permutations``
     maximal-Hamming permutations); the pretext views put their labels in
     ``extras[Extra.PRETEXT_LABELS]`` (:mod:`domains.image.pretext`).
+
+    Multi-crop (Caron et al. 2020): the global views are crops at the image's size (``crop_scale`` overrides
+    their area range); ``local_crops`` adds that many ``local_size`` x ``local_size`` crops of
+    ``local_scale`` of the area, augmented as the preset's local view (``dino``: DINO's) or its second view.
     """
 
     source: Literal["prepared", "numpy", "imagefolder", "hub"] = "prepared"
@@ -62,9 +75,10 @@ class ImageDataConfig:
     max_images: int | None = None  # use only the first N images (quick experiments)
     views: str = "fashion-mnist"
     num_views: int = 2  # views per image for the two-view presets (more: extra copies of the second view's config)
-    local_crops: int = 0  # multi-crop: extra small views (Caron et al. 2020)
-    local_size: int = 12  # side of the local crops in pixels (a multiple of encoder.patch_size)
-    crop_scale: tuple[float, float] | None = None  # override the preset's crop area range
+    local_crops: int = 0  # multi-crop: extra small views (Caron et al. 2020; DINO: 8 or 10)
+    local_size: int = 12  # side of the local crops in pixels (a multiple of encoder.patch_size; DINO: 96 of 224)
+    local_scale: tuple[float, float] = (0.05, 0.4)  # area range of the local crops (DINO: 0.05-0.4)
+    crop_scale: tuple[float, float] | None = None  # override the preset's crop area range (DINO's globals: 0.4-1)
     jigsaw_grid: int = 2  # views=jigsaw: tiles per side
     jigsaw_permutations: int = 24  # size of the permutation set (= objective.num_classes); 2x2 has 24
     jigsaw_gap: int = 2  # pixels trimmed from each tile at a random offset (no edge shortcuts)
@@ -76,14 +90,28 @@ class ImageDataConfig:
             raise ValueError(f"data.path is required when data.source={self.source}")
         if self.num_views < 1 or self.local_crops < 0:
             raise ValueError("data.num_views must be >= 1 and data.local_crops >= 0")
+        self._check_multi_crop()
         if self.channels not in (None, 1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
         if self.jigsaw_grid < 2:
             raise ValueError(f"data.jigsaw_grid must be >= 2, got {self.jigsaw_grid}")
 
+    def _check_multi_crop(self) -> None:
+        for key in ("crop_scale", "local_scale"):
+            scale = getattr(self, key)
+            if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
+                raise ValueError(f"data.{key} must be [min, max] with 0 < min <= max <= 1, got {list(scale)}")
+        if self.local_size < 1:
+            raise ValueError(f"data.local_size must be >= 1, got {self.local_size}")
+        if self.local_crops and self.views in NO_VIEWS:
+            raise ValueError(
+                f"data.local_crops={self.local_crops} adds local views to augmented views, and data.views={self.views} "
+                "makes none: set data.views to a view preset (fashion-mnist, simclr, byol, dino, ...) or local_crops=0"
+            )
+
 
 class ImageRows(torch.utils.data.Dataset):
-    """Map-style rows ``{"image": uint8 [C, H, W], "label": int}`` over :class:`ImageArrays`."""
+    """Map-style rows ``{"image": uint8 [C, H, W], "label": int, "index": int}`` over :class:`ImageArrays`."""
 
     def __init__(self, arrays: ImageArrays) -> None:
         self.arrays = arrays
@@ -93,7 +121,7 @@ class ImageRows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         labels = self.arrays.labels
-        return {"image": self.arrays.images[i], "label": -1 if labels is None else int(labels[i])}
+        return {"image": self.arrays.images[i], "label": -1 if labels is None else int(labels[i]), "index": i}
 
 
 def load_images(cfg: ImageDataConfig) -> ImageArrays:
@@ -154,12 +182,14 @@ def _normalise(pixels: Tensor, processor: ViTImageProcessor) -> Tensor:
 
 
 def image_collate(processor: ViTImageProcessor, with_labels: bool) -> Callable[[list[dict[str, Any]]], Batch]:
-    """Rows -> a Batch of normalised patch units; ``[0, 1]`` pixels in ``extras[Extra.PIXELS]`` for the transform."""
+    """Rows -> a Batch of normalised patch units; ``[0, 1]`` pixels in ``extras[Extra.PIXELS]`` for the transform,
+    each row's position in the data in ``extras[Extra.SAMPLE_INDEX]``."""
     patch = int(processor.patch_size)
 
     def collate(rows: list[dict[str, Any]]) -> Batch:
         pixels = torch.stack([r["image"] for r in rows]).float().div_(255)
-        extras: dict[str, Any] = {Extra.PIXELS: pixels}
+        index = torch.tensor([r["index"] for r in rows], dtype=torch.long)
+        extras: dict[str, Any] = {Extra.PIXELS: pixels, Extra.SAMPLE_INDEX: index}
         if with_labels:
             extras[Extra.LABELS] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         return image_batch(_normalise(pixels, processor), patch, **extras)
@@ -186,36 +216,38 @@ class ViewTransform:
 
     def __call__(self, batch: Batch) -> Batch:
         pixels = batch.extras[Extra.PIXELS]
+        kept = {k: v for k, v in batch.extras.items() if k == Extra.SAMPLE_INDEX}  # DeepCluster's memory rows
         if self.cfg.views == "rotation":
             rotated, k = pretext.rotate(pixels)
-            return image_batch(_normalise(rotated, self.processor), self.patch, pretext_labels=k)
+            return image_batch(_normalise(rotated, self.processor), self.patch, pretext_labels=k, **kept)
         if self.cfg.views == "jigsaw":  # on normalised pixels: the gaps are the mean
             puzzles, k = pretext.jigsaw(
                 _normalise(pixels, self.processor), self.permutations, self.cfg.jigsaw_grid, self.cfg.jigsaw_gap
             )
-            return image_batch(puzzles, self.patch, pretext_labels=k)
+            return image_batch(puzzles, self.patch, pretext_labels=k, **kept)
         views = tuple(image_batch(v, self.patch) for v in augment_views.make_views(pixels, self.configs))
         first = views[0]
-        return first.replace(views=views)
+        return first.replace(views=views, extras=kept)
 
 
 def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[augment_views.ViewConfig, ...]:
+    """The global views at the image's size, then ``data.local_crops`` local views (multi-crop), all normalised."""
     size = int(processor.size["height"])
     norm = {"mean": tuple(processor.image_mean), "std": tuple(processor.image_std)}
     if cfg.views == "crop":  # MAE (He et al. 2022): random resized crop 20-100% and flip, nothing else
-        base: tuple[augment_views.ViewConfig, ...] = (
+        preset: tuple[augment_views.ViewConfig, ...] = (
             augment_views.ViewConfig(size=size, scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0),
         )
-    else:
-        pair = augment_views.VIEW_PRESETS[cfg.views](size=size)
-        base = tuple(pair[min(i, 1)] for i in range(cfg.num_views))
+        base = preset
+    else:  # two views, or dino's two global views then its local view (dino_views(n_local=1))
+        preset = augment_views.VIEW_PRESETS[cfg.views](size=size, **({"n_local": 1} if cfg.views == "dino" else {}))
+        base = tuple(preset[min(i, 1)] for i in range(cfg.num_views))
     if cfg.crop_scale is not None:
         base = tuple(dataclasses.replace(v, scale=tuple(cfg.crop_scale)) for v in base)
-    views = [dataclasses.replace(v, **norm) for v in base]
-    if cfg.local_crops:  # ImageDomain.check_recipe: local_size is a multiple of the patch size
-        local = dataclasses.replace(base[-1], size=cfg.local_size, scale=(0.05, 0.4), **norm)
-        views += [local] * cfg.local_crops
-    return tuple(views)
+    # ImageDomain.check_recipe: local_size is a multiple of the patch size and fits in the image
+    local = preset[2] if len(preset) > 2 else base[-1]
+    local = dataclasses.replace(local, size=cfg.local_size, scale=tuple(cfg.local_scale), **norm)
+    return augment_views.multi_crop_views([dataclasses.replace(v, **norm) for v in base], local, cfg.local_crops)
 
 
 # ---------------------------------------------------------------------------- downstream
@@ -299,6 +331,8 @@ class ImageDomain:
             "views": ("data.views=fashion-mnist",),
             "pretext_labels": ("data.views=rotation",),
             "encode_visible": ("encoder.arch=vit",),
+            "mask_token": ("encoder.arch=vit",),
+            "sample_index": (),  # every collated batch carries it
         }
         return needs_overrides(needs, given, base=("data.views=none", "encoder.arch=vit"))
 
@@ -312,12 +346,26 @@ class ImageDomain:
         return {"num_classes": (data.jigsaw_permutations, f"data.jigsaw_permutations={data.jigsaw_permutations}")}
 
     def check_recipe(self, recipe: Any) -> None:
-        """Multi-crop local views are cut into whole patches (the image size itself is checked on the data)."""
+        """Multi-crop local views are cut into whole patches and fit in the image, and an objective that masks blocks
+        of the patch grid (``check_grid`` of its config: I-JEPA) can mask that grid, where the image size is known
+        without loading it (``data.image_size`` of a resized source, or the header of a prepared dataset);
+        :meth:`pretrain_data` checks the loaded images."""
         data, enc = recipe.data, recipe.encoder
         if data.local_crops and data.local_size % enc.patch_size:
             raise ValueError(
                 f"data.local_size={data.local_size} is not a multiple of encoder.patch_size={enc.patch_size}"
             )
+        check_grid = getattr(recipe.objective, "check_grid", None)
+        if not data.local_crops and check_grid is None:
+            return
+        resized = data.image_size if data.source in ("imagefolder", "hub") else None  # resized on load
+        side = resized or _prepared_image_side(data)
+        if side is None:
+            return
+        if data.local_crops:
+            _check_local_crops_fit(data, side, side, f"{side}x{side}")
+        if check_grid is not None:
+            check_grid(side // enc.patch_size, side // enc.patch_size)
 
     def pretrain_data(self, recipe: Any, run_dir: Path, rank: int, world_size: int) -> PretrainData:
         data, enc = recipe.data, recipe.encoder
@@ -327,6 +375,7 @@ class ImageDomain:
             raise ValueError(
                 f"encoder.patch_size={enc.patch_size} does not divide the {h}x{w} images of {arrays.source}"
             )
+        _check_local_crops_fit(data, h, w, f"{h}x{w} images of {arrays.source}")
         processor = make_processor(arrays, enc.patch_size)
         if rank == 0:
             processor.save_pretrained(str(Path(run_dir) / "processor"))
@@ -421,6 +470,31 @@ class ImageDomain:
     def raw_features(self, data: TaskData, task: Any) -> RawFeatures:
         """The ``pixels`` baseline: each image's pixels scaled to [0, 1], flattened (:mod:`domains.image.baselines`)."""
         return pixel_baseline(data.train.arrays, data.test.arrays)
+
+
+def _check_local_crops_fit(data: ImageDataConfig, height: int, width: int, images: str) -> None:
+    """Local crops are no larger than the images (global crops are the images' size)."""
+    if data.local_crops and data.local_size > min(height, width):
+        raise ValueError(
+            f"data.local_size={data.local_size} is larger than the {images}: local crops are a small part of the "
+            f"image (DINO: 96 of 224 pixels); lower data.local_size"
+        )
+
+
+def _prepared_image_side(data: ImageDataConfig) -> int | None:
+    """The side of a prepared dataset's square images, read from its file's header (None: not prepared yet,
+    another source, or not square)."""
+    from mmssl.datasets import dataset_dir, is_prepared
+
+    if data.source != "prepared" or not is_prepared(data.name):
+        return None
+    path = dataset_dir(data.name) / data.split / ARRAYS_FILE
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            *_, h, w = handle.get_slice("images").get_shape()
+    except (OSError, KeyError, SafetensorError):  # the data loader reports an unreadable file
+        return None
+    return h if h == w else None
 
 
 def _fresh_resnet(export_dir: Path) -> SmallResNet:

@@ -44,6 +44,12 @@ class ImageEncoderConfig:
     resnet_depth: Literal[18, 34] = 18
     resnet_width: int = 64  # channels of the first stage (doubling per stage); 64 is ResNet-18/34 as published
 
+    def missing_capability(self, need: str) -> str | None:
+        """Why this encoder cannot give ``need`` (a key of :data:`mmssl.objectives.base.ENCODER_NEEDS`), or None."""
+        if self.arch == "resnet" and need in ("encode_visible", "mask_token"):
+            return "encoder.arch=resnet pools whole images (no patch tokens to drop or mask); use encoder.arch=vit"
+        return None
+
     def __post_init__(self) -> None:
         if self.patch_size < 1:
             raise ValueError("encoder.patch_size must be >= 1")

@@ -212,10 +212,19 @@ def multi_crop_views(
     return (*global_views, *([local_view] * n_local))
 
 
-def dino_views(n_local: int = 8, size: int = 224, local_size: int = 96) -> tuple[ViewConfig, ...]:
-    """DINO (Caron et al. 2021, ``main_dino.py`` defaults): BYOL's pair on 40-100% crops plus 5-40% local crops."""
-    local = ViewConfig(size=local_size, scale=(0.05, 0.4), brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
-    return multi_crop_views(byol_views(size, scale=(0.4, 1.0)), local, n_local)
+def dino_views(
+    n_local: int = 8,
+    size: int = 224,
+    local_size: int = 96,
+    global_scale: tuple[float, float] = (0.4, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.4),
+) -> tuple[ViewConfig, ...]:
+    """DINO (Caron et al. 2021, ``main_dino.py`` defaults): BYOL's pair on 40-100% crops plus 5-40% local crops.
+
+    The local crops are flipped, colour-jittered (p 0.8), made grey (p 0.2) and blurred (p 0.5), never solarized.
+    """
+    local = ViewConfig(size=local_size, scale=local_scale, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
+    return multi_crop_views(byol_views(size, scale=global_scale), local, n_local)
 
 
 def fashion_mnist_views(size: int = 28) -> tuple[ViewConfig, ViewConfig]:

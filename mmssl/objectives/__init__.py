@@ -3,8 +3,8 @@
 One file per registry key (``mlm.py`` ... ``best_rq.py`` for ``best-rq``), each holding its
 config dataclass, its :class:`Objective` and its own loss functions; what several objectives
 share lives in small modules named for the thing: ``heads.py`` (MLP heads and their published
-shapes), ``views.py`` (augmented views and their representations), ``memory.py`` (MoCo's queue),
-``losses.py`` (loss pieces), ``units.py`` (checked feature units, block masks on the unit grid),
+shapes), ``views.py`` (augmented views, multi-crop encoding), ``memory.py`` (the queues of MoCo, SwAV and
+NNCLR), ``losses.py`` (loss pieces), ``units.py`` (checked feature units, block masks on the unit grid),
 ``checks.py`` (config value checks); the EMA teacher is :mod:`mmssl.teacher`, the gathers
 :mod:`mmssl.distributed`.
 
@@ -38,18 +38,26 @@ from mmssl.objectives.byol import BYOL, BYOLConfig
 from mmssl.objectives.clip import CLIP, ClipConfig
 from mmssl.objectives.clm import CausalLM, CausalLMConfig
 from mmssl.objectives.data2vec import Data2Vec, Data2VecConfig
+from mmssl.objectives.deepcluster import DeepCluster, DeepClusterConfig
 from mmssl.objectives.dgi import DGI, DGIConfig
+from mmssl.objectives.dino import DINO, DINOConfig
 from mmssl.objectives.gpt_gnn import GPTGNN, GPTGNNConfig
 from mmssl.objectives.graphmae import GraphMAE, GraphMAEConfig
 from mmssl.objectives.hubert import HuBERT, HuBERTConfig
+from mmssl.objectives.ibot import IBOT, IBOTConfig
+from mmssl.objectives.ijepa import IJEPA, IJEPAConfig
 from mmssl.objectives.mae import MAE, MAEConfig
 from mmssl.objectives.mlm import MaskedLM, MaskedLMConfig
 from mmssl.objectives.moco_v2 import MoCoV2, MoCoV2Config
 from mmssl.objectives.moco_v3 import MoCoV3, MoCoV3Config
+from mmssl.objectives.msn import MSN, MSNConfig
+from mmssl.objectives.nnclr import NNCLR, NNCLRConfig
 from mmssl.objectives.pretext import Pretext, PretextConfig
+from mmssl.objectives.sigreg import SIGReg, SIGRegConfig
 from mmssl.objectives.simclr import SimCLR, SimCLRConfig
 from mmssl.objectives.simmim import SimMIM, SimMIMConfig
 from mmssl.objectives.simsiam import SimSiam, SimSiamConfig
+from mmssl.objectives.swav import SwAV, SwAVConfig
 from mmssl.objectives.tera import TERA, TERAConfig
 from mmssl.objectives.vicreg import VICReg, VICRegConfig
 from mmssl.objectives.wav2vec2 import Wav2Vec2Config, Wav2Vec2Objective
@@ -59,6 +67,14 @@ from mmssl.objectives.wav2vec2 import Wav2Vec2Config, Wav2Vec2Objective
 # and the objective.* settings that shrink it to a seconds-long test run.
 _SMALL_HEADS = ("objective.projector_hidden_dim=64", "objective.projector_dim=32")  # published: 2048 to 8192 wide
 _VIEWS = ("views",)
+# DINO/iBOT heads: published 2048 -> 256 -> 65536 (iBOT 8192) prototypes; batch norm in the head (a setting of both),
+# without which a tiny encoder's near-identical outputs first collapse onto one prototype, then centring lifts the loss
+_SMALL_DINO_HEADS = (
+    "objective.projector_hidden_dim=64",
+    "objective.bottleneck_dim=16",
+    "objective.projector_dim=32",
+    "objective.head_batch_norm=true",
+)
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     # language modelling over a unit vocabulary
@@ -121,6 +137,65 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         needs=_VIEWS,
         smoke_overrides=_SMALL_HEADS,
     ),
+    "swav": ObjectiveSpec(
+        SwAV,
+        SwAVConfig,
+        "swapped prediction of Sinkhorn-Knopp prototype codes (SwAV), multi-crop, queue",
+        units=("grid", "graph"),
+        needs=_VIEWS,
+        smoke_overrides=(*_SMALL_HEADS, "objective.num_prototypes=8"),
+    ),
+    "nnclr": ObjectiveSpec(
+        NNCLR,
+        NNCLRConfig,
+        "NT-Xent with nearest neighbours from a support queue as positives (NNCLR)",
+        units=("grid", "graph"),
+        needs=_VIEWS,
+        smoke_overrides=(*_SMALL_HEADS, "objective.predictor_hidden_dim=64", "objective.queue_size=32"),
+    ),
+    # grid only: the image domain's batches carry each sample's index in the data (extras["sample_index"])
+    "deepcluster": ObjectiveSpec(
+        DeepCluster,
+        DeepClusterConfig,
+        "k-means pseudo-labels of the whole dataset, recomputed every epoch (DeepCluster-v2), multi-crop",
+        units=("grid",),
+        needs=(*_VIEWS, "sample_index"),
+        smoke_overrides=(*_SMALL_HEADS, "objective.num_prototypes=4"),
+    ),
+    # any units: the batch's views, or views it masks itself
+    "sigreg": ObjectiveSpec(
+        SIGReg,
+        SIGRegConfig,
+        "prediction of the views' centre plus sketched isotropic Gaussian regularisation (LeJEPA's SIGReg)",
+        units=("ids", "features", "grid", "graph"),
+        smoke_overrides=_SMALL_HEADS,
+    ),
+    # self-distillation: a student matches a centred, sharpened EMA teacher over prototypes
+    "dino": ObjectiveSpec(
+        DINO,
+        DINOConfig,
+        "self-distillation with a centred, sharpened EMA teacher (DINO), multi-crop",
+        units=("grid", "graph"),
+        needs=_VIEWS,
+        smoke_overrides=_SMALL_DINO_HEADS,
+    ),
+    "ibot": ObjectiveSpec(
+        IBOT,
+        IBOTConfig,
+        "DINO's [CLS] loss plus self-distillation of masked patches (iBOT), multi-crop",
+        units=("grid",),
+        needs=(*_VIEWS, "mask_token"),
+        smoke_overrides=_SMALL_DINO_HEADS,
+    ),
+    # MSN: published head 2048 -> 256 and 1024 prototypes; encode_visible drops the anchors' patches (a ViT)
+    "msn": ObjectiveSpec(
+        MSN,
+        MSNConfig,
+        "masked anchor views match an EMA target's sharpened prototype distribution, me-max (MSN), multi-crop",
+        units=("grid",),
+        needs=(*_VIEWS, "encode_visible"),
+        smoke_overrides=(*_SMALL_HEADS, "objective.num_prototypes=16"),
+    ),
     # masked and pretext modelling of units
     "mae": ObjectiveSpec(
         MAE,
@@ -129,6 +204,14 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         units=("grid",),
         needs=("encode_visible",),
         smoke_overrides=("objective.decoder_dim=32", "objective.decoder_depth=1", "objective.decoder_heads=2"),
+    ),
+    "ijepa": ObjectiveSpec(
+        IJEPA,
+        IJEPAConfig,
+        "predict an EMA target encoder's representations of target blocks from a context block (I-JEPA)",
+        units=("grid",),
+        needs=("encode_visible",),
+        smoke_overrides=("objective.predictor_dim=16", "objective.predictor_depth=1", "objective.predictor_heads=2"),
     ),
     "simmim": ObjectiveSpec(
         SimMIM, SimMIMConfig, "regress masked units with a linear head (SimMIM)", units=("features", "grid", "graph")

@@ -64,10 +64,12 @@ BATCH_NEEDS: dict[str, str] = {
     "targets": "extras[Extra.TARGETS]: a class target per unit (HuBERT's cluster ids)",
     "generation": "extras[Extra.GEN_ATTR] and extras[Extra.GEN_PAIRS]: units and links to regenerate (GPT-GNN)",
     "pair": "Batch.pair: the paired input of another modality, for a TwoTowerEncoder",
+    "sample_index": "extras[Extra.SAMPLE_INDEX]: each sample's position in the training data (DeepCluster's memory)",
 }
 ENCODER_NEEDS: dict[str, str] = {
     "causal": "Encoder.causal: the output at unit t sees units <= t only",
     "encode_visible": "Encoder.encode_visible: the encoder runs on a subset of the units (MAE)",
+    "mask_token": "Encoder.encode(batch, mask): masked units replaced by a learned mask embedding (iBOT)",
     "quantizer_head": "Encoder.quantizer_head and Encoder.encode_with_features (wav2vec 2.0)",
 }
 NEEDS: dict[str, str] = {**BATCH_NEEDS, **ENCODER_NEEDS}

@@ -1,15 +1,19 @@
 """Heads that several objectives build: MLP projectors/predictors with the papers' shapes, and vocabulary heads.
 
 Nothing here knows a modality: an :class:`MLPHead` maps ``[B, D]`` embeddings (or ``[N, D]``
-unit vectors), a vocabulary head ``[N, D]`` outputs to ``[N, V]`` scores.
+unit vectors), a :class:`DINOHead` ``[..., D]`` features to ``[..., K]`` prototype scores, a
+vocabulary head ``[N, D]`` outputs to ``[N, V]`` scores.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from mmssl.encoder import Encoder
 
@@ -88,12 +92,109 @@ HEAD_SHAPES: dict[str, HeadShape] = {
     "simsiam_predictor": HeadShape(512, 2048, 2),  # bottleneck: hidden = out / 4
     "barlow_twins_projector": HeadShape(8192, 8192, 3),  # Zbontar et al. 2021, sec. 3
     "vicreg_projector": HeadShape(8192, 8192, 3),  # Bardes et al. 2022, sec. 4.1
+    "swav_projector": HeadShape(2048, 128, 2),  # Caron et al. 2020, official code: hidden_mlp 2048, feat_dim 128
+    "nnclr_projector": HeadShape(2048, 256, 3, last_batch_norm=True),  # Dwibedi et al. 2021, implementation details
+    "nnclr_predictor": HeadShape(4096, 256, 2),
+    # LeJEPA's minimal example: torchvision MLP(D, [2048, 2048, proj_dim]) with batch norm, proj_dim 128 (16 in its run)
+    "lejepa_projector": HeadShape(2048, 128, 3),
 }
 
 
 def configured_head(shape: str, in_dim: int, hidden_dim: int, out_dim: int) -> MLPHead:
     """The published head ``HEAD_SHAPES[shape]`` (layers, batch norms) with the configured widths."""
     return dataclasses.replace(HEAD_SHAPES[shape], hidden_dim=hidden_dim, out_dim=out_dim).build(in_dim)
+
+
+class WeightNormLinear(nn.Module):
+    """A bias-free linear map whose rows are weight-normalised, ``w_k = g_k v_k / |v_k|`` (Salimans & Kingma 2016).
+
+    DINO's last layer (``nn.utils.weight_norm(nn.Linear(bottleneck, K, bias=False))`` with the norms
+    filled with 1). With ``learn_norm=False`` (DINO's ``norm_last_layer=True``) the norms stay 1: every
+    prototype is a unit vector and only its direction learns.
+
+    Args:
+        in_dim: input features.
+        out_dim: outputs (DINO's ``K`` prototypes).
+        learn_norm: whether the row norms ``g`` take a gradient.
+
+    Attributes:
+        direction: ``[out_dim, in_dim]`` the unnormalised rows ``v`` (``nn.Linear``'s initialisation).
+        norm: ``[out_dim, 1]`` the row norms ``g``, initialised to 1.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, learn_norm: bool = False) -> None:
+        super().__init__()
+        self.direction = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.kaiming_uniform_(self.direction, a=math.sqrt(5))  # nn.Linear's default
+        self.norm = nn.Parameter(torch.ones(out_dim, 1), requires_grad=learn_norm)
+
+    @property
+    def weight(self) -> Tensor:
+        """``[out_dim, in_dim]``: ``g * v / |v|`` row by row."""
+        return self.norm * F.normalize(self.direction, dim=1)
+
+    def forward(self, x: Tensor, frozen: bool = False) -> Tensor:
+        """``[..., in_dim] -> [..., out_dim]``; ``frozen`` lets no gradient reach the layer (DINO's frozen last layer:
+        its parameters keep ``grad=None``, so the optimizer leaves them as they are), while ``x`` still gets one."""
+        weight = self.weight
+        return F.linear(x, weight.detach() if frozen else weight)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021, sec. 3.1 and appendix): an MLP, L2 normalisation, then a
+    weight-normalised bias-free layer onto ``K`` prototypes.
+
+    The MLP has ``num_layers`` linear layers ``in -> hidden -> ... -> bottleneck`` with GELU between them
+    (batch norm before each GELU when ``batch_norm``: DINO's ``use_bn_in_head``, off for ViTs) and DINO's
+    initialisation (truncated normal, std 0.02, zero biases). It reads ``[..., in_dim]``: pooled ``[B, D]``
+    embeddings or ``[B, T, D]`` unit tokens (iBOT's patches), flattened for the batch norm.
+
+    Args:
+        in_dim: input features (the encoder's width).
+        hidden_dim: width of the hidden layers (DINO: 2048).
+        bottleneck_dim: width of the normalised bottleneck (DINO: 256).
+        out_dim: ``K`` (DINO: 65536).
+        num_layers: linear layers of the MLP, at least 1 (DINO: 3).
+        batch_norm: batch norm after each hidden linear layer.
+        norm_last_layer: keep the last layer's row norms at 1 (DINO's default; ``False`` learns them).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        out_dim: int,
+        num_layers: int = 3,
+        batch_norm: bool = False,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        if min(in_dim, hidden_dim, bottleneck_dim, out_dim, num_layers) < 1:
+            raise ValueError("DINOHead dimensions and num_layers must be >= 1")
+        widths = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths, widths[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < num_layers - 1:
+                layers.extend([nn.BatchNorm1d(b)] if batch_norm else [])
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        self.batch_norm = batch_norm  # the MLP mixes the samples (tokens) of a call
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, learn_norm=not norm_last_layer)
+
+    def bottleneck(self, x: Tensor) -> Tensor:
+        """``[..., in_dim] -> [..., bottleneck_dim]``, L2-normalised."""
+        flat = self.mlp(x.reshape(-1, x.shape[-1]))
+        return F.normalize(flat, dim=-1).reshape(*x.shape[:-1], flat.shape[-1])
+
+    def forward(self, x: Tensor, freeze_last_layer: bool = False) -> Tensor:
+        """``[..., in_dim] -> [..., out_dim]`` prototype scores; ``freeze_last_layer`` as :meth:`WeightNormLinear.forward`."""
+        return self.last_layer(self.bottleneck(x), frozen=freeze_last_layer)
 
 
 def vocab_head(encoder: Encoder) -> nn.Module | None:

@@ -1,4 +1,5 @@
-"""MoCo's queue of past keys, shared by MoCo v2 and GPT-GNN's adaptive queue of negatives."""
+"""MoCo's queue of past keys, shared by MoCo v2, GPT-GNN's adaptive queue of negatives, NNCLR's support set
+and SwAV's queue of earlier projections."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.distributed import gather_no_grad
+from mmssl.objectives.losses import f32, full_precision
 
 
 class MemoryQueue(nn.Module):
@@ -44,6 +46,32 @@ class MemoryQueue(nn.Module):
         :meth:`enqueue` overwrites the buffer in place before that backward runs.
         """
         return self.queue.detach().clone()
+
+    @torch.no_grad()
+    @full_precision
+    def nearest(self, query: Tensor) -> Tensor:
+        """Each query's most cosine-similar key in the queue: NNCLR's support-set lookup (Dwibedi et al. 2021).
+
+        The lookup takes no gradient (``argmax``) and runs in float32 under autocast (a half-precision
+        similarity could pick another neighbour); call it before :meth:`enqueue` so that a query is
+        never its own neighbour. It compares a ``[B, size]`` similarity matrix at once.
+
+        Args:
+            query: ``[B, dim]`` embeddings (normalised here for the comparison only).
+
+        Returns:
+            ``[B, dim]``: a detached copy of the nearest key of each query, as stored.
+
+        Raises:
+            ValueError: If ``query`` is not ``[B, dim]``.
+        """
+        dim = self.queue.shape[1]
+        if query.ndim != 2 or query.shape[1] != dim:
+            raise ValueError(f"query must be [B, {dim}], got {tuple(query.shape)}")
+        keys = self.negatives()
+        dtype = torch.promote_types(f32(query).dtype, f32(keys).dtype)
+        similarity = F.normalize(query.detach().to(dtype), dim=1) @ F.normalize(keys.to(dtype), dim=1).T  # [B, size]
+        return keys[similarity.argmax(dim=1)]
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:

@@ -58,6 +58,17 @@ def _visible(encoder: Encoder, batch: Batch) -> bool:
         return False
 
 
+def _mask_token(encoder: Encoder, batch: Batch) -> bool:
+    """A masked unit's output differs from the unmasked one's: the encoder embeds masked units itself."""
+    mask = torch.zeros_like(batch.padding_mask)
+    mask[:, 0] = True
+    try:
+        masked = encoder.encode(batch, mask).hidden
+    except (CapabilityError, ValueError):  # ResNet: "cannot encode masked units"
+        return False
+    return not torch.allclose(masked, encoder.encode(batch).hidden)
+
+
 def _quantizer(encoder: Encoder, batch: Batch) -> bool:
     """The encoder has wav2vec 2.0's quantizer head."""
     try:
@@ -78,8 +89,10 @@ NEED_CHECKS: dict[str, Callable[[Encoder, Batch], bool]] = {
     "targets": _extra(Extra.TARGETS, lambda batch: tuple(batch.padding_mask.shape)),
     "generation": lambda encoder, batch: Extra.GEN_ATTR in batch.extras and Extra.GEN_PAIRS in batch.extras,
     "pair": lambda encoder, batch: isinstance(batch.pair, Batch),
+    "sample_index": _extra(Extra.SAMPLE_INDEX, lambda batch: (batch.batch_size,)),
     "causal": _causal,
     "encode_visible": _visible,
+    "mask_token": _mask_token,
     "quantizer_head": _quantizer,
 }
 

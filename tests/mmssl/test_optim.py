@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
@@ -26,6 +27,16 @@ def test_no_decay_on_norms_and_biases() -> None:
     assert "bert.embeddings.word_embeddings.weight" in decay_names
     assert all(n.endswith("weight") for n in decay_names)
     assert len(decay_names) + len(no_decay_names) == len(list(model.parameters()))
+
+
+def test_a_marked_matrix_is_not_decayed() -> None:
+    """MSN's prototypes: a 2-D parameter the objective excludes goes to the no-decay group."""
+    model = nn.Linear(4, 3)
+    model.prototypes = nn.Parameter(torch.randn(5, 4))
+    model.prototypes.no_weight_decay = True
+    decay, no_decay = param_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [(3, 4)]
+    assert any(p is model.prototypes for p in no_decay["params"])
 
 
 def test_warmup_then_cosine() -> None:

@@ -32,6 +32,14 @@ MISMATCHES = [
         ["data.local_crops=2", "data.local_size=10", "encoder.patch_size=4"],
         "data.local_size=10 is not a multiple of encoder.patch_size=4",
     ),
+    # an objective's own check of other sections (SwAVConfig.check_recipe), and the encoder capabilities it needs
+    (
+        "swav",
+        ["objective.num_prototypes=5000", "objective.queue_size=0"],
+        "objective.num_prototypes=5000 is more than the 256 samples",
+    ),
+    ("ibot", ["encoder.arch=resnet"], "objective.name=ibot needs Encoder.encode(batch, mask)"),
+    ("mae", ["encoder.arch=resnet"], "encoder.arch=resnet pools whole images"),
 ]
 
 
