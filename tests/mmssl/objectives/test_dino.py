@@ -3,7 +3,6 @@ schedules (teacher temperature, frozen last layer, weight decay), learning, exac
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +42,7 @@ from tests.mmssl.objectives.loss_checks import (
     assert_same_loss_and_grads,
     run_in_two_processes,
 )
+from tests.mmssl.objectives.resume_checks import assert_resumes_exactly
 from tests.mmssl.objectives.view_fixtures import check_output, smooth_images, views_batch, vit
 
 K = 16
@@ -307,32 +307,12 @@ def test_loss_decreases_with_a_vit_and_local_crops() -> None:
 
 
 def test_teacher_centre_and_step_are_saved_and_resume_exactly() -> None:
-    def train(model: SSLModel, optimizer: torch.optim.Optimizer, steps: range) -> list[float]:
-        losses = []
-        for step in steps:
-            loss = model(views_batch(smooth_images(seed=step), num_views=3, seed=step)).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            model.after_optimizer_step(step, 6)
-            losses.append(loss.item())
-        return losses
-
     settings = {"freeze_last_layer_steps": 2, "teacher_temp_warmup_steps": 4}
-    model, _ = make_dino(**settings)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    train(model, optimizer, range(1, 4))
-    state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-    assert {"objective.centre.center", "objective.step", "objective.teacher.momentum"} <= set(state)
-    assert any(k.startswith("objective.teacher.ema.module.projector.last_layer") for k in state)
-    uninterrupted = train(model, optimizer, range(4, 7))
-
-    resumed, _ = make_dino(vit(seed=5), **settings)
-    resumed.load_state_dict(state)
-    resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=1e-3)
-    resumed_optimizer.load_state_dict(opt_state)
-    assert train(resumed, resumed_optimizer, range(4, 7)) == uninterrupted
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
+    assert_resumes_exactly(
+        lambda seed: make_dino(vit(seed=seed), **settings)[0],
+        {"objective.centre.center", "objective.step", "objective.teacher.momentum"},
+        "objective.teacher.ema.module.projector.last_layer",
+    )
 
 
 def test_builds_from_its_config_defaults_and_needs_views() -> None:

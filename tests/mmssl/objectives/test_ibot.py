@@ -3,7 +3,6 @@ the objective's loss by hand, learning, exact resume, and two processes against 
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from mmssl.types import Batch
 from tests.conftest import TINY_IMAGE
 from tests.fitting import first_last, fit
 from tests.mmssl.objectives.loss_checks import assert_float32_under_bf16_autocast, run_in_two_processes
+from tests.mmssl.objectives.resume_checks import assert_resumes_exactly
 from tests.mmssl.objectives.test_dino import check_one_vs_two_processes
 from tests.mmssl.objectives.view_fixtures import smooth_images, views_batch, vit
 
@@ -249,33 +249,12 @@ def test_student_distils_a_fixed_teacher() -> None:
 
 
 def test_teacher_centres_and_step_are_saved_and_resume_exactly() -> None:
-    def train(model: SSLModel, optimizer: torch.optim.Optimizer, steps: range) -> list[float]:
-        losses = []
-        for step in steps:
-            torch.manual_seed(step)  # the step's masks
-            loss = model(views_batch(smooth_images(seed=step), num_views=3, seed=step)).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            model.after_optimizer_step(step, 6)
-            losses.append(loss.item())
-        return losses
-
     settings = {"freeze_last_layer_steps": 2, "teacher_temp_warmup_steps": 4, "shared_head": False}
-    model, _ = make_ibot(**settings)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    train(model, optimizer, range(1, 4))
-    state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-    assert {"objective.centre.center", "objective.patch_centre.center", "objective.step"} <= set(state)
-    assert any(k.startswith("objective.teacher.ema.module.head.patch_layer") for k in state)
-    uninterrupted = train(model, optimizer, range(4, 7))
-
-    resumed, _ = make_ibot(vit(seed=5), **settings)
-    resumed.load_state_dict(state)
-    resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=1e-3)
-    resumed_optimizer.load_state_dict(opt_state)
-    assert train(resumed, resumed_optimizer, range(4, 7)) == uninterrupted
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
+    assert_resumes_exactly(
+        lambda seed: make_ibot(vit(seed=seed), **settings)[0],
+        {"objective.centre.center", "objective.patch_centre.center", "objective.step"},
+        "objective.teacher.ema.module.head.patch_layer",
+    )
 
 
 def test_builds_from_its_config_defaults() -> None:

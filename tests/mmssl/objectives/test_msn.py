@@ -43,6 +43,7 @@ from mmssl.types import Batch
 from tests.conftest import TINY_IMAGE
 from tests.fitting import first_last, fit
 from tests.mmssl.objectives.loss_checks import assert_float32_under_bf16_autocast, assert_same_loss_and_grads
+from tests.mmssl.objectives.resume_checks import assert_resumes_exactly
 from tests.mmssl.objectives.view_fixtures import check_output, smooth_images, views_batch, vit
 
 B, P, K = 8, 6, 5
@@ -270,32 +271,11 @@ def test_loss_decreases_with_a_vit_and_focal_views() -> None:
 
 
 def test_teacher_and_prototypes_are_saved_and_resume_exactly() -> None:
-    def train(model: SSLModel, optimizer: torch.optim.Optimizer, steps: range) -> list[float]:
-        losses = []
-        for step in steps:
-            torch.manual_seed(step)  # the step's patch drops (the trainer re-seeds every micro-batch)
-            loss = model(views_batch(smooth_images(seed=step), num_views=3, seed=step)).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            model.after_optimizer_step(step, 6)
-            losses.append(loss.item())
-        return losses
-
-    model, _ = make_msn()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    train(model, optimizer, range(1, 4))
-    state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-    assert {"objective.prototypes", "objective.teacher.momentum"} <= set(state)
-    assert any(k.startswith("objective.teacher.ema.module.projector.") for k in state)
-    uninterrupted = train(model, optimizer, range(4, 7))
-
-    resumed, _ = make_msn(vit(seed=5))
-    resumed.load_state_dict(state)
-    resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=1e-3)
-    resumed_optimizer.load_state_dict(opt_state)
-    assert train(resumed, resumed_optimizer, range(4, 7)) == uninterrupted
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
+    assert_resumes_exactly(
+        lambda seed: make_msn(vit(seed=seed))[0],
+        {"objective.prototypes", "objective.teacher.momentum"},
+        "objective.teacher.ema.module.projector.",
+    )
 
 
 def test_builds_from_its_config_defaults_and_needs_views_and_a_vit() -> None:
