@@ -127,3 +127,17 @@ def run_in_two_processes(check: Callable[[int], None], tmp_path: Path) -> None:
     mp.start_processes(
         _worker, args=(str(tmp_path / "rendezvous"), check), nprocs=WORLD, join=True, start_method="fork"
     )
+
+
+def assert_steps_match(ref: list[tuple[Tensor, dict, dict]], ours: list[tuple[Tensor, dict, dict]]) -> None:
+    """Per step ``(loss, gradients, state)``: the mean of this process's and the other's loss equals the one-process
+    loss on the global batch, and every gradient and piece of state equals the one-process value, to 1e-5."""
+    for step, ((ref_loss, ref_grads, ref_state), (loss, grads, state)) in enumerate(zip(ref, ours), start=1):
+        mean = loss.clone()
+        torch.distributed.all_reduce(mean)
+        torch.testing.assert_close(mean / WORLD, ref_loss, rtol=1e-5, atol=1e-5, msg=f"step {step} loss")
+        assert grads.keys() == ref_grads.keys()
+        for key, grad in grads.items():
+            torch.testing.assert_close(grad, ref_grads[key], rtol=1e-5, atol=1e-5, msg=f"step {step} grad {key}")
+        for key, value in state.items():
+            torch.testing.assert_close(value, ref_state[key], rtol=1e-5, atol=1e-5, msg=f"step {step} {key}")

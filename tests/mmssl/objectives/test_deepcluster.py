@@ -33,10 +33,10 @@ from mmssl.recipe import load_recipe
 from mmssl.types import Batch, Extra
 from tests.fitting import fit
 from tests.mmssl.objectives.loss_checks import (
-    WORLD,
     assert_decreases_on_a_toy_embedding,
     assert_float32_under_bf16_autocast,
     assert_same_loss_and_grads,
+    assert_steps_match,
     one_vs_two_processes,
     run_in_two_processes,
 )
@@ -323,15 +323,7 @@ def _objective_two_processes(rank: int) -> None:
 
     ref = _steps(make(), 4, None)  # 2 epochs of 16 samples: a clustering at step 3
     ours = _steps(make(), 4, slice(rank * 4, (rank + 1) * 4))
-    for step, ((ref_loss, ref_grads, ref_state), (loss, grads, state)) in enumerate(zip(ref, ours), start=1):
-        mean = loss.clone()
-        torch.distributed.all_reduce(mean)
-        torch.testing.assert_close(mean / WORLD, ref_loss, rtol=1e-5, atol=1e-5, msg=f"step {step} loss")
-        assert grads.keys() == ref_grads.keys()
-        for key, grad in grads.items():
-            torch.testing.assert_close(grad, ref_grads[key], rtol=1e-5, atol=1e-5, msg=f"step {step} grad {key}")
-        for key, value in state.items():  # the memory, labels and prototypes agree on every process
-            torch.testing.assert_close(value, ref_state[key], rtol=1e-5, atol=1e-5, msg=f"step {step} {key}")
+    assert_steps_match(ref, ours)
     assert int(ours[-1][2]["objective.clusterings"]) == 1
 
 

@@ -40,6 +40,7 @@ from tests.mmssl.objectives.loss_checks import (
     WORLD,
     assert_float32_under_bf16_autocast,
     assert_same_loss_and_grads,
+    assert_steps_match,
     run_in_two_processes,
 )
 from tests.mmssl.objectives.resume_checks import assert_resumes_exactly
@@ -378,15 +379,7 @@ def check_one_vs_two_processes(make: Callable[[], SSLModel], batches: list[Batch
     ref = two_process_steps(make(), batches, None)
     local_b = batches[0].batch_size // WORLD
     ours = two_process_steps(make(), batches, slice(rank * local_b, (rank + 1) * local_b))
-    for step, ((ref_loss, ref_grads, ref_state), (loss, grads, state)) in enumerate(zip(ref, ours), start=1):
-        mean = loss.clone()
-        torch.distributed.all_reduce(mean)
-        torch.testing.assert_close(mean / WORLD, ref_loss, rtol=1e-5, atol=1e-5, msg=f"step {step} loss")
-        assert grads.keys() == ref_grads.keys()
-        for key, grad in grads.items():
-            torch.testing.assert_close(grad, ref_grads[key], rtol=1e-5, atol=1e-5, msg=f"step {step} grad {key}")
-        for key, value in state.items():
-            torch.testing.assert_close(value, ref_state[key], rtol=1e-5, atol=1e-5, msg=f"step {step} {key}")
+    assert_steps_match(ref, ours)
 
 
 def _dino_two_processes(rank: int) -> None:

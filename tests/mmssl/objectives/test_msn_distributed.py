@@ -20,7 +20,13 @@ from mmssl.objectives.base import SSLModel
 from mmssl.objectives.msn import msn_loss, msn_targets
 from mmssl.objectives.swav import sinkhorn
 from mmssl.types import Batch
-from tests.mmssl.objectives.loss_checks import LOCAL_B, WORLD, one_vs_two_processes, run_in_two_processes
+from tests.mmssl.objectives.loss_checks import (
+    LOCAL_B,
+    WORLD,
+    assert_steps_match,
+    one_vs_two_processes,
+    run_in_two_processes,
+)
 from tests.mmssl.objectives.test_dino import two_process_steps
 from tests.mmssl.objectives.test_msn import make_msn
 from tests.mmssl.objectives.view_fixtures import smooth_images, views_batch, vit
@@ -125,15 +131,7 @@ def check_steps(make: Callable[[], SSLModel], batches: list[Batch], rank: int) -
     msn_module.drop_patches = global_drops(rank)  # a forked worker: patched in this process only
     ref = one_process_steps(make(), batches)
     ours = two_process_steps(make(), batches, slice(rank * LOCAL_B, (rank + 1) * LOCAL_B))
-    for step, ((ref_loss, ref_grads, ref_state), (loss, grads, state)) in enumerate(zip(ref, ours), start=1):
-        mean = loss.clone()
-        torch.distributed.all_reduce(mean)
-        torch.testing.assert_close(mean / WORLD, ref_loss, rtol=1e-5, atol=1e-5, msg=f"step {step} loss")
-        assert grads.keys() == ref_grads.keys()
-        for key, grad in grads.items():
-            torch.testing.assert_close(grad, ref_grads[key], rtol=1e-5, atol=1e-5, msg=f"step {step} grad {key}")
-        for key, value in state.items():
-            torch.testing.assert_close(value, ref_state[key], rtol=1e-5, atol=1e-5, msg=f"step {step} {key}")
+    assert_steps_match(ref, ours)
 
 
 def spread_vit() -> Encoder:
