@@ -17,8 +17,9 @@ units (patch tokens, or the ResNet's final 4x4 feature map), a parameter-free st
 that keeps the spatial spread a mean averages away. Each pooling is its own row, pretrained and
 random init alike.
 
-Once per invocation it also fits the same linear probe and kNN on raw pixels (784 values in
-[0, 1]), the floor the issue asks every recipe to beat.
+Once per output directory it also fits the same linear probe and kNN on raw pixels (784 values in
+[0, 1]), the floor the issue asks every recipe to beat; both these and the random-encoder probes (one per
+architecture and pooling) are cached there (``raw_pixels.json``, ``random_probes.json``).
 
 Results go to ``OUT/results.jsonl`` (one line per probe), a Markdown table ``OUT/results.md``,
 and a figure of the online kNN monitor against wall time (``--figure``, default
@@ -42,14 +43,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pretraining import pretrain
 
 from mmssl.metrics import read_metrics
-from mmssl.probes import fit_linear_probe, knn_accuracy, knn_probe, linear_probe
+from mmssl.probes import fit_linear_predictions, knn_accuracy, knn_probe, run_probe
+from mmssl.stats import format_p, paired_comparison
 from mmssl.tasks import FinetuneConfig, TaskConfig
 
 IMAGE_RECIPES = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "mae", "rotation"]
@@ -60,21 +64,31 @@ IMAGE_RECIPES = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", 
 POOLING = {"mae": "mean", "data2vec_image": "mean", "ijepa": "mean"}
 
 
-def probes(run: Path, init: str, pooling: str = "auto") -> dict[str, float]:
+def probes(run: Path, init: str, pooling: str = "auto") -> tuple[dict[str, float], np.ndarray]:
+    """Linear-probe and kNN accuracy, and the linear probe's per-test-image outcomes (True: right) for paired tests."""
     cfg = FinetuneConfig(task=TaskConfig(name="fashion-mnist"), init=init)
     cfg = dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, pooling=pooling))
-    return {"linear": linear_probe(run, cfg)["accuracy"], "knn": knn_probe(run, cfg)["accuracy"]}
+    linear = run_probe("linear", run, cfg)
+    correct = (linear.predictions == linear.labels).numpy()
+    return {"linear": linear.record["accuracy"], "knn": knn_probe(run, cfg)["accuracy"]}, correct
 
 
-def pixel_probes() -> dict[str, float]:
+def pixel_probes() -> tuple[dict[str, float], np.ndarray]:
     """The same linear probe and kNN on the image domain's raw features (pixels scaled to [0, 1])."""
     from domains.image.baselines import pixel_baseline
     from domains.image.builders import load_fashion_mnist
 
     raw = pixel_baseline(load_fashion_mnist("train"), load_fashion_mnist("test"))
     train, test = raw.train, raw.test
-    linear = fit_linear_probe(train, test, FinetuneConfig().probe)["accuracy"]
-    return {"linear": linear, "knn": knn_accuracy(train, test, num_classes=10)}
+    linear, predictions = fit_linear_predictions(train, test, FinetuneConfig().probe)
+    correct = predictions.numpy() == np.asarray(test[1])
+    return {"linear": linear["accuracy"], "knn": knn_accuracy(train, test, num_classes=10)}, correct
+
+
+def paired(correct: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """McNemar's exact test of the linear probe against a reference's on the same test images."""
+    test = paired_comparison(correct, reference)
+    return {"gain": test["gain"], "p_value": test["p_value"]}
 
 
 def knn_curve(run: Path) -> tuple[list[float], list[float]]:
@@ -129,17 +143,23 @@ def report(out: Path, pixels: dict[str, float], figure: Path) -> dict[str, Any]:
     models = dict.fromkeys(r["model"] for r in rows.values())  # one curve per run, whatever its poolings
     plot({m: knn_curve(out / m) for m in models}, pixels["knn"], figure)
     lines = [
-        "| recipe | pooling | steps | wall time | linear (pretrained / random) | kNN (pretrained / random) |",
-        "|---|---|---:|---:|---|---|",
+        "| recipe | pooling | steps | wall time | linear (pretrained / random) | kNN (pretrained / random) "
+        "| linear vs pixels (McNemar) |",
+        "|---|---|---:|---:|---|---|---|",
     ]
     for r in rows.values():
         wall = f"{r['wall_s'] / 60:.1f} min" if "wall_s" in r else "-"
         lines.append(
             f"| {r['model']} | {r.get('pooling', 'auto')} | {r.get('steps', '-')} | {wall} | "
             f"{r['pretrained']['linear']:.4f} / "
-            f"{r['random']['linear']:.4f} | {r['pretrained']['knn']:.4f} / {r['random']['knn']:.4f} |"
+            f"{r['random']['linear']:.4f} | {r['pretrained']['knn']:.4f} / {r['random']['knn']:.4f} | "
+            + (
+                f"{100 * r['vs_pixels']['gain']:+.2f} points, p {format_p(r['vs_pixels']['p_value'])} |"
+                if "vs_pixels" in r
+                else "- |"
+            )
         )
-    lines.append(f"| raw pixels | | | | {pixels['linear']:.4f} | {pixels['knn']:.4f} |")
+    lines.append(f"| raw pixels | | | | {pixels['linear']:.4f} | {pixels['knn']:.4f} | |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return {"raw_pixels": pixels, **rows}
@@ -178,14 +198,18 @@ def main() -> None:
         with results_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
-    pixels_path = args.out / "raw_pixels.json"  # the pixel probes take minutes and never change: cached
-    if pixels_path.exists():
-        pixels = json.loads(pixels_path.read_text())
+    # the pixel probes take minutes and never change: cached with their per-image outcomes for paired tests
+    pixels_path, pixels_correct_path = args.out / "raw_pixels.json", args.out / "raw_pixels_correct.npy"
+    if pixels_path.exists() and pixels_correct_path.exists():
+        pixels, pixels_correct = json.loads(pixels_path.read_text()), np.load(pixels_correct_path)
     else:
-        pixels = pixel_probes()
+        pixels, pixels_correct = pixel_probes()
         pixels_path.write_text(json.dumps(pixels))
+        np.save(pixels_correct_path, pixels_correct)
         record({"model": "raw pixels", **pixels})
-    random_probes: dict[str, dict[str, float]] = {}
+    # a random encoder depends only on the architecture and the pooling (same seed): probed once per OUT, cached
+    random_path = args.out / "random_probes.json"
+    random_probes: dict[str, dict[str, float]] = json.loads(random_path.read_text()) if random_path.exists() else {}
     for recipe in [] if args.report_only else args.recipes:
         run = args.out / recipe
         if args.skip_pretrain:  # keep the pretraining figures recorded for the run being re-probed
@@ -199,18 +223,19 @@ def main() -> None:
         for pooling in dict.fromkeys(
             POOLING.get(recipe, "auto") if p == "default" else p for p in args.pooling or ["default"]
         ):
-            # a random encoder depends only on the architecture (same seed): probe each architecture once
             arch = (run / "export" / "config.json").read_text() + pooling
+            random_correct_path = args.out / f"random_{hashlib.sha1(arch.encode()).hexdigest()[:12]}_correct.npy"
             if arch not in random_probes:
-                random_probes[arch] = probes(run, "random", pooling)
+                random_probes[arch], random_correct = probes(run, "random", pooling)
+                random_path.write_text(json.dumps(random_probes))
+                np.save(random_correct_path, random_correct)
+            pretrained, correct = probes(run, "pretrained", pooling)
+            tests = {"vs_pixels": paired(correct, pixels_correct)}  # the linear probes, McNemar
+            if random_correct_path.exists():
+                tests["vs_random"] = paired(correct, np.load(random_correct_path))
             record(
-                {
-                    "model": recipe,
-                    **info,
-                    "pooling": pooling,
-                    "pretrained": probes(run, "pretrained", pooling),
-                    "random": random_probes[arch],
-                }
+                {"model": recipe, **info, "pooling": pooling, "pretrained": pretrained, "random": random_probes[arch]}
+                | tests
             )
     # the table and figure cover every recipe recorded in OUT, so several invocations build one report
     print(json.dumps(report(args.out, pixels, args.figure)))

@@ -271,11 +271,13 @@ def fit_linear_probe(train: tuple[Any, Any], test: tuple[Any, Any], probe: Probe
     """Logistic regression on standardised features ``(x [N, D], y [N])``: test and train accuracy.
 
     Shared by ``--protocol linear`` and the raw-input baselines (e.g. pixels) so both use one probe."""
-    return _fit_linear(train, test, probe)[0]
+    return fit_linear_predictions(train, test, probe)[0]
 
 
-def _fit_linear(train: tuple[Any, Any], test: tuple[Any, Any], probe: ProbeConfig) -> tuple[dict[str, Any], Tensor]:
-    """:func:`fit_linear_probe`'s result and its predictions ``[M]`` of the test rows."""
+def fit_linear_predictions(
+    train: tuple[Any, Any], test: tuple[Any, Any], probe: ProbeConfig
+) -> tuple[dict[str, Any], Tensor]:
+    """:func:`fit_linear_probe`'s result and its predictions ``[M]`` of the test rows (for paired tests)."""
     from sklearn.linear_model import LogisticRegression  # imported here: pretraining needs this module, not sklearn
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -359,7 +361,7 @@ def probe_at_seed(protocol: str, inputs: ProbeInputs, cfg: FinetuneConfig, seed:
     once."""
     train, budget = budgeted_features(inputs, cfg.task, seed)
     if protocol == "linear":
-        result, predictions = _fit_linear(train, inputs.test, cfg.probe)
+        result, predictions = fit_linear_predictions(train, inputs.test, cfg.probe)
     else:
         result, predictions = _fit_knn(train, inputs.test, cfg.probe, len(inputs.data.label_names))
     baseline = {"baseline": inputs.baseline} if inputs.baseline else {}

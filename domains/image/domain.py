@@ -60,8 +60,8 @@ class ImageDataConfig:
     maximal-Hamming permutations); the pretext views put their labels in
     ``extras[Extra.PRETEXT_LABELS]`` (:mod:`domains.image.pretext`).
 
-    Multi-crop (Caron et al. 2020): the global views are crops at the image's size (``crop_scale`` overrides
-    their area range); ``local_crops`` adds that many ``local_size`` x ``local_size`` crops of
+    Multi-crop (Caron et al. 2020): the global views are crops at the image's size, or ``global_size`` pixels
+    (``crop_scale`` overrides their area range); ``local_crops`` adds that many ``local_size`` x ``local_size`` crops of
     ``local_scale`` of the area, augmented as the preset's local view (``dino``: DINO's) or its second view.
     """
 
@@ -79,6 +79,7 @@ class ImageDataConfig:
     local_size: int = 12  # side of the local crops in pixels (a multiple of encoder.patch_size; DINO: 96 of 224)
     local_scale: tuple[float, float] = (0.05, 0.4)  # area range of the local crops (DINO: 0.05-0.4)
     crop_scale: tuple[float, float] | None = None  # override the preset's crop area range (DINO's globals: 0.4-1)
+    global_size: int | None = None  # side of the augmented views in pixels (None: the image's; FixRes: train smaller)
     jigsaw_grid: int = 2  # views=jigsaw: tiles per side
     jigsaw_permutations: int = 24  # size of the permutation set (= objective.num_classes); 2x2 has 24
     jigsaw_gap: int = 2  # pixels trimmed from each tile at a random offset (no edge shortcuts)
@@ -101,8 +102,16 @@ class ImageDataConfig:
             scale = getattr(self, key)
             if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
                 raise ValueError(f"data.{key} must be [min, max] with 0 < min <= max <= 1, got {list(scale)}")
-        if self.local_size < 1:
-            raise ValueError(f"data.local_size must be >= 1, got {self.local_size}")
+        for key in ("local_size", "global_size"):
+            side = getattr(self, key)
+            if side is not None and side < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {side}")
+        if self.global_size is not None and self.views in (*NO_VIEWS, "crop"):
+            raise ValueError(
+                f"data.global_size={self.global_size} resizes augmented views, and data.views={self.views} makes "
+                "none at another size: set data.views to a view preset (fashion-mnist, simclr, byol, dino, ...) or "
+                "remove data.global_size"
+            )
         if self.local_crops and self.views in NO_VIEWS:
             raise ValueError(
                 f"data.local_crops={self.local_crops} adds local views to augmented views, and data.views={self.views} "
@@ -231,8 +240,9 @@ class ViewTransform:
 
 
 def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[augment_views.ViewConfig, ...]:
-    """The global views at the image's size, then ``data.local_crops`` local views (multi-crop), all normalised."""
-    size = int(processor.size["height"])
+    """The global views at the image's size (or ``data.global_size``), then ``data.local_crops`` local views
+    (multi-crop), all normalised."""
+    size = cfg.global_size or int(processor.size["height"])
     norm = {"mean": tuple(processor.image_mean), "std": tuple(processor.image_std)}
     if cfg.views == "crop":  # MAE (He et al. 2022): random resized crop 20-100% and flip, nothing else
         preset: tuple[augment_views.ViewConfig, ...] = (
@@ -351,19 +361,19 @@ class ImageDomain:
         without loading it (``data.image_size`` of a resized source, or the header of a prepared dataset);
         :meth:`pretrain_data` checks the loaded images."""
         data, enc = recipe.data, recipe.encoder
-        if data.local_crops and data.local_size % enc.patch_size:
-            raise ValueError(
-                f"data.local_size={data.local_size} is not a multiple of encoder.patch_size={enc.patch_size}"
-            )
+        for key in _crop_keys(data):
+            if getattr(data, key) % enc.patch_size:
+                raise ValueError(
+                    f"data.{key}={getattr(data, key)} is not a multiple of encoder.patch_size={enc.patch_size}"
+                )
         check_grid = getattr(recipe.objective, "check_grid", None)
-        if not data.local_crops and check_grid is None:
+        if not _crop_keys(data) and check_grid is None:
             return
         resized = data.image_size if data.source in ("imagefolder", "hub") else None  # resized on load
         side = resized or _prepared_image_side(data)
         if side is None:
             return
-        if data.local_crops:
-            _check_local_crops_fit(data, side, side, f"{side}x{side}")
+        _check_crops_fit(data, side, side, f"{side}x{side}")
         if check_grid is not None:
             check_grid(side // enc.patch_size, side // enc.patch_size)
 
@@ -375,7 +385,7 @@ class ImageDomain:
             raise ValueError(
                 f"encoder.patch_size={enc.patch_size} does not divide the {h}x{w} images of {arrays.source}"
             )
-        _check_local_crops_fit(data, h, w, f"{h}x{w} images of {arrays.source}")
+        _check_crops_fit(data, h, w, f"{h}x{w} images of {arrays.source}")
         processor = make_processor(arrays, enc.patch_size)
         if rank == 0:
             processor.save_pretrained(str(Path(run_dir) / "processor"))
@@ -472,13 +482,19 @@ class ImageDomain:
         return pixel_baseline(data.train.arrays, data.test.arrays)
 
 
-def _check_local_crops_fit(data: ImageDataConfig, height: int, width: int, images: str) -> None:
-    """Local crops are no larger than the images (global crops are the images' size)."""
-    if data.local_crops and data.local_size > min(height, width):
-        raise ValueError(
-            f"data.local_size={data.local_size} is larger than the {images}: local crops are a small part of the "
-            f"image (DINO: 96 of 224 pixels); lower data.local_size"
-        )
+def _crop_keys(data: ImageDataConfig) -> tuple[str, ...]:
+    """The crop sides a recipe sets: ``local_size`` with multi-crop, ``global_size`` when given."""
+    return ("local_size",) * bool(data.local_crops) + ("global_size",) * (data.global_size is not None)
+
+
+def _check_crops_fit(data: ImageDataConfig, height: int, width: int, images: str) -> None:
+    """Local crops and resized global views are no larger than the images."""
+    for key in _crop_keys(data):
+        if getattr(data, key) > min(height, width):
+            raise ValueError(
+                f"data.{key}={getattr(data, key)} is larger than the {images}: crops are cut from the image "
+                f"(DINO's local crops: 96 of 224 pixels); lower data.{key}"
+            )
 
 
 def _prepared_image_side(data: ImageDataConfig) -> int | None:

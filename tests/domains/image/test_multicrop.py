@@ -54,6 +54,17 @@ def test_two_view_presets_take_local_crops_augmented_as_their_second_view() -> N
     assert len(_transform(views="crop").configs) == 1  # MAE's single crop, whatever num_views says
 
 
+def test_global_size_resizes_the_augmented_views_and_leaves_the_local_crops() -> None:
+    """FixRes (Touvron et al. 2019): train on smaller global views, probe the full-size images."""
+    transform = _transform(views="fashion-mnist", local_crops=2, local_size=12, global_size=20)
+    assert [c.size for c in transform.configs] == [20, 20, 12, 12]
+    _, _, batch = _batch()
+    views = transform(batch).views
+    assert [v.grid for v in views] == [(5, 5)] * 2 + [(3, 3)] * 2
+    assert views[0].units.shape == (6, 25, 16)  # 4x4 patches of the 20x20 crop
+    assert [c.size for c in _transform(views="dino").configs] == [28, 28]  # the image's side unless asked
+
+
 def test_the_dino_recipe_selects_multi_crop() -> None:
     data = load_recipe("dino").data
     assert data.local_crops >= 2 and data.local_size < 28 and data.local_size % 4 == 0
@@ -91,6 +102,13 @@ def test_encoders_read_crops_of_different_sizes(arch: str) -> None:
         (["data.views=none"], "data.views=none makes none"),
         (["data.local_size=10"], "data.local_size=10 is not a multiple of encoder.patch_size=4"),
         (["data.local_size=0"], "data.local_size must be >= 1"),
+        (["data.global_size=18"], "data.global_size=18 is not a multiple of encoder.patch_size=4"),
+        (["data.global_size=0"], "data.global_size must be >= 1"),
+        (["data.views=crop", "data.global_size=20"], "data.views=crop makes none at another size"),
+        (
+            ["data.source=imagefolder", "data.path=/nowhere", "data.image_size=16", "data.global_size=20"],
+            "data.global_size=20 is larger than the 16x16",
+        ),
         (
             ["data.source=imagefolder", "data.path=/nowhere", "data.image_size=16", "data.local_size=20"],
             "data.local_size=20 is larger than the 16x16",
