@@ -48,6 +48,9 @@ class Encoder(nn.Module, abc.ABC):
             unidirectional encoder); APC needs one. Default False.
         pipeline_tag: the Hub task of the export (``feature-extraction``, ``graph-ml``, ...)
             for its model card, or None.
+        sentinel_ids: ids of a sequence-to-sequence model's sentinel tokens, ``sentinel_ids[k]`` =
+            ``<extra_id_k>`` (T5's span corruption marks its ``k``-th dropped span with it); empty for others.
+        eos_token_id: the end-of-sequence id that closes a sequence-to-sequence input and target, or None.
     """
 
     hidden_size: int
@@ -56,6 +59,8 @@ class Encoder(nn.Module, abc.ABC):
     unit_dim: int | None = None
     causal: bool = False
     pipeline_tag: str | None = None
+    sentinel_ids: tuple[int, ...] = ()
+    eos_token_id: int | None = None
 
     @abc.abstractmethod
     def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
@@ -148,6 +153,20 @@ class Encoder(nn.Module, abc.ABC):
         """
         return None
 
+    def decode(self, memory: EncoderOutput, targets: Tensor) -> Tensor:
+        """Teacher-forced logits ``[B, S, V]`` of a sequence-to-sequence model's decoder (T5's span corruption).
+
+        The decoder reads :meth:`encode`'s output ``memory`` (its padding masked) and ``targets`` ``[B, S]`` shifted
+        right by one behind its start token, so ``logits[:, s]`` predicts ``targets[:, s]``.
+
+        Raises:
+            CapabilityError: By default.
+        """
+        raise CapabilityError(
+            f"{type(self).__name__} has no decoder (t5_span_corruption needs a sequence-to-sequence model, "
+            "e.g. the text domain's encoder.arch=t5)"
+        )
+
     def unit_decoder(self, in_dim: int, out_dim: int) -> nn.Module | None:
         """A fresh one-layer decoder ``(hidden [B, T, in_dim], batch) -> [B, T, out_dim]`` that uses the batch's structure.
 
@@ -155,6 +174,44 @@ class Encoder(nn.Module, abc.ABC):
         Default None: the objective decodes each unit with a linear map.
         """
         return None
+
+    def replaced_token_head(self) -> nn.Module:
+        """The backbone's own replaced-token-detection head, ``[..., D] -> [...]`` logits (ELECTRA's discriminator).
+
+        It lives in the backbone, so it is saved with it (transformers' ``ElectraForPreTraining``).
+
+        Raises:
+            CapabilityError: By default.
+        """
+        raise CapabilityError(
+            f"electra needs an encoder with a replaced-token-detection head "
+            f"(the text domain's encoder.arch=electra), got {type(self).__name__}"
+        )
+
+    def mlm_generator(self, width_fraction: float, num_layers: int | None) -> Encoder:
+        """A fresh, smaller masked-LM encoder that shares this encoder's input embeddings (ELECTRA's generator).
+
+        Its hidden size, feed-forward size and attention heads are ``width_fraction`` of this encoder's
+        (Clark et al. 2020, Table 6), its depth ``num_layers`` (None: this encoder's). It has a vocabulary
+        projection (:meth:`prediction_head`) and the same ``mask_token_id``. Nothing is registered: the
+        caller owns the generator (and attaches it to the export with :meth:`attach_export`).
+
+        Raises:
+            CapabilityError: By default.
+            ValueError: If the generator would be larger than this encoder.
+        """
+        raise CapabilityError(
+            f"electra needs an encoder that builds a masked-LM generator sharing its embeddings "
+            f"(the text domain's encoder.arch=electra), got {type(self).__name__}"
+        )
+
+    def attach_export(self, name: str, extra: ExportExtra) -> None:
+        """Save ``extra`` (owned elsewhere, e.g. an objective's generator) with every export of this encoder.
+
+        Raises:
+            CapabilityError: By default.
+        """
+        raise CapabilityError(f"{type(self).__name__} cannot save other modules with its export ({name})")
 
     @abc.abstractmethod
     def export(self, out_dir: Path) -> None:

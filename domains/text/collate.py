@@ -53,7 +53,7 @@ def unpack_pairs(batch: Batch) -> Tensor:
 class BlockCollator:
     """Stack packed blocks and add the architecture's special tokens. Deterministic.
 
-    * ``gpt2``: the block as is.
+    * ``gpt2``, ``t5``: the block as is.
     * ``bert``: ``[CLS] block [SEP]``.
     * ``bert`` with sentence pairs: ``[CLS] A [SEP] B [SEP]`` cut in the middle, unswapped;
       :class:`SentenceOrderTransform` redraws the cut and the order at every step.
@@ -79,7 +79,7 @@ class BlockCollator:
             if bool((lengths != L).any()):
                 raise ValueError("sentence pairs need blocks of equal length (data.packing=concat)")
             return build_pairs(raw, torch.full((B,), L // 2), torch.zeros(B, dtype=torch.bool), self.cls, self.sep)
-        if self.arch == "gpt2":
+        if self.arch in ("gpt2", "t5"):  # no [CLS]/[SEP]: T5's span corruption appends </s> to what it builds
             return Batch(units=raw, padding_mask=torch.arange(L) >= lengths[:, None])
         # [CLS] ids [SEP] pad ...: each row's [SEP] goes right after its last id
         units = torch.cat([torch.full((B, 1), self.cls), raw, torch.full((B, 1), self.pad)], dim=1)

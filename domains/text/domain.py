@@ -8,15 +8,23 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow.compute as pc
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForPreTraining,
+    PreTrainedTokenizerBase,
+)
 
 from domains.text.baselines import tfidf_baseline
 from domains.text.collate import BlockCollator, SentenceOrderTransform, classification_collate
 from domains.text.corpus import TextDataConfig, iter_texts, load_texts, pack_blocks
 from domains.text.encoders import HFTextEncoder, TextEncoderConfig, build_text_encoder, check_vocab
+from domains.text.t5 import build_t5_encoder, load_t5_encoder
 from domains.text.tasks import USER_TASKS, sequence_classifier, text_task_data
 from domains.text.tokenizer import check_tokenizer, load_tokenizer, train_tokenizer
 from mmssl.domain import PretrainData, RawFeatures, TaskData, needs_overrides
+from mmssl.encoder import Encoder
 from mmssl.registry import DOMAINS, registered_tasks
 
 TOKENIZER_DIR = "tokenizer"
@@ -49,8 +57,11 @@ class TextDomain:
         )
 
     def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
-        """Token ids read by BERT (it has the mask token); ``causal``: GPT-2. No views, labels or pairs."""
-        return needs_overrides(needs, {"causal": ("encoder.arch=gpt2",)}, base=("encoder.arch=bert",))
+        """Token ids read by BERT (it has the mask token); ``causal``: GPT-2; ``mlm_generator``: ELECTRA. No views,
+        labels or pairs."""
+        given = {"causal": ("encoder.arch=gpt2",), "mlm_generator": ("encoder.arch=electra",)}
+        given["seq2seq"] = ("encoder.arch=t5",)  # T5's encoder-decoder and sentinel tokens
+        return needs_overrides(needs, given, base=("encoder.arch=bert",))
 
     # ------------------------------------------------------------------ pretraining
     def _tokenizer(
@@ -91,8 +102,14 @@ class TextDomain:
         data, enc = recipe.data, recipe.encoder
         texts = load_texts(data)
         tokenizer = self._tokenizer(data, enc.arch, texts, run_dir, enc.max_position_embeddings)
-        n_special = 0 if enc.arch == "gpt2" else 3 if data.sentence_pairs else 2
-        blocks = pack_blocks(texts, tokenizer, data.text_column, data.block_size - n_special, data.packing)
+        n_special = 0 if enc.arch in ("gpt2", "t5") else 3 if data.sentence_pairs else 2
+        length = data.block_size - n_special
+        # an objective that shortens its rows (T5's span corruption: 568 raw tokens -> 512-token inputs) packs
+        # raw rows of the length it turns into data.block_size units
+        raw_length = getattr(recipe.objective, "raw_length", None)
+        if raw_length is not None:
+            length = raw_length(data.block_size)
+        blocks = pack_blocks(texts, tokenizer, data.text_column, length, data.packing)
         summary: dict[str, Any] = {
             "data_source": data.source,
             "data_name": data.name if data.source != "files" else ",".join(data.paths),
@@ -102,14 +119,20 @@ class TextDomain:
         }
         if data.task_texts:
             summary["task_texts"] = f"{data.task_texts} (training split texts, no labels)"
+        if raw_length is not None:
+            summary["raw_block_size"] = f"{length} (objective.name={recipe.objective.name})"
         if isinstance(blocks, datasets.Dataset):
             if len(blocks) == 0:
-                raise ValueError(
-                    f"data: the {data.source} corpus {data.name!r} holds less than one block of "
+                corpus = f"files {', '.join(data.paths)}" if data.source == "files" else repr(data.name)
+                need = (
                     f"{data.block_size} tokens (data.block_size)"
+                    if raw_length is None
+                    else f"{length} tokens (the raw length objective.name={recipe.objective.name} turns into "
+                    f"data.block_size={data.block_size} input tokens)"
                 )
+                raise ValueError(f"data: the {data.source} corpus {corpus} holds less than one block of {need}")
             n_tokens = (
-                len(blocks) * data.block_size
+                len(blocks) * (length + n_special)
                 if data.packing == "concat"
                 else pc.sum(pc.list_value_length(blocks.data.column("input_ids"))).as_py() + n_special * len(blocks)
             )
@@ -125,7 +148,9 @@ class TextDomain:
         path = Path(path)  # a run keeps its tokenizer in a subfolder, an export at its root
         return load_tokenizer(path / TOKENIZER_DIR if (path / TOKENIZER_DIR).is_dir() else path)
 
-    def build_encoder(self, encoder_config: TextEncoderConfig, processor: PreTrainedTokenizerBase) -> HFTextEncoder:
+    def build_encoder(self, encoder_config: TextEncoderConfig, processor: PreTrainedTokenizerBase) -> Encoder:
+        if encoder_config.arch == "t5":  # an encoder-decoder: its own module (domains/text/t5.py)
+            return build_t5_encoder(encoder_config, processor)
         return build_text_encoder(encoder_config, processor)
 
     # ------------------------------------------------------------------ downstream
@@ -146,11 +171,15 @@ class TextDomain:
     def classifier(self, export_dir: Path, label_names: list[str], init: str):
         return sequence_classifier(export_dir, label_names, init)
 
-    def load_encoder(self, export_dir: Path, random_init: bool = False) -> HFTextEncoder:
+    def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
         tokenizer = load_tokenizer(export_dir)
         config = AutoConfig.from_pretrained(str(export_dir))
+        if config.model_type == "t5":  # T5ForConditionalGeneration: features from its encoder stack
+            return load_t5_encoder(export_dir, tokenizer, random_init)
         arch = (config.architectures or [""])[0]
         auto = AutoModelForCausalLM if arch.endswith(("LMHeadModel", "ForCausalLM")) else AutoModelForMaskedLM
+        if arch == "ElectraForPreTraining":  # ELECTRA's discriminator with its replaced-token head
+            auto = AutoModelForPreTraining
         model = auto.from_config(config) if random_init else auto.from_pretrained(str(export_dir))
         check_vocab(model, tokenizer, str(export_dir))
         return HFTextEncoder(model, tokenizer)

@@ -1,9 +1,11 @@
-"""transformers' own BERT and GPT-2 classes behind mmssl's encoder protocol."""
+"""transformers' own BERT, GPT-2 and ELECTRA classes behind mmssl's encoder protocol."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 import torch
@@ -12,8 +14,12 @@ from torch import Tensor, nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForPreTraining,
     BertConfig,
     BertForMaskedLM,
+    ElectraConfig,
+    ElectraForMaskedLM,
+    ElectraForPreTraining,
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedModel,
@@ -21,16 +27,19 @@ from transformers import (
 )
 from transformers.models.bert.modeling_bert import BertLayer
 
-from mmssl.encoder import Encoder
+from mmssl.encoder import Encoder, ExportExtra
 from mmssl.types import Batch, EncoderOutput, Extra
 
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
     """A recipe's ``encoder:`` section. Defaults are a 4-layer, 256-wide model for 2 CPU cores;
-    BERT-base / GPT-2 small are hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072."""
+    BERT-base / GPT-2 small are hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072;
+    ``electra`` is ELECTRA's discriminator (``ElectraForPreTraining``), ELECTRA-Small 12 x 256 with 4 heads;
+    ``t5`` is ``T5ForConditionalGeneration`` with ``num_layers`` in its encoder and in its decoder, ``dropout`` its
+    one dropout rate (:mod:`domains.text.t5`; t5-small: 6 + 6 layers x 512, 8 heads, d_ff 2048)."""
 
-    arch: Literal["bert", "gpt2"] = "bert"
+    arch: Literal["bert", "gpt2", "electra", "t5"] = "bert"
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
@@ -41,15 +50,73 @@ class TextEncoderConfig:
     init_from: str | None = (
         None  # continue from a transformers checkpoint (folder or Hub name); sizes then come from it
     )
+    embedding_size: int | None = None  # electra only: factorised embedding width (ELECTRA-Small 128); None: hidden
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"encoder.hidden_size={self.hidden_size} is not divisible by encoder.num_heads={self.num_heads}"
             )
+        if self.embedding_size is not None and (self.arch != "electra" or self.embedding_size < 1):
+            raise ValueError(
+                f"encoder.embedding_size={self.embedding_size}: a positive width, for encoder.arch=electra only"
+            )
+
+    def missing_capability(self, need: str) -> str | None:
+        """Why this encoder lacks an objective's need (``mlm_generator``: ELECTRA's), or None."""
+        if need == "mlm_generator" and self.arch != "electra":
+            return f"encoder.arch={self.arch} has none; set encoder.arch=electra"
+        if need == "seq2seq" and self.arch != "t5":
+            return f"encoder.arch={self.arch} has no decoder; set encoder.arch=t5"
+        return None
+
+
+def _fresh_electra(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> ElectraForPreTraining:
+    """ELECTRA's discriminator: ``ElectraModel`` with its replaced-token-detection head."""
+    return ElectraForPreTraining(
+        ElectraConfig(
+            vocab_size=len(tokenizer),
+            embedding_size=cfg.embedding_size or cfg.hidden_size,
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            intermediate_size=cfg.intermediate_size,
+            max_position_embeddings=cfg.max_position_embeddings,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.attention_dropout,
+            pad_token_id=tokenizer.pad_token_id,
+            type_vocab_size=2,
+        )
+    )
+
+
+def generator_config(config: ElectraConfig, width_fraction: float, num_layers: int | None) -> ElectraConfig:
+    """ELECTRA's generator config: ``width_fraction`` of the discriminator's heads (at least one, of the same
+    size), hidden and feed-forward sizes, ``num_layers`` deep (None: as deep), the same embeddings (Clark et al.
+    2020, sec. 3.2 and Table 6: 1/4 for Small, 1/3 for Base and Large).
+
+    Raises:
+        ValueError: If the generator would be wider or deeper than the discriminator.
+    """
+    layers = config.num_hidden_layers if num_layers is None else num_layers
+    if not 0 < width_fraction <= 1 or not 0 < layers <= config.num_hidden_layers:
+        raise ValueError(
+            f"the generator must not be larger than the discriminator: objective.generator_size_fraction="
+            f"{width_fraction} must be in (0, 1] and objective.generator_num_layers={layers} at most "
+            f"{config.num_hidden_layers}"
+        )
+    heads = max(1, round(config.num_attention_heads * width_fraction))
+    hidden = heads * (config.hidden_size // config.num_attention_heads)
+    generator = copy.deepcopy(config)
+    generator.hidden_size, generator.num_attention_heads, generator.num_hidden_layers = hidden, heads, layers
+    generator.intermediate_size = max(1, round(config.intermediate_size * hidden / config.hidden_size))
+    generator.architectures = None
+    return generator
 
 
 def _fresh_model(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    if cfg.arch == "electra":
+        return _fresh_electra(cfg, tokenizer)
     if cfg.arch == "bert":
         return BertForMaskedLM(
             BertConfig(
@@ -160,11 +227,13 @@ def bert_layer_at(layer: BertLayer, hidden: Tensor, positions: Tensor | None, pa
 
 
 class HFTextEncoder(Encoder):
-    """Wraps ``BertForMaskedLM`` or ``GPT2LMHeadModel``; encodes with the base model, exposes the LM head."""
+    """Wraps ``BertForMaskedLM``, ``GPT2LMHeadModel`` or ELECTRA's ``ElectraForPreTraining`` (discriminator) /
+    ``ElectraForMaskedLM`` (generator); encodes with the base model, exposes the pretraining heads."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         super().__init__()
         self.model = model
+        self._export_extras: dict[str, ExportExtra] = {}  # a plain dict: not registered as submodules
         self.hidden_size = model.config.hidden_size
         self.vocab_size = model.config.vocab_size
         self.mask_token_id = tokenizer.mask_token_id  # None for GPT-2
@@ -173,6 +242,8 @@ class HFTextEncoder(Encoder):
     @property
     def pipeline_tag(self) -> str:
         """The transformers pipeline the export serves (written into the model card)."""
+        if isinstance(self.model, ElectraForPreTraining):
+            return "feature-extraction"  # a discriminator: fine-tuned, never asked to fill masks
         return "fill-mask" if self.mask_token_id is not None else "text-generation"
 
     @property
@@ -216,18 +287,46 @@ class HFTextEncoder(Encoder):
             hidden = bert_layer_at(layer, hidden, None, batch.padding_mask)
         return bert_layer_at(bert.encoder.layer[-1], hidden, positions, batch.padding_mask)
 
-    def prediction_head(self) -> nn.Module:
+    def prediction_head(self) -> nn.Module | None:
+        """The vocabulary projection: BERT's ``cls``, GPT-2's tied ``lm_head``, ELECTRA's generator head; None for
+        ELECTRA's discriminator, whose head is :meth:`replaced_token_head`."""
+        if isinstance(self.model, ElectraForMaskedLM):
+            return nn.Sequential(self.model.generator_predictions, self.model.generator_lm_head)
+        if isinstance(self.model, ElectraForPreTraining):
+            return None
         return self.model.get_output_embeddings() if self.model.config.model_type != "bert" else self.model.cls
+
+    def replaced_token_head(self) -> nn.Module:
+        """ELECTRA's ``discriminator_predictions`` (dense, GELU, dense to one logit per unit)."""
+        if not isinstance(self.model, ElectraForPreTraining):
+            return super().replaced_token_head()
+        return self.model.discriminator_predictions
+
+    def mlm_generator(self, width_fraction: float, num_layers: int | None) -> HFTextEncoder:
+        """An ``ElectraForMaskedLM`` sized by :func:`generator_config` whose ``ElectraEmbeddings`` (word, position
+        and token-type tables, LayerNorm) are this discriminator's module, and whose output projection is tied to
+        the shared word embeddings, as in ELECTRA's code (``untied_generator_embeddings=False``)."""
+        if not isinstance(self.model, ElectraForPreTraining):
+            return super().mlm_generator(width_fraction, num_layers)
+        generator = ElectraForMaskedLM(generator_config(self.model.config, width_fraction, num_layers))
+        generator.electra.embeddings = self.model.electra.embeddings
+        generator.generator_lm_head.weight = self.model.electra.embeddings.word_embeddings.weight
+        return HFTextEncoder(generator, SimpleNamespace(mask_token_id=self.mask_token_id))  # the id is all it reads
+
+    def attach_export(self, name: str, extra: ExportExtra) -> None:
+        self._export_extras[name] = extra
 
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))
+        for extra in self._export_extras.values():
+            extra.save(Path(out_dir))
 
 
 def build_text_encoder(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> HFTextEncoder:
     """A fresh BERT/GPT-2 sized by ``cfg`` and the tokenizer, or ``cfg.init_from`` checked against the tokenizer."""
     if cfg.init_from is None:
         return HFTextEncoder(_fresh_model(cfg, tokenizer), tokenizer)
-    auto = AutoModelForMaskedLM if cfg.arch == "bert" else AutoModelForCausalLM
+    auto = {"bert": AutoModelForMaskedLM, "gpt2": AutoModelForCausalLM, "electra": AutoModelForPreTraining}[cfg.arch]
     try:
         model = auto.from_pretrained(cfg.init_from)
     except (OSError, ValueError) as e:

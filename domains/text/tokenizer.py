@@ -10,7 +10,7 @@ from itertools import islice
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, T5Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +137,64 @@ def _gpt_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) 
     )
 
 
+T5_SPECIALS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 in T5's vocabulary
+T5_EXTRA_IDS = 100  # sentinel tokens <extra_id_0> ... <extra_id_99>, as T5 (Raffel et al. 2020)
+
+
+def canonical_unigram(trained: list[list]) -> list[tuple[str, float]]:
+    """A trained unigram vocabulary (``[piece, log-probability]`` rows) less ``T5_SPECIALS``, made deterministic.
+
+    From process to process ``tokenizers``' ``UnigramTrainer`` gives the same pieces, in another order and with scores
+    differing in their last bits (hash-map order of float sums), and appends the characters it must keep but did not
+    score in hash-map order, each ``1e-4`` below the one before (below every multi-character piece). Here scores are
+    rounded to ``1e-6`` (far below any gap a segmentation turns on), those characters re-scored in sorted order with
+    the same steps, and the pieces ordered by score, then text.
+    """
+    learned = [(str(p), round(float(s), 6)) for p, s in trained if p not in T5_SPECIALS]
+    floor = min((s for p, s in learned if len(p) > 1), default=0.0)
+    appended = sorted(p for p, s in learned if len(p) == 1 and s < floor)
+    if appended:
+        top = max(s for p, s in learned if p in set(appended))
+        rescored = {p: round(top - 1e-4 * k, 6) for k, p in enumerate(appended)}
+        learned = [(p, rescored.get(p, s)) for p, s in learned]
+    return sorted(learned, key=lambda ps: (-ps[1], ps[0]))
+
+
+def _t5_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) -> PreTrainedTokenizerBase:
+    """A unigram vocabulary (Kudo 2018) as T5's SentencePiece one (Raffel et al. 2020, sec. 2.2), in transformers'
+    ``T5Tokenizer``: words split on whitespace and marked with ``▁``, case kept; ``<pad>``, ``</s>``, ``<unk>`` first,
+    then ``cfg.vocab_size`` pieces in all, then the sentinels ``<extra_id_99>`` ... ``<extra_id_0>`` (T5's order: the
+    last id is ``<extra_id_0>``); ``</s>`` closes every encoded text.
+
+    The trainer segments words as ``T5Tokenizer`` does (whitespace split, then ``▁`` before each word), so the pieces
+    it scores are the ones the tokenizer will cut; :func:`canonical_unigram` makes its output deterministic.
+    """
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
+    )
+    trainer = trainers.UnigramTrainer(
+        vocab_size=cfg.vocab_size, special_tokens=list(T5_SPECIALS), unk_token="<unk>", show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    pieces = [(p, 0.0) for p in T5_SPECIALS] + canonical_unigram(json.loads(tok.to_str())["model"]["vocab"])
+    pieces += [(f"<extra_id_{k}>", 0.0) for k in reversed(range(T5_EXTRA_IDS))]
+    return T5Tokenizer(vocab=pieces, extra_ids=T5_EXTRA_IDS, model_max_length=max_length)
+
+
+WORDPIECE_ARCHS = ("bert", "electra")  # encoders that read [CLS] ... [SEP] blocks of a WordPiece vocabulary
+
+
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, arch: str, max_length: int) -> PreTrainedTokenizerFast:
-    """Train a tokenizer suited to ``arch`` (``bert``: WordPiece, ``gpt2``: byte-level BPE)."""
+    """Train a tokenizer suited to ``arch`` (``bert``, ``electra``: WordPiece, ``gpt2``: byte-level BPE)."""
     texts = islice(texts, cfg.train_texts)
-    kind = "WordPiece" if arch == "bert" else "byte-level BPE"
+    if arch == "t5":  # unigram pieces, T5's specials and sentinels
+        log.info("training a unigram tokenizer (vocabulary of %d) on up to %d texts", cfg.vocab_size, cfg.train_texts)
+        return _t5_tokenizer(texts, cfg, max_length)
+    wordpiece = arch in WORDPIECE_ARCHS
+    kind = "WordPiece" if wordpiece else "byte-level BPE"
     log.info("training a %s tokenizer (vocabulary of %d) on up to %d texts", kind, cfg.vocab_size, cfg.train_texts)
-    tokenizer = _bert_tokenizer(texts, cfg, max_length) if arch == "bert" else _gpt_tokenizer(texts, cfg, max_length)
+    tokenizer = _bert_tokenizer(texts, cfg, max_length) if wordpiece else _gpt_tokenizer(texts, cfg, max_length)
     log.info("tokenizer trained: %d entries", len(tokenizer))
     return tokenizer
 
@@ -157,7 +209,7 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerBase, arch: str, source: str) -> None:
     """The special tokens each architecture needs must exist."""
-    needed = ("mask_token", "cls_token", "sep_token", "pad_token") if arch == "bert" else ("eos_token",)
+    needed = ("mask_token", "cls_token", "sep_token", "pad_token") if arch in WORDPIECE_ARCHS else ("eos_token",)
     missing = [name for name in needed if getattr(tokenizer, name, None) is None]
     if missing:
         raise ValueError(f"tokenizer {source} has no {', '.join(missing)}, which a {arch} encoder needs")

@@ -41,6 +41,7 @@ from mmssl.objectives.data2vec import Data2Vec, Data2VecConfig
 from mmssl.objectives.deepcluster import DeepCluster, DeepClusterConfig
 from mmssl.objectives.dgi import DGI, DGIConfig
 from mmssl.objectives.dino import DINO, DINOConfig
+from mmssl.objectives.electra import ELECTRA, ELECTRAConfig
 from mmssl.objectives.gpt_gnn import GPTGNN, GPTGNNConfig
 from mmssl.objectives.graphmae import GraphMAE, GraphMAEConfig
 from mmssl.objectives.hubert import HuBERT, HuBERTConfig
@@ -58,6 +59,7 @@ from mmssl.objectives.simclr import SimCLR, SimCLRConfig
 from mmssl.objectives.simmim import SimMIM, SimMIMConfig
 from mmssl.objectives.simsiam import SimSiam, SimSiamConfig
 from mmssl.objectives.swav import SwAV, SwAVConfig
+from mmssl.objectives.t5_span import T5SpanCorruption, T5SpanCorruptionConfig
 from mmssl.objectives.tera import TERA, TERAConfig
 from mmssl.objectives.vicreg import VICReg, VICRegConfig
 from mmssl.objectives.wav2vec2 import Wav2Vec2Config, Wav2Vec2Objective
@@ -80,6 +82,20 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     # language modelling over a unit vocabulary
     "mlm": ObjectiveSpec(MaskedLM, MaskedLMConfig, "masked unit prediction (BERT), optional SOP", units=("ids",)),
     "clm": ObjectiveSpec(CausalLM, CausalLMConfig, "next unit prediction (GPT)", units=("ids",), needs=("causal",)),
+    "electra": ObjectiveSpec(
+        ELECTRA,
+        ELECTRAConfig,
+        "replaced-token detection on a small MLM generator's samples (ELECTRA)",
+        units=("ids",),
+        needs=("mlm_generator",),
+    ),
+    "t5_span_corruption": ObjectiveSpec(
+        T5SpanCorruption,
+        T5SpanCorruptionConfig,
+        "spans replaced by sentinels, decoded by an encoder-decoder (T5 span corruption)",
+        units=("ids",),
+        needs=("seq2seq",),
+    ),
     # joint embeddings of augmented views
     "simclr": ObjectiveSpec(
         SimCLR,

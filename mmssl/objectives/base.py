@@ -71,6 +71,8 @@ ENCODER_NEEDS: dict[str, str] = {
     "encode_visible": "Encoder.encode_visible: the encoder runs on a subset of the units (MAE)",
     "mask_token": "Encoder.encode(batch, mask): masked units replaced by a learned mask embedding (iBOT)",
     "quantizer_head": "Encoder.quantizer_head and Encoder.encode_with_features (wav2vec 2.0)",
+    "mlm_generator": "Encoder.mlm_generator and Encoder.replaced_token_head (ELECTRA's generator and discriminator)",
+    "seq2seq": "Encoder.decode, Encoder.sentinel_ids and eos_token_id: a sequence-to-sequence model (T5)",
 }
 NEEDS: dict[str, str] = {**BATCH_NEEDS, **ENCODER_NEEDS}
 

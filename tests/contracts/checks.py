@@ -77,6 +77,27 @@ def _quantizer(encoder: Encoder, batch: Batch) -> bool:
         return False
 
 
+def _generator(encoder: Encoder, batch: Batch) -> bool:
+    """The encoder has a replaced-token head and builds a masked-LM generator sharing its embeddings (ELECTRA)."""
+    try:
+        encoder.replaced_token_head()
+        return isinstance(encoder.mlm_generator(0.5, None), Encoder)
+    except CapabilityError:  # the protocol's default
+        return False
+
+
+def _seq2seq(encoder: Encoder, batch: Batch) -> bool:
+    """The encoder has sentinel and end-of-sequence ids and a decoder that gives ``[B, S, V]`` logits (T5)."""
+    if not encoder.sentinel_ids or encoder.eos_token_id is None:
+        return False
+    targets = batch.units[:, :3]
+    try:
+        logits = encoder.decode(encoder.encode(batch), targets)
+    except CapabilityError:  # the protocol's default
+        return False
+    return tuple(logits.shape) == (*targets.shape, encoder.vocab_size)
+
+
 def _extra(key: Extra, shape: Callable[[Batch], tuple[int, ...]]) -> Callable[[Encoder, Batch], bool]:
     """The batch carries ``extras[key]`` of the given shape."""
     return lambda encoder, batch: key in batch.extras and tuple(batch.extras[key].shape) == shape(batch)
@@ -94,6 +115,8 @@ NEED_CHECKS: dict[str, Callable[[Encoder, Batch], bool]] = {
     "encode_visible": _visible,
     "mask_token": _mask_token,
     "quantizer_head": _quantizer,
+    "mlm_generator": _generator,
+    "seq2seq": _seq2seq,
 }
 
 

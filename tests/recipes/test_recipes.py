@@ -38,6 +38,8 @@ def test_every_recipe_file_validates() -> None:
     assert {"data2vec_text", "data2vec_image", "data2vec_audio", "data2vec_graph"} <= set(
         RECIPES
     )  # one objective, four domains
+    assert "t5" in RECIPES  # T5 span corruption (smoke-run below like every recipe)
+    assert "electra" in RECIPES  # ELECTRA (smoke-run below like every recipe)
     for name in RECIPES:
         recipe = load_recipe(name)
         assert recipe.name == name and recipe.description
