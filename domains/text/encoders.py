@@ -73,21 +73,24 @@ class TextEncoderConfig:
 
 def _fresh_electra(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> ElectraForPreTraining:
     """ELECTRA's discriminator: ``ElectraModel`` with its replaced-token-detection head."""
-    return ElectraForPreTraining(
-        ElectraConfig(
-            vocab_size=len(tokenizer),
-            embedding_size=cfg.embedding_size or cfg.hidden_size,
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
-            intermediate_size=cfg.intermediate_size,
-            max_position_embeddings=cfg.max_position_embeddings,
-            hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.attention_dropout,
-            pad_token_id=tokenizer.pad_token_id,
-            type_vocab_size=2,
-        )
-    )
+    embedding_size = cfg.embedding_size or cfg.hidden_size
+    return ElectraForPreTraining(ElectraConfig(embedding_size=embedding_size, **_bert_sizes(cfg, tokenizer)))
+
+
+def _bert_sizes(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, int | float]:
+    """The ``BertConfig`` / ``ElectraConfig`` keyword arguments both architectures take from ``encoder:``."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": cfg.attention_dropout,
+        "pad_token_id": tokenizer.pad_token_id,
+        "type_vocab_size": 2,
+    }
 
 
 def generator_config(config: ElectraConfig, width_fraction: float, num_layers: int | None) -> ElectraConfig:
@@ -118,20 +121,7 @@ def _fresh_model(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> 
     if cfg.arch == "electra":
         return _fresh_electra(cfg, tokenizer)
     if cfg.arch == "bert":
-        return BertForMaskedLM(
-            BertConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=cfg.hidden_size,
-                num_hidden_layers=cfg.num_layers,
-                num_attention_heads=cfg.num_heads,
-                intermediate_size=cfg.intermediate_size,
-                max_position_embeddings=cfg.max_position_embeddings,
-                hidden_dropout_prob=cfg.dropout,
-                attention_probs_dropout_prob=cfg.attention_dropout,
-                pad_token_id=tokenizer.pad_token_id,
-                type_vocab_size=2,
-            )
-        )
+        return BertForMaskedLM(BertConfig(**_bert_sizes(cfg, tokenizer)))
     eos = tokenizer.eos_token_id
     return GPT2LMHeadModel(
         GPT2Config(

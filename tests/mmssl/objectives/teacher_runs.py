@@ -26,13 +26,16 @@ from tests.mmssl.objectives.view_fixtures import CONFIGS, new_images_every_step,
 
 
 class _Tower(Encoder):
-    """A stub encoder that declares every optional capability: ids with a mask token, feature units, causal."""
+    """A stub encoder that declares every optional capability: ids with a mask token, feature units, causal, T5's
+    sentinels, ELECTRA's generator and replaced-token head."""
 
     hidden_size = 16
     vocab_size = 32
     mask_token_id = 4
     unit_dim = 8
     causal = True
+    sentinel_ids = (31, 30, 29)
+    eos_token_id = 1
 
     def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
         raise NotImplementedError("the stub only builds objectives")
@@ -42,6 +45,12 @@ class _Tower(Encoder):
 
     def unit_decoder(self, in_dim: int, out_dim: int) -> nn.Module:
         return nn.Linear(in_dim, out_dim)
+
+    def replaced_token_head(self) -> nn.Module:
+        return nn.Linear(self.hidden_size, 1)
+
+    def mlm_generator(self, width_fraction: float, num_layers: int | None) -> Encoder:
+        return _Tower()
 
     def export(self, out_dir: Path) -> None:
         raise NotImplementedError
