@@ -4,8 +4,8 @@ The whole encoder-decoder is the run's encoder (``encoder.arch=t5``): :meth:`T5T
 stack, so probes, ``mmssl evaluate`` and every encoder-only objective read the T5 encoder's hidden states, and
 :meth:`T5TextEncoder.decode` runs its decoder and tied LM head for span corruption
 (:mod:`mmssl.objectives.t5_span`). The export is the full ``T5ForConditionalGeneration`` (one shared embedding table,
-as T5 ties it), which ``pipeline("text2text-generation")`` and ``AutoModelForSeq2SeqLM`` load, and whose encoder
-``T5EncoderModel`` loads alone for features.
+as T5 ties it), which ``AutoModelForSeq2SeqLM`` loads (and ``generate`` runs: transformers 5 removed the
+``text2text-generation`` pipeline), and whose encoder ``T5EncoderModel`` loads alone for features.
 """
 
 from __future__ import annotations
