@@ -52,7 +52,7 @@ import numpy as np
 from pretraining import pretrain
 
 from mmssl.metrics import read_metrics
-from mmssl.probes import fit_linear_predictions, knn_accuracy, knn_probe, run_probe
+from mmssl.probes import fit_linear_predictions, knn_accuracy, probe_at_seed, probe_inputs
 from mmssl.stats import format_p, paired_comparison
 from mmssl.tasks import FinetuneConfig, TaskConfig
 
@@ -68,9 +68,10 @@ def probes(run: Path, init: str, pooling: str = "auto") -> tuple[dict[str, float
     """Linear-probe and kNN accuracy, and the linear probe's per-test-image outcomes (True: right) for paired tests."""
     cfg = FinetuneConfig(task=TaskConfig(name="fashion-mnist"), init=init)
     cfg = dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, pooling=pooling))
-    linear = run_probe("linear", run, cfg)
+    inputs = probe_inputs(run, cfg, None)  # the frozen features of all 70,000 images, once for both probes
+    linear, knn = (probe_at_seed(protocol, inputs, cfg, cfg.train.seed) for protocol in ("linear", "knn"))
     correct = (linear.predictions == linear.labels).numpy()
-    return {"linear": linear.record["accuracy"], "knn": knn_probe(run, cfg)["accuracy"]}, correct
+    return {"linear": linear.record["accuracy"], "knn": knn.record["accuracy"]}, correct
 
 
 def pixel_probes() -> tuple[dict[str, float], np.ndarray]:

@@ -205,13 +205,24 @@ class Encoder(nn.Module, abc.ABC):
             f"(the text domain's encoder.arch=electra), got {type(self).__name__}"
         )
 
+    saves_export_extras: bool = False  # export() calls save_export_extras, so attach_export works
+
     def attach_export(self, name: str, extra: ExportExtra) -> None:
-        """Save ``extra`` (owned elsewhere, e.g. an objective's generator) with every export of this encoder.
+        """Save ``extra`` (owned elsewhere: CLIP's heads, ELECTRA's generator) with every export of this encoder.
+
+        Kept in a plain dict, not registered as a submodule: its owner saves its weights in checkpoints.
 
         Raises:
-            CapabilityError: By default.
+            CapabilityError: If this encoder's export does not save attached modules.
         """
-        raise CapabilityError(f"{type(self).__name__} cannot save other modules with its export ({name})")
+        if not self.saves_export_extras:
+            raise CapabilityError(f"{type(self).__name__} cannot save other modules with its export ({name})")
+        self.__dict__.setdefault("_export_extras", {})[name] = extra
+
+    def save_export_extras(self, out_dir: Path) -> None:
+        """Save every module :meth:`attach_export` attached, under ``out_dir`` (called by :meth:`export`)."""
+        for extra in self.__dict__.get("_export_extras", {}).values():
+            extra.save(Path(out_dir))
 
     @abc.abstractmethod
     def export(self, out_dir: Path) -> None:
@@ -237,13 +248,13 @@ class TwoTowerEncoder(Encoder, abc.ABC):
     """
 
     tower_names: tuple[str, str] = ("main", "paired")
+    saves_export_extras = True
 
     def __init__(self, main: Encoder, paired: Encoder) -> None:
         super().__init__()
         self.main = main
         self.paired = paired
         self.hidden_size = main.hidden_size
-        self._export_extras: dict[str, ExportExtra] = {}  # a plain dict: not registered as submodules
 
     def encode(self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False) -> EncoderOutput:
         return self.main.encode(batch, mask, all_layers)
@@ -261,15 +272,10 @@ class TwoTowerEncoder(Encoder, abc.ABC):
             )
         return self.main.encode(batch), self.paired.encode(batch.pair)
 
-    def attach_export(self, name: str, extra: ExportExtra) -> None:
-        """Save ``extra`` (owned elsewhere, e.g. the objective's heads) with every export of this encoder."""
-        self._export_extras[name] = extra
-
     @abc.abstractmethod
     def export_towers(self, out_dir: Path) -> None:
         """Write both towers (and their processors' folders) under ``out_dir``."""
 
     def export(self, out_dir: Path) -> None:
         self.export_towers(Path(out_dir))
-        for extra in self._export_extras.values():
-            extra.save(Path(out_dir))
+        self.save_export_extras(out_dir)

@@ -13,22 +13,24 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForImageClassification, ViTImageProcessor, ViTModel
 
-from domains.image import pretext
-from domains.image import views as augment_views
 from domains.image.baselines import pixel_baseline
 from domains.image.builders import load_fashion_mnist, load_fashion_mnist_small
+from domains.image.config import (
+    PRETEXT_VIEWS,
+    ImageDataConfig,
+    check_crops_fit,
+    crop_keys,
+    prepared_image_side,
+)
 from domains.image.data import (
-    ARRAYS_FILE,
     ImageArrays,
     load_arrays,
     load_hf_image_dataset,
@@ -37,86 +39,12 @@ from domains.image.data import (
 )
 from domains.image.encoders import ImageEncoderConfig, ResNetEncoder, ViTEncoder, build_image_encoder
 from domains.image.resnet import SmallResNet
+from domains.image.transform import ViewTransform, normalise
 from domains.image.units import grid_of, image_batch, unpatchify
 from mmssl.domain import ClassifierModule, PretrainData, RawFeatures, TaskData, needs_overrides, save_classifier_head
 from mmssl.encoder import Encoder
 from mmssl.registry import DOMAINS, TASKS, TaskSpec, registered_tasks
 from mmssl.types import Batch, Extra
-
-VIEW_PRESETS = ("none", "crop", "fashion-mnist", "simclr", "mocov2", "byol", "dino", "rotation", "jigsaw")
-PRETEXT_VIEWS = ("rotation", "jigsaw")
-NO_VIEWS = ("none", *PRETEXT_VIEWS)  # presets that make no augmented views, so no multi-crop local views either
-
-
-@dataclass(frozen=True)
-class ImageDataConfig:
-    """A recipe's ``data:`` section for images.
-
-    ``views`` picks the per-step transform: ``none`` (no transform: the collated images as they are), ``crop``
-    (random resized crop 20-100% + flip: MAE, SimMIM), ``fashion-mnist`` / ``simclr`` /
-    ``mocov2`` / ``byol`` / ``dino`` (two augmented views, :mod:`domains.image.views` presets) or
-    ``rotation`` (RotNet: each image rotated by 0/90/180/270 degrees) or ``jigsaw`` (a
-    ``jigsaw_grid`` x ``jigsaw_grid`` puzzle shuffled by one of ``jigsaw_permutations``
-    maximal-Hamming permutations); the pretext views put their labels in
-    ``extras[Extra.PRETEXT_LABELS]`` (:mod:`domains.image.pretext`).
-
-    Multi-crop (Caron et al. 2020): the global views are crops at the image's size, or ``global_size`` pixels
-    (``crop_scale`` overrides their area range); ``local_crops`` adds that many ``local_size`` x ``local_size`` crops of
-    ``local_scale`` of the area, augmented as the preset's local view (``dino``: DINO's) or its second view.
-    """
-
-    source: Literal["prepared", "numpy", "imagefolder", "hub"] = "prepared"
-    name: str = "fashion-mnist"  # source=prepared: a `mmssl data prepare` name; source=hub: dataset name or folder
-    path: str | None = None  # source=numpy: .npy/.npz file; source=imagefolder: root with one folder per class
-    split: str = "train"
-    image_column: str = "image"
-    image_size: int | None = None  # resize on load (imagefolder, hub); None keeps the stored size
-    channels: int | None = None  # 1 or 3; None keeps the stored channels
-    max_images: int | None = None  # use only the first N images (quick experiments)
-    views: str = "fashion-mnist"
-    num_views: int = 2  # views per image for the two-view presets (more: extra copies of the second view's config)
-    local_crops: int = 0  # multi-crop: extra small views (Caron et al. 2020; DINO: 8 or 10)
-    local_size: int = 12  # side of the local crops in pixels (a multiple of encoder.patch_size; DINO: 96 of 224)
-    local_scale: tuple[float, float] = (0.05, 0.4)  # area range of the local crops (DINO: 0.05-0.4)
-    crop_scale: tuple[float, float] | None = None  # override the preset's crop area range (DINO's globals: 0.4-1)
-    global_size: int | None = None  # side of the augmented views in pixels (None: the image's; FixRes: train smaller)
-    jigsaw_grid: int = 2  # views=jigsaw: tiles per side
-    jigsaw_permutations: int = 24  # size of the permutation set (= objective.num_classes); 2x2 has 24
-    jigsaw_gap: int = 2  # pixels trimmed from each tile at a random offset (no edge shortcuts)
-
-    def __post_init__(self) -> None:
-        if self.views not in VIEW_PRESETS:
-            raise ValueError(f"data.views must be one of {', '.join(VIEW_PRESETS)}, got {self.views!r}")
-        if self.source in ("numpy", "imagefolder") and not self.path:
-            raise ValueError(f"data.path is required when data.source={self.source}")
-        if self.num_views < 1 or self.local_crops < 0:
-            raise ValueError("data.num_views must be >= 1 and data.local_crops >= 0")
-        self._check_multi_crop()
-        if self.channels not in (None, 1, 3):
-            raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
-        if self.jigsaw_grid < 2:
-            raise ValueError(f"data.jigsaw_grid must be >= 2, got {self.jigsaw_grid}")
-
-    def _check_multi_crop(self) -> None:
-        for key in ("crop_scale", "local_scale"):
-            scale = getattr(self, key)
-            if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
-                raise ValueError(f"data.{key} must be [min, max] with 0 < min <= max <= 1, got {list(scale)}")
-        for key in ("local_size", "global_size"):
-            side = getattr(self, key)
-            if side is not None and side < 1:
-                raise ValueError(f"data.{key} must be >= 1, got {side}")
-        if self.global_size is not None and self.views in (*NO_VIEWS, "crop"):
-            raise ValueError(
-                f"data.global_size={self.global_size} resizes augmented views, and data.views={self.views} makes "
-                "none at another size: set data.views to a view preset (fashion-mnist, simclr, byol, dino, ...) or "
-                "remove data.global_size"
-            )
-        if self.local_crops and self.views in NO_VIEWS:
-            raise ValueError(
-                f"data.local_crops={self.local_crops} adds local views to augmented views, and data.views={self.views} "
-                "makes none: set data.views to a view preset (fashion-mnist, simclr, byol, dino, ...) or local_crops=0"
-            )
 
 
 class ImageRows(torch.utils.data.Dataset):
@@ -184,12 +112,6 @@ def make_processor(arrays: ImageArrays, patch_size: int) -> ViTImageProcessor:
     return ViTImageProcessor(size={"height": h, "width": w}, image_mean=mean, image_std=std, patch_size=patch_size)
 
 
-def _normalise(pixels: Tensor, processor: ViTImageProcessor) -> Tensor:
-    mean = torch.tensor(processor.image_mean, device=pixels.device, dtype=pixels.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(processor.image_std, device=pixels.device, dtype=pixels.dtype).view(1, -1, 1, 1)
-    return (pixels - mean) / std
-
-
 def image_collate(processor: ViTImageProcessor, with_labels: bool) -> Callable[[list[dict[str, Any]]], Batch]:
     """Rows -> a Batch of normalised patch units; ``[0, 1]`` pixels in ``extras[Extra.PIXELS]`` for the transform,
     each row's position in the data in ``extras[Extra.SAMPLE_INDEX]``."""
@@ -201,63 +123,9 @@ def image_collate(processor: ViTImageProcessor, with_labels: bool) -> Callable[[
         extras: dict[str, Any] = {Extra.PIXELS: pixels, Extra.SAMPLE_INDEX: index}
         if with_labels:
             extras[Extra.LABELS] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
-        return image_batch(_normalise(pixels, processor), patch, **extras)
+        return image_batch(normalise(pixels, processor), patch, **extras)
 
     return collate
-
-
-class ViewTransform:
-    """The per-step transform: augmented views of ``extras[Extra.PIXELS]``, each a Batch of patch units.
-
-    Runs on the batch's device with torch's global RNG (seeded per step by the trainer).
-    """
-
-    def __init__(self, cfg: ImageDataConfig, processor: ViTImageProcessor) -> None:
-        self.processor = processor
-        self.patch = int(processor.patch_size)
-        self.cfg = cfg
-        self.configs = () if cfg.views in PRETEXT_VIEWS else _view_configs(cfg, processor)
-        if cfg.views == "jigsaw":
-            try:
-                self.permutations = pretext.hamming_permutations(cfg.jigsaw_grid**2, cfg.jigsaw_permutations)
-            except ValueError as e:
-                raise ValueError(f"data.jigsaw_permutations: {e}") from None
-
-    def __call__(self, batch: Batch) -> Batch:
-        pixels = batch.extras[Extra.PIXELS]
-        kept = {k: v for k, v in batch.extras.items() if k == Extra.SAMPLE_INDEX}  # DeepCluster's memory rows
-        if self.cfg.views == "rotation":
-            rotated, k = pretext.rotate(pixels)
-            return image_batch(_normalise(rotated, self.processor), self.patch, pretext_labels=k, **kept)
-        if self.cfg.views == "jigsaw":  # on normalised pixels: the gaps are the mean
-            puzzles, k = pretext.jigsaw(
-                _normalise(pixels, self.processor), self.permutations, self.cfg.jigsaw_grid, self.cfg.jigsaw_gap
-            )
-            return image_batch(puzzles, self.patch, pretext_labels=k, **kept)
-        views = tuple(image_batch(v, self.patch) for v in augment_views.make_views(pixels, self.configs))
-        first = views[0]
-        return first.replace(views=views, extras=kept)
-
-
-def _view_configs(cfg: ImageDataConfig, processor: ViTImageProcessor) -> tuple[augment_views.ViewConfig, ...]:
-    """The global views at the image's size (or ``data.global_size``), then ``data.local_crops`` local views
-    (multi-crop), all normalised."""
-    size = cfg.global_size or int(processor.size["height"])
-    norm = {"mean": tuple(processor.image_mean), "std": tuple(processor.image_std)}
-    if cfg.views == "crop":  # MAE (He et al. 2022): random resized crop 20-100% and flip, nothing else
-        preset: tuple[augment_views.ViewConfig, ...] = (
-            augment_views.ViewConfig(size=size, scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0),
-        )
-        base = preset
-    else:  # two views, or dino's two global views then its local view (dino_views(n_local=1))
-        preset = augment_views.VIEW_PRESETS[cfg.views](size=size, **({"n_local": 1} if cfg.views == "dino" else {}))
-        base = tuple(preset[min(i, 1)] for i in range(cfg.num_views))
-    if cfg.crop_scale is not None:
-        base = tuple(dataclasses.replace(v, scale=tuple(cfg.crop_scale)) for v in base)
-    # ImageDomain.check_recipe: local_size is a multiple of the patch size and fits in the image
-    local = preset[2] if len(preset) > 2 else base[-1]
-    local = dataclasses.replace(local, size=cfg.local_size, scale=tuple(cfg.local_scale), **norm)
-    return augment_views.multi_crop_views([dataclasses.replace(v, **norm) for v in base], local, cfg.local_crops)
 
 
 # ---------------------------------------------------------------------------- downstream
@@ -361,19 +229,19 @@ class ImageDomain:
         without loading it (``data.image_size`` of a resized source, or the header of a prepared dataset);
         :meth:`pretrain_data` checks the loaded images."""
         data, enc = recipe.data, recipe.encoder
-        for key in _crop_keys(data):
+        for key in crop_keys(data):
             if getattr(data, key) % enc.patch_size:
                 raise ValueError(
                     f"data.{key}={getattr(data, key)} is not a multiple of encoder.patch_size={enc.patch_size}"
                 )
         check_grid = getattr(recipe.objective, "check_grid", None)
-        if not _crop_keys(data) and check_grid is None:
+        if not crop_keys(data) and check_grid is None:
             return
         resized = data.image_size if data.source in ("imagefolder", "hub") else None  # resized on load
-        side = resized or _prepared_image_side(data)
+        side = resized or prepared_image_side(data)
         if side is None:
             return
-        _check_crops_fit(data, side, side, f"{side}x{side}")
+        check_crops_fit(data, side, side, f"{side}x{side}")
         if check_grid is not None:
             check_grid(side // enc.patch_size, side // enc.patch_size)
 
@@ -385,7 +253,7 @@ class ImageDomain:
             raise ValueError(
                 f"encoder.patch_size={enc.patch_size} does not divide the {h}x{w} images of {arrays.source}"
             )
-        _check_crops_fit(data, h, w, f"{h}x{w} images of {arrays.source}")
+        check_crops_fit(data, h, w, f"{h}x{w} images of {arrays.source}")
         processor = make_processor(arrays, enc.patch_size)
         if rank == 0:
             processor.save_pretrained(str(Path(run_dir) / "processor"))
@@ -480,37 +348,6 @@ class ImageDomain:
     def raw_features(self, data: TaskData, task: Any) -> RawFeatures:
         """The ``pixels`` baseline: each image's pixels scaled to [0, 1], flattened (:mod:`domains.image.baselines`)."""
         return pixel_baseline(data.train.arrays, data.test.arrays)
-
-
-def _crop_keys(data: ImageDataConfig) -> tuple[str, ...]:
-    """The crop sides a recipe sets: ``local_size`` with multi-crop, ``global_size`` when given."""
-    return ("local_size",) * bool(data.local_crops) + ("global_size",) * (data.global_size is not None)
-
-
-def _check_crops_fit(data: ImageDataConfig, height: int, width: int, images: str) -> None:
-    """Local crops and resized global views are no larger than the images."""
-    for key in _crop_keys(data):
-        if getattr(data, key) > min(height, width):
-            raise ValueError(
-                f"data.{key}={getattr(data, key)} is larger than the {images}: crops are cut from the image "
-                f"(DINO's local crops: 96 of 224 pixels); lower data.{key}"
-            )
-
-
-def _prepared_image_side(data: ImageDataConfig) -> int | None:
-    """The side of a prepared dataset's square images, read from its file's header (None: not prepared yet,
-    another source, or not square)."""
-    from mmssl.datasets import dataset_dir, is_prepared
-
-    if data.source != "prepared" or not is_prepared(data.name):
-        return None
-    path = dataset_dir(data.name) / data.split / ARRAYS_FILE
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            *_, h, w = handle.get_slice("images").get_shape()
-    except (OSError, KeyError, SafetensorError):  # the data loader reports an unreadable file
-        return None
-    return h if h == w else None
 
 
 def _fresh_resnet(export_dir: Path) -> SmallResNet:

@@ -27,7 +27,7 @@ from transformers import (
 )
 from transformers.models.bert.modeling_bert import BertLayer
 
-from mmssl.encoder import Encoder, ExportExtra
+from mmssl.encoder import Encoder
 from mmssl.types import Batch, EncoderOutput, Extra
 
 
@@ -220,10 +220,11 @@ class HFTextEncoder(Encoder):
     """Wraps ``BertForMaskedLM``, ``GPT2LMHeadModel`` or ELECTRA's ``ElectraForPreTraining`` (discriminator) /
     ``ElectraForMaskedLM`` (generator); encodes with the base model, exposes the pretraining heads."""
 
+    saves_export_extras = True  # ELECTRA's generator goes into the export's generator/ folder
+
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         super().__init__()
         self.model = model
-        self._export_extras: dict[str, ExportExtra] = {}  # a plain dict: not registered as submodules
         self.hidden_size = model.config.hidden_size
         self.vocab_size = model.config.vocab_size
         self.mask_token_id = tokenizer.mask_token_id  # None for GPT-2
@@ -303,13 +304,9 @@ class HFTextEncoder(Encoder):
         generator.generator_lm_head.weight = self.model.electra.embeddings.word_embeddings.weight
         return HFTextEncoder(generator, SimpleNamespace(mask_token_id=self.mask_token_id))  # the id is all it reads
 
-    def attach_export(self, name: str, extra: ExportExtra) -> None:
-        self._export_extras[name] = extra
-
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))
-        for extra in self._export_extras.values():
-            extra.save(Path(out_dir))
+        self.save_export_extras(out_dir)
 
 
 def build_text_encoder(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> HFTextEncoder:

@@ -85,7 +85,7 @@ class T5TextEncoder(Encoder):
             raise ValueError(
                 "t5 has no mask token to encode a masked batch; T5 drops spans instead (t5_span_corruption)"
             )
-        attention = (~batch.padding_mask).long() if batch.padding_mask.any() else None
+        attention = (~batch.padding_mask).long()  # all ones for packed rows: the same as none, and no host sync
         out = self.model.encoder(input_ids=batch.units, attention_mask=attention, output_hidden_states=all_layers)
         layers = tuple(out.hidden_states) if all_layers else None
         return EncoderOutput(hidden=out.last_hidden_state, padding_mask=batch.padding_mask, layers=layers)
