@@ -14,8 +14,9 @@ For every recipe named (default: all eight image recipes) this script
 ``--pooling mean_std`` (repeatable; ``default`` is the recipe's own pooling above) probes other
 pooled features as well: ``mean_std`` concatenates the mean and the standard deviation of the
 units (patch tokens, or the ResNet's final 4x4 feature map), a parameter-free statistics pooling
-that keeps the spatial spread a mean averages away. Each pooling is its own row, pretrained and
-random init alike.
+that keeps the spatial spread a mean averages away; ``grid`` average-pools the unit grid to 2x2 regions
+(``probe.grid_cells``) and concatenates them, the convnet probe of Zhang et al. 2016 and Goyal et al. 2019.
+Each pooling is its own row, pretrained and random init alike.
 
 Once per output directory it also fits the same linear probe and kNN on raw pixels (784 values in
 [0, 1]), the floor the issue asks every recipe to beat; both these and the random-encoder probes (one per
@@ -181,7 +182,7 @@ def main() -> None:
     parser.add_argument(
         "--pooling",
         action="append",
-        choices=["default", "auto", "mean", "mean_std"],
+        choices=["default", "auto", "mean", "mean_std", "grid"],
         help="poolings to probe (repeatable); default: the recipe's own (mean for MAE-style ViTs)",
     )
     parser.add_argument("--skip-pretrain", action="store_true", help="probe existing runs in OUT only")

@@ -119,7 +119,9 @@ def plot_feature_map(run_dir: Path, cfg: FinetuneConfig, out: Path, max_points: 
     if len(keep) < MIN_POINTS:
         return Section(TITLE, None, f"task {cfg.task.name} has {len(keep)} test rows; t-SNE needs {MIN_POINTS}")
     rows = subset_rows(setup.data.test, keep)
-    features, sampled = extract_features(setup.encoder, rows, setup.collate, cfg.probe.batch_size, cfg.probe.pooling)
+    features, sampled = extract_features(
+        setup.encoder, rows, setup.collate, cfg.probe.batch_size, cfg.probe.pooling, grid_cells=cfg.probe.grid_cells
+    )
     log.info("feature map: t-SNE of %d x %d features of %s", *features.shape, cfg.task.name)
     xy = tsne_map(features.numpy())
     title = f"{cfg.task.name}: {len(keep):,} of {len(labels):,} test rows\nfrozen features (probe.pooling={cfg.probe.pooling})"

@@ -58,6 +58,7 @@ def extract_features(
     batch_size: int = 256,
     pooling: str = "auto",
     progress: bool = False,
+    grid_cells: int = 2,
 ) -> tuple[Tensor, Tensor]:
     """``(features [N, D] float32 on CPU, labels [N])``: the encoder's pooled output in eval mode.
 
@@ -65,7 +66,8 @@ def extract_features(
     [CLS], else the mean over units); ``mean`` always averages the units (MAE's linear probe uses
     global average pooling of the patch tokens, He et al. 2022, sec. A.2); ``mean_std`` concatenates
     the mean and standard deviation over the units (:meth:`EncoderOutput.pooled_statistics`,
-    statistics pooling as in speaker and keyword models).
+    statistics pooling as in speaker and keyword models); ``grid`` average-pools an image encoder's unit grid
+    to ``grid_cells x grid_cells`` regions and concatenates them (:meth:`EncoderOutput.pooled_grid`).
 
     The encoder's train/eval mode is restored afterwards, so the monitor can call it mid-training.
     ``progress`` shows a progress bar (the frozen-feature probes; not the online monitor).
@@ -80,6 +82,8 @@ def extract_features(
             out = encoder.encode(batch.to(device))
             if pooling == "mean_std":
                 pooled = out.pooled_statistics()
+            elif pooling == "grid":
+                pooled = out.pooled_grid(grid_cells)
             else:
                 pooled = out.pooled() if pooling == "auto" else replace(out, summary=None).pooled()
             feats.append(pooled.float().cpu())
@@ -223,7 +227,15 @@ def probe_inputs(path: Path, cfg: FinetuneConfig, domain: str | None) -> ProbeIn
         return _raw_inputs(path, cfg, domain)
     setup = frozen_setup(path, cfg, domain)
     train, test = (
-        extract_features(setup.encoder, rows, setup.collate, cfg.probe.batch_size, cfg.probe.pooling, progress=True)
+        extract_features(
+            setup.encoder,
+            rows,
+            setup.collate,
+            cfg.probe.batch_size,
+            cfg.probe.pooling,
+            progress=True,
+            grid_cells=cfg.probe.grid_cells,
+        )
         for rows in (setup.data.train, setup.data.test)
     )
     return ProbeInputs(train, test, setup.data, setup.run_dir)

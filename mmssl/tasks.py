@@ -75,8 +75,16 @@ class ProbeConfig:
     batch_size: int = 64
     k: int = 200  # --protocol knn: neighbours and vote temperature (Wu et al. 2018)
     temperature: float = 0.07
-    # auto: the backbone's summary (ViT [CLS]) if any; mean: average of units; mean_std: [mean, std] of units
-    pooling: Literal["auto", "mean", "mean_std"] = "auto"
+    # auto: the backbone's summary (ViT [CLS]) if any; mean: average of units; mean_std: [mean, std] of units;
+    # grid: an image encoder's unit grid average-pooled to grid_cells x grid_cells regions (the convnet protocol)
+    pooling: Literal["auto", "mean", "mean_std", "grid"] = "auto"
+    grid_cells: int = 2
+
+    def __post_init__(self) -> None:
+        if self.grid_cells < 1:
+            raise ValueError(
+                f"probe.grid_cells must be 1 or more (regions per side of the pooled grid), got {self.grid_cells}"
+            )
 
 
 def _finetune_train_defaults() -> TrainConfig:

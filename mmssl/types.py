@@ -131,12 +131,15 @@ class EncoderOutput:
         padding_mask: ``[B, T]`` bool, True at padding (same grid as ``hidden``).
         summary: ``[B, D]`` the backbone's own whole-input representation when it has one
             (ViT's ``[CLS]`` token, a ResNet's global average pool), else None.
+        grid: ``(rows, cols)`` when ``hidden``'s units lie on a 2-D grid in row-major order (ViT patch
+            tokens, a ResNet's final feature map), else None.
     """
 
     hidden: Tensor
     padding_mask: Tensor
     layers: tuple[Tensor, ...] | None = None
     summary: Tensor | None = None
+    grid: tuple[int, int] | None = None
 
     def pooled(self) -> Tensor:
         """``[B, D]``: :attr:`summary` if the encoder gives one, else the mean over non-padding units."""
@@ -157,6 +160,27 @@ class EncoderOutput:
         mean = (self.hidden * keep).sum(1) / count
         var = (((self.hidden - mean.unsqueeze(1)) ** 2) * keep).sum(1) / count
         return torch.cat([mean, var.clamp(min=0.0).sqrt()], dim=-1)
+
+    def pooled_grid(self, cells: int) -> Tensor:
+        """``[B, cells * cells * D]``: the unit grid average-pooled to ``cells x cells`` regions, concatenated.
+
+        The convnet linear-probe protocol of Zhang et al. 2016 (colorization), Noroozi & Favaro 2016 and
+        Goyal et al. 2019: a feature map is average-pooled to a few spatial cells rather than one, so the probe
+        sees where a feature fired (``cells=1`` is the global mean). Regions are torch's adaptive pooling bins.
+
+        Raises:
+            ValueError: If the encoder gave no :attr:`grid`, or padded units (a grid has none).
+        """
+        if self.grid is None:
+            raise ValueError(
+                "grid pooling needs an encoder whose units lie on a 2-D grid (image encoders); "
+                "use probe.pooling=auto, mean or mean_std"
+            )
+        if bool(self.padding_mask.any()):
+            raise ValueError("grid pooling cannot pool padded units")
+        rows, cols = self.grid
+        fmap = self.hidden.transpose(1, 2).reshape(self.hidden.shape[0], -1, rows, cols)
+        return torch.nn.functional.adaptive_avg_pool2d(fmap, cells).flatten(1)
 
 
 @dataclass(frozen=True)

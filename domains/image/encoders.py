@@ -110,6 +110,7 @@ class ViTEncoder(Encoder):
             padding_mask=batch.padding_mask,
             summary=seq[:, 0],
             layers=tuple(h[:, 1:] for h in layers) if layers is not None else None,
+            grid=grid_of(batch),
         )
 
     def encode_visible(self, batch: Batch, visible: Tensor) -> EncoderOutput:
@@ -151,7 +152,7 @@ class ResNetEncoder(Encoder):
         fmap = self.model(images)  # [B, D, h, w]
         hidden = fmap.flatten(2).transpose(1, 2)
         padding = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
-        return EncoderOutput(hidden=hidden, padding_mask=padding, summary=hidden.mean(1))
+        return EncoderOutput(hidden=hidden, padding_mask=padding, summary=hidden.mean(1), grid=tuple(fmap.shape[2:]))
 
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))

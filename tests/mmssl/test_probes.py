@@ -117,6 +117,64 @@ def test_statistics_pooling_ignores_padding() -> None:
     assert out.pooled_statistics()[2, 4:].abs().max() == 0.0  # one unit: no spread
 
 
+def test_grid_pooling_averages_regions_of_the_unit_grid() -> None:
+    """``grid`` pools a [B, rows*cols, D] row-major unit grid to cells x cells region means, concatenated
+    channel-major (each channel's cells together): written out for a 4x4 grid and 2x2 cells, and a 3x3 grid
+    whose adaptive bins overlap (the middle row and column belong to both halves)."""
+    from mmssl.types import EncoderOutput
+
+    torch.manual_seed(0)
+    fmap = torch.randn(2, 3, 4, 4)  # [B, D, rows, cols]
+    out = EncoderOutput(
+        hidden=fmap.flatten(2).transpose(1, 2), padding_mask=torch.zeros(2, 16, dtype=torch.bool), grid=(4, 4)
+    )
+    quads = [fmap[:, :, r : r + 2, c : c + 2].mean((2, 3)) for r in (0, 2) for c in (0, 2)]
+    torch.testing.assert_close(out.pooled_grid(2), torch.stack(quads, -1).flatten(1))
+    torch.testing.assert_close(out.pooled_grid(1), out.pooled())
+    odd = torch.randn(1, 2, 3, 3)
+    out3 = EncoderOutput(
+        hidden=odd.flatten(2).transpose(1, 2), padding_mask=torch.zeros(1, 9, dtype=torch.bool), grid=(3, 3)
+    )
+    top_left = odd[:, :, :2, :2].mean((2, 3))
+    torch.testing.assert_close(out3.pooled_grid(2).view(1, 2, 4)[..., 0], top_left)
+
+
+def test_grid_pooling_needs_a_grid_and_a_valid_cell_count() -> None:
+    from mmssl.tasks import ProbeConfig
+    from mmssl.types import EncoderOutput
+
+    seq = EncoderOutput(hidden=torch.randn(2, 5, 3), padding_mask=torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="2-D grid"):
+        seq.pooled_grid(2)
+    with pytest.raises(ValueError, match="probe.grid_cells"):
+        ProbeConfig(pooling="grid", grid_cells=0)
+
+
+def test_grid_pooling_of_image_encoders_through_extract_features() -> None:
+    """ViT and ResNet encoders report their output grid, and ``extract_features(pooling="grid")`` pools it."""
+    from domains.image.encoders import ImageEncoderConfig, build_image_encoder
+    from domains.image.units import image_batch
+    from mmssl.probes import extract_features
+
+    torch.manual_seed(0)
+    images = torch.rand(3, 1, 16, 16)
+    for cfg, grid in (
+        (ImageEncoderConfig(hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16, patch_size=4), (4, 4)),
+        (ImageEncoderConfig(arch="resnet", resnet_width=4, patch_size=4), (2, 2)),
+    ):
+        enc = build_image_encoder(cfg, (16, 16), channels=1)
+
+        def collate(idx, enc=enc):
+            return image_batch(images[idx], 4, labels=torch.tensor(idx))
+
+        feats, _ = extract_features(enc, [0, 1, 2], collate, batch_size=2, pooling="grid", grid_cells=2)
+        with torch.no_grad():
+            out = enc.eval().encode(collate([0, 1, 2]))
+        assert out.grid == grid
+        torch.testing.assert_close(feats, out.pooled_grid(2))
+        assert feats.shape == (3, 4 * out.hidden.shape[-1])
+
+
 # ---------------------------------------------------------------------------- label budgets
 @pytest.fixture(scope="module")
 def _bars(tmp_path_factory: pytest.TempPathFactory) -> Path:
