@@ -30,6 +30,9 @@ class PretrainData:
             (augmentations, sentence-pair construction); draws from the global torch RNG,
             which the trainer seeds per step for exact resume.
         summary: facts for the model card (corpus name, number of blocks, ...).
+        states: what the data pipeline must save with every checkpoint for an exact resume, by name
+            (the position of a labelled-minibatch stream: S4L); ``mmssl pretrain`` registers each with
+            :meth:`mmssl.trainer.Trainer.register_state`.
     """
 
     dataset: Any
@@ -37,6 +40,7 @@ class PretrainData:
     processor: Any = None
     transform: Callable[[Batch], Batch] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    states: dict[str, Any] = field(default_factory=dict)
 
 
 class Domain(Protocol):

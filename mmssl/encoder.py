@@ -44,6 +44,7 @@ class Encoder(nn.Module, abc.ABC):
         mask_token_id: id of the mask token for token encoders, else None.
         unit_dim: ``C`` of ``[B, T, C]`` feature units (e.g. ``channels * patch_size**2`` for
             image patches), for objectives that reconstruct units; None for id units.
+        feature_dim: ``C`` of the local features :meth:`encode_with_features` returns (CPC's ``z``), or None.
         causal: True when the output at unit ``t`` depends on units ``<= t`` only (a
             unidirectional encoder); APC needs one. Default False.
         pipeline_tag: the Hub task of the export (``feature-extraction``, ``graph-ml``, ...)
@@ -57,6 +58,7 @@ class Encoder(nn.Module, abc.ABC):
     vocab_size: int | None = None
     mask_token_id: int | None = None
     unit_dim: int | None = None
+    feature_dim: int | None = None
     causal: bool = False
     pipeline_tag: str | None = None
     sentinel_ids: tuple[int, ...] = ()
@@ -153,6 +155,12 @@ class Encoder(nn.Module, abc.ABC):
         """
         return None
 
+    def unit_counts(self) -> Tensor | None:
+        """``[V]`` how often each unit id occurs in the pretraining corpus (0 for ids that are never trained), for
+        objectives that draw units by their frequency (word2vec's noise distribution and subsampling, e.g. the text
+        domain's ``encoder.arch=word2vec``, whose word-level tokenizer counts the corpus). Default None: no counts."""
+        return None
+
     def decode(self, memory: EncoderOutput, targets: Tensor) -> Tensor:
         """Teacher-forced logits ``[B, S, V]`` of a sequence-to-sequence model's decoder (T5's span corruption).
 
@@ -165,6 +173,21 @@ class Encoder(nn.Module, abc.ABC):
         raise CapabilityError(
             f"{type(self).__name__} has no decoder (t5_span_corruption needs a sequence-to-sequence model, "
             "e.g. the text domain's encoder.arch=t5)"
+        )
+
+    def encode_from_start(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Read the units as ids behind a start token: ``(hidden [B, T, D], ids [B, T])`` (ImageGPT).
+
+        ``ids`` are the discrete ids the encoder reads the units as (ImageGPT: palette indices of pixels), and
+        ``hidden[:, t]`` has read the start token and ``ids[:, :t]`` only, so it predicts ``ids[:, t]``: every
+        unit, the first included, is a next-unit target (Chen et al. 2020).
+
+        Raises:
+            CapabilityError: By default.
+        """
+        raise CapabilityError(
+            f"{type(self).__name__} reads no start token (imagegpt needs an encoder that quantises its units and "
+            "reads them behind one, e.g. the image domain's encoder.arch=imagegpt)"
         )
 
     def unit_decoder(self, in_dim: int, out_dim: int) -> nn.Module | None:

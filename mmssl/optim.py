@@ -3,7 +3,7 @@ schedule an objective may declare (DINO's cosine from 0.04 to 0.4)."""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -11,18 +11,23 @@ from transformers import get_cosine_schedule_with_warmup
 
 from mmssl.recipe import TrainConfig
 
+if TYPE_CHECKING:
+    from mmssl.objectives.base import Adversary
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+
+def param_groups(model: nn.Module, weight_decay: float, exclude: nn.Module | None = None) -> list[dict]:
     """Split trainable parameters into decayed and non-decayed AdamW groups.
 
     Biases and normalisation weights (every parameter with fewer than 2 dimensions: LayerNorm,
     BatchNorm and RMSNorm gains, biases, scalar temperatures) get no weight decay, as in
     BERT and nanoGPT; matrices and embeddings do, except those an objective marks with a
-    ``no_weight_decay = True`` attribute (MSN's prototypes, as its official code).
+    ``no_weight_decay = True`` attribute (MSN's prototypes, as its official code). The parameters
+    of ``exclude`` (an objective's adversary, which has an optimizer of its own) are left out.
     """
+    skip = {id(p) for p in exclude.parameters()} if exclude is not None else set()
     decay, no_decay = [], []
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in skip:
             decayed = p.ndim >= 2 and not getattr(p, "no_weight_decay", False)
             (decay if decayed else no_decay).append(p)
     return [
@@ -32,13 +37,43 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: TrainConfig
+    model: nn.Module, cfg: TrainConfig, exclude: nn.Module | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW (decoupled decay, Loshchilov & Hutter 2019) and a linear-warmup cosine schedule."""
+    """AdamW (decoupled decay, Loshchilov & Hutter 2019) and a linear-warmup cosine schedule, over the parameters
+    of ``model`` outside ``exclude`` (the adversary, see :func:`build_adversary_optimizer`)."""
     # the fused kernel (CPU and CUDA) updates all parameters in one pass instead of a loop per tensor
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True
+        param_groups(model, cfg.weight_decay, exclude), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True
     )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.max_steps), cfg.max_steps)
+    return optimizer, scheduler
+
+
+def find_adversary(model: nn.Module) -> Adversary | None:
+    """The adversary that a module of ``model`` declares (an objective's discriminator), or None.
+
+    Raises:
+        ValueError: If more than one module declares one, or the adversary is not a submodule of ``model``.
+    """
+    found = [
+        adv
+        for m in model.modules()
+        if callable(getattr(type(m), "adversary", None)) and (adv := m.adversary()) is not None  # a method, not a child
+    ]
+    if len(found) > 1:
+        raise ValueError(f"more than one module declares an adversary: {[type(a.module).__name__ for a in found]}")
+    if found and not any(m is found[0].module for m in model.modules()):
+        raise ValueError(f"the adversary {type(found[0].module).__name__} must be a submodule of the model")
+    return found[0] if found else None
+
+
+def build_adversary_optimizer(
+    adversary: Adversary, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The adversary's own AdamW (its lr, betas, eps and decay; no decay on biases and norms) on the run's
+    warmup + cosine schedule, so its learning rate keeps the same ratio to ``train.lr`` throughout."""
+    groups = param_groups(adversary.module, adversary.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=adversary.lr, betas=tuple(adversary.betas), eps=adversary.eps, fused=True)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.max_steps), cfg.max_steps)
     return optimizer, scheduler
 

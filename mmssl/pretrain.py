@@ -9,13 +9,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import PartialState
 from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
 
 from mmssl.checkpoint import CONFIG_FILE, EXPORT_DIR, RUN_MARKERS, RUN_OUTPUTS, SUMMARY_FILE
 from mmssl.config import ConfigError, read_yaml, to_dict, write_yaml
+from mmssl.domain import PretrainData
 from mmssl.export import write_export
 from mmssl.model import build_model
+from mmssl.objectives.base import SSLModel
 from mmssl.probes import KNNMonitor
 from mmssl.recipe import Recipe, load_recipe
 from mmssl.registry import DOMAINS
@@ -121,6 +125,20 @@ def monitor_hooks(recipe: Recipe, domain: Any, processor: Any, state: PartialSta
     return [knn_monitor(recipe, domain, processor)]
 
 
+def write_objective_artifacts(model: SSLModel, data: PretrainData, run_dir: Path) -> list[Path]:
+    """The objective's own files after pretraining (:meth:`Objective.write_artifacts`: the VAE's sample grid), from
+    the first ``artifact_samples`` training samples as the objective sees them (collated, transformed), in eval mode."""
+    count = model.objective.artifact_samples
+    if not count:
+        return []
+    loader = DataLoader(data.dataset, batch_size=count, collate_fn=data.collate)
+    batch = next(iter(loader)).to(next(model.parameters()).device)
+    batch = batch if data.transform is None else data.transform(batch)
+    model.eval()
+    with torch.no_grad():
+        return model.objective.write_artifacts(model.encoder, batch, run_dir)
+
+
 def pretrain(
     recipe_name: str,
     overrides: list[str] = (),
@@ -176,6 +194,8 @@ def pretrain(
         unit_name=domain.unit_name,
         hooks=hooks,
     )
+    for name, state in data.states.items():  # e.g. the labelled-minibatch stream of a semi-supervised recipe
+        trainer.register_state(name, state)
     trainer.fit(resume=resume)
     if trainer.accelerator.is_main_process:
         write_export(
@@ -188,6 +208,7 @@ def pretrain(
             data.summary,
         )
         log.info("exported %s", run_dir / EXPORT_DIR)
+        write_objective_artifacts(trainer.accelerator.unwrap_model(trainer.model), data, run_dir)
         log.info("report: mmssl report %s", run_dir)  # plots and report.md on demand: seconds, not every run
     trainer.accelerator.wait_for_everyone()
     trainer.close()

@@ -8,6 +8,11 @@ The loop, in order, for each optimizer step::
                             -> model.after_optimizer_step (EMA teachers) -> step hooks
                             -> epoch hooks (at an epoch's end and the last step) -> log -> checkpoint
 
+An objective with an adversary (a GAN's discriminator: :meth:`mmssl.objectives.base.Objective.adversary`) gets a
+second optimizer: the adversary's gradient of ``ObjectiveOutput.adversary_loss`` is taken before the main backward
+into a buffer of its own, replaces what the main loss left on the adversary at the sync micro-batch, and both
+optimizers clip and step together, or skip a non-finite step together (:mod:`mmssl.adversary`).
+
 The run lasts ``train.max_steps`` optimizer steps or, when that is unset, ``train.epochs`` passes over the data
 (:func:`run_length`); the warmup/cosine schedule is sized to that number. Epoch hooks evaluate the model
 (fine-tuning's validation slice), and :class:`BestWeights` keeps the weights of the best evaluation.
@@ -43,6 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from mmssl.adversary import AdversaryTraining
 from mmssl.checkpoint import (
     CHECKPOINT_DIR,
     COMPLETE_MARKER,
@@ -60,7 +66,13 @@ from mmssl.checkpoint import (
 )
 from mmssl.config import MmsslError
 from mmssl.metrics import append_metrics, truncate_after
-from mmssl.optim import build_optimizer, set_weight_decay, weight_decay_schedule
+from mmssl.optim import (
+    build_adversary_optimizer,
+    build_optimizer,
+    find_adversary,
+    set_weight_decay,
+    weight_decay_schedule,
+)
 from mmssl.recipe import TrainConfig
 from mmssl.types import Batch, ObjectiveOutput
 
@@ -202,9 +214,16 @@ class Trainer:
         self.cfg = run_length(cfg, self.steps_per_epoch)  # the schedule is sized to the real number of steps
         self._announce_settings(cfg)
         model = _sync_batch_norm(model, self.accelerator)
-        optimizer, scheduler = build_optimizer(model, self.cfg)
+        adversary = find_adversary(model)  # a GAN's discriminator: trained by its own optimizer (mmssl.adversary)
+        optimizer, scheduler = build_optimizer(model, self.cfg, exclude=adversary.module if adversary else None)
         self.decay_schedule = weight_decay_schedule(model)  # an objective's own weight-decay schedule (DINO), if any
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.adversary: AdversaryTraining | None = None
+        if adversary is not None:  # prepared after the main pair: save_state writes optimizer_1.bin, scheduler_1.bin
+            adv_optimizer, adv_scheduler = self.accelerator.prepare(*build_adversary_optimizer(adversary, self.cfg))
+            self.adversary = AdversaryTraining(adversary, adv_optimizer, adv_scheduler, self.accelerator)
+        skip = self.adversary.ids if self.adversary is not None else set()
+        self.main_params = [p for p in self.model.parameters() if id(p) not in skip]
         self.state = TrainState()
         # Saved by mmssl.checkpoint as JSON and safetensors, never through Accelerate's
         # register_for_checkpointing, whose custom_checkpoint_N.pkl is unpickled with weights_only=False.
@@ -361,47 +380,68 @@ class Trainer:
         out: ObjectiveOutput = self.model(batch)
         # No host sync here: a NaN/inf loss makes the (all-reduced, so identical on every
         # process) gradient norm non-finite, and _optimizer_step skips the step on all of them.
-        acc.backward(out.loss)
+        if self.adversary is not None:  # its gradient first, into its own buffer (the graphs may share nodes)
+            acc.backward(self.adversary.accumulate(out))
+        elif out.adversary_loss is not None:
+            raise ValueError(
+                "the objective returned an adversary_loss but declares no adversary: override Objective.adversary()"
+            )
+        else:
+            acc.backward(out.loss)
         return out
 
-    def _optimizer_step(self) -> float:
-        """Clip and step, or skip a step whose gradient is non-finite. Returns the pre-clip gradient norm."""
+    def _optimizer_step(self) -> dict[str, float]:
+        """Clip and step (the main optimizer and the adversary's, if any), or skip a step whose gradient is
+        non-finite (both optimizers skip it). Returns the pre-clip gradient norms (``grad_norm``, and
+        ``grad_norm_adversary``)."""
         acc = self.accelerator
         if self.decay_schedule is not None:
             decay = self.decay_schedule.scheduled_weight_decay(
                 self.cfg.weight_decay, self.state.step, self.cfg.max_steps
             )
             set_weight_decay(self.optimizer, decay)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.cfg.max_grad_norm > 0:
-            grad_norm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
-        else:
-            grad_norm = (
-                float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
-                if params
-                else 0.0
-            )
+        if self.adversary is not None:
+            self.adversary.install()  # before the main clip, which unscales every optimizer's gradient under fp16
+        norms = {"grad_norm": self._clip_main()}
+        if self.adversary is not None:
+            norms["grad_norm_adversary"] = self.adversary.clip(self.cfg.max_grad_norm)
+        finite = all(map(math.isfinite, norms.values()))
+        if self.adversary is not None:
+            self.adversary.step(finite)  # before the main step: under fp16 its scaler.update() closes both
         if acc.scaler is not None:
             # fp16: overflowing steps are the GradScaler's business: it skips them and lowers its scale
             self.optimizer.step()
-        elif math.isfinite(grad_norm):
+        elif finite:
             self.optimizer.step()
             self.state.nonfinite_streak = 0
         else:
-            self.state.nonfinite_total += 1
-            self.state.nonfinite_streak += 1
-            self._note(
-                f"step {self.state.step + 1}: non-finite loss or gradient, step skipped "
-                f"({self.state.nonfinite_streak} in a row, {self.state.nonfinite_total} in total)"
-            )
-            if self.state.nonfinite_streak >= self.cfg.max_consecutive_nonfinite:
-                raise NonFiniteLossError(
-                    f"{self.state.nonfinite_streak} non-finite losses in a row at step {self.state.step + 1} "
-                    f"(train.max_consecutive_nonfinite={self.cfg.max_consecutive_nonfinite}); {self._nonfinite_advice()}"
-                )
+            self._skip_nonfinite()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return norms
+
+    def _skip_nonfinite(self) -> None:
+        """Count a skipped non-finite step; abort after ``train.max_consecutive_nonfinite`` in a row."""
+        self.state.nonfinite_total += 1
+        self.state.nonfinite_streak += 1
+        self._note(
+            f"step {self.state.step + 1}: non-finite loss or gradient, step skipped "
+            f"({self.state.nonfinite_streak} in a row, {self.state.nonfinite_total} in total)"
+        )
+        if self.state.nonfinite_streak >= self.cfg.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.state.nonfinite_streak} non-finite losses in a row at step {self.state.step + 1} "
+                f"(train.max_consecutive_nonfinite={self.cfg.max_consecutive_nonfinite}); {self._nonfinite_advice()}"
+            )
+
+    def _clip_main(self) -> float:
+        """Clip the main optimizer's gradient to ``train.max_grad_norm`` (<= 0: no clipping); its pre-clip norm."""
+        params = [p for p in self.main_params if p.grad is not None]
+        if self.cfg.max_grad_norm > 0:
+            return float(self.accelerator.clip_grad_norm_(params, self.cfg.max_grad_norm))
+        if not params:
+            return 0.0
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
 
     def _nonfinite_advice(self) -> str:
         """What to try against NaN/inf losses, for the precision the run actually computes in."""
@@ -453,12 +493,12 @@ class Trainer:
                     window.add(self._micro_step(batch, micro), batch)
                     micro += 1
                     if acc.sync_gradients:
-                        grad_norm = self._optimizer_step()
+                        grad_norms = self._optimizer_step()
                         break
             self.state.step += 1
             if hasattr(unwrapped, "after_optimizer_step"):
                 unwrapped.after_optimizer_step(self.state.step, self.cfg.max_steps)
-            window.grad_norm(grad_norm)
+            window.grad_norms(grad_norms)
             out_of_time = self._out_of_time(start)
             final = out_of_time or self.state.step == self.cfg.max_steps
             extra = {**self._run_hooks(), **self._run_epoch_hooks(final)}
@@ -512,6 +552,8 @@ class Trainer:
         epoch = self.state.epoch + int(self._epoch_ended())  # whole epochs done, counting the one this step ended
         record: dict[str, Any] = {"step": self.state.step, "epoch": epoch, **stats}
         record["lr"] = self.scheduler.get_last_lr()[0]
+        if self.adversary is not None:
+            record["lr_adversary"] = self.adversary.lr
         if self.decay_schedule is not None:
             record["weight_decay"] = next(g["weight_decay"] for g in self.optimizer.param_groups if g.get("decayed"))
         record["nonfinite_skipped"] = self.state.nonfinite_total
@@ -628,7 +670,7 @@ class _Window:
         self.counts: dict[str, torch.Tensor] = {}
         self.samples = 0
         self.units: torch.Tensor | int = 0
-        self.norms: list[float] = []
+        self.norms: dict[str, list[float]] = {"grad_norm": []}
 
     def _add(self, key: str, value: torch.Tensor | float) -> None:
         value = torch.as_tensor(value).detach().float()
@@ -640,14 +682,18 @@ class _Window:
         self.samples += batch.batch_size
         self.units = self.units + (~batch.padding_mask).sum()
         self._add("loss", out.loss)
+        if out.adversary_loss is not None:
+            self._add("loss_adversary", out.adversary_loss)
         for k, v in out.terms.items():
             self._add(f"loss_{k}", v)
         for k, v in out.logs.items():
             self._add(k, v)
 
-    def grad_norm(self, value: float) -> None:
-        if math.isfinite(value):
-            self.norms.append(value)
+    def grad_norms(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            kept = self.norms.setdefault(key, [])  # a window of skipped steps only logs NaN
+            if math.isfinite(value):
+                kept.append(value)
 
     def reduce(self, acc: Accelerator) -> dict[str, float]:
         """Means of the logged values and throughput, summed/averaged over processes."""
@@ -662,7 +708,8 @@ class _Window:
             vec = acc.gather(vec.to(acc.device).reshape(1, -1)).reshape(acc.num_processes, -1).cpu()
             vec = torch.cat([vec[:, :-2].mean(0), vec[:, -2:].sum(0)])
         out = {k: float(v) for k, v in zip(keys, vec[:-2].tolist())}
-        out["grad_norm"] = sum(self.norms) / len(self.norms) if self.norms else float("nan")
+        for key, norms in self.norms.items():
+            out[key] = sum(norms) / len(norms) if norms else float("nan")
         out["samples_per_s"] = float(vec[-2])
         out["tokens_per_s"] = float(vec[-1])
         return out

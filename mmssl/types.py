@@ -47,6 +47,10 @@ class Extra(StrEnum):
     NODE_ID = "node_id"  # [B, T] int64 node of each unit in its source graph, -1 at padding (graph)
     GEN_ATTR = "gen_attr"  # [B, T] bool: units whose attributes GPT-GNN regenerates (graph)
     GEN_PAIRS = "gen_pairs"  # [2, P] flat unit indices of the removed links GPT-GNN regenerates (graph)
+    # [B] int64 class id of each labelled sample of a semi-supervised batch, -100 (ignored) at the others (S4L)
+    SUPERVISED_LABELS = "supervised_labels"
+    WAVES = "waves"  # [B, S] float raw samples in [-1, 1], 0 at padding, before the per-step views (audio)
+    WAVE_LENGTHS = "wave_lengths"  # [B] int64 samples of each clip in extras["waves"] (audio)
 
 
 @dataclass(frozen=True)
@@ -193,8 +197,12 @@ class ObjectiveOutput:
         logs: extra scalar diagnostics (accuracy, masked fraction, temperature, ...); return
             detached tensors rather than floats, so the step needs no device-to-host sync (the
             trainer converts them when it logs).
+        adversary_loss: scalar loss of the objective's adversary (:meth:`mmssl.objectives.base.Objective.adversary`,
+            a GAN's discriminator), which its own optimizer minimises over the adversary's parameters only; None
+            for objectives without one. Compute it on detached encoder/generator outputs.
     """
 
     loss: Tensor
     terms: Mapping[str, Tensor] = field(default_factory=dict)
     logs: Mapping[str, float | Tensor] = field(default_factory=dict)
+    adversary_loss: Tensor | None = None

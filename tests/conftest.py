@@ -51,6 +51,16 @@ def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_colour_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 random 32x32 RGB uint8 images saved as .npy ``[N, 3, H, W]`` (data.encoder_input=lightness: colorization)."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("colour-images") / "images.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (32, 3, 32, 32), dtype=np.uint8))
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MMSSL_CACHE", str(tmp_path_factory.getbasetemp() / "mmssl-cache"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +21,7 @@ from torch.utils.data import IterableDataset
 
 from domains.audio.features import fbank_units, mfcc_with_deltas, normalise_waveform, spec_augment
 from domains.audio.io import AudioClips
+from domains.audio.views import AudioViewConfig
 from mmssl.types import Batch, Extra
 
 STREAMS = ("waveform", "fbank")
@@ -57,6 +58,8 @@ class AudioDataConfig:
     time_mask_width: int = 10  # units
     freq_masks: int = 2
     freq_mask_width: int = 8  # mel bins
+    views: int = 0  # augmented views of each clip made every step (Speech SimCLR, DeLoRes: 2); 0: none
+    augment: AudioViewConfig = field(default_factory=AudioViewConfig)  # the views' ops (domains/audio/views.py)
 
     def __post_init__(self) -> None:
         if self.source == "folder" and not self.path:
@@ -73,6 +76,27 @@ class AudioDataConfig:
             raise ValueError("data.spec_augment needs data.stream=fbank (wav2vec 2.0 masks its own conv frames)")
         if self.num_clusters < 2 or self.bucket_batches < 0:
             raise ValueError("data.num_clusters must be >= 2 and data.bucket_batches >= 0")
+        if self.views:
+            self._check_views()
+
+    def _check_views(self) -> None:
+        """Views are 2 or more fbank views, with masks that fit in the units of a ``max_seconds`` clip."""
+        if self.views < 2 or self.stream != "fbank" or self.spec_augment:
+            raise ValueError(
+                f"data.views must be 0 or >= 2 (got {self.views}), with data.stream=fbank and "
+                "data.spec_augment=false (the views make their own masks)"
+            )
+        units = int((self.max_seconds * 1000 - 25) // 10 + 1) // self.frame_stride
+        if self.augment.time_mask_width > units:
+            raise ValueError(
+                f"data.augment.time_mask_width={self.augment.time_mask_width} is wider than the {units} units of a "
+                f"data.max_seconds={self.max_seconds} clip"
+            )
+        if self.augment.freq_mask_width > self.num_mel_bins:
+            raise ValueError(
+                f"data.augment.freq_mask_width={self.augment.freq_mask_width} is wider than the "
+                f"data.num_mel_bins={self.num_mel_bins} bins"
+            )
 
 
 def bucket_order(lengths: list[int], batch_size: int, window: int, rng: np.random.Generator) -> list[int]:
@@ -174,6 +198,7 @@ class AudioCollator:
         frame_stride: int = 2,
         with_labels: bool = False,
         kmeans: MFCCKMeans | None = None,
+        keep_waves: bool = False,
     ) -> None:
         if stream not in STREAMS:
             raise ValueError(f"data.stream must be one of {STREAMS}, got {stream!r}")
@@ -183,6 +208,7 @@ class AudioCollator:
         self.frame_stride = frame_stride
         self.with_labels = with_labels
         self.kmeans = kmeans
+        self.keep_waves = keep_waves  # the raw clips, for the per-step views (extras WAVES, WAVE_LENGTHS)
 
     def __call__(self, rows: list[dict[str, Any]]) -> Batch:
         extras: dict[str, Tensor] = {}
@@ -195,6 +221,9 @@ class AudioCollator:
                 ids = [self.kmeans.unit_targets(r["wave"], len(f), self.frame_stride) for r, f in zip(rows, frames)]
                 targets, _ = _pad(ids)
                 extras[Extra.TARGETS] = targets.masked_fill(pad, -100)
+        if self.keep_waves:
+            extras[Extra.WAVES], _ = _pad([r["wave"].float() for r in rows])
+            extras[Extra.WAVE_LENGTHS] = torch.tensor([len(r["wave"]) for r in rows], dtype=torch.long)
         if self.with_labels:
             extras[Extra.LABELS] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         return Batch(units=units, padding_mask=pad, extras=extras)

@@ -39,6 +39,7 @@ from domains.audio.data import (
 from domains.audio.encoders import AudioEncoderConfig, ConformerEncoder, build_audio_encoder, load_audio_encoder
 from domains.audio.features import spec_augment
 from domains.audio.io import AudioClips, load_folder, load_hf_audio
+from domains.audio.views import AudioViewTransform
 from mmssl.domain import ClassifierModule, PretrainData, RawFeatures, TaskData, needs_overrides, save_classifier_head
 from mmssl.encoder import Encoder
 from mmssl.registry import DOMAINS, TASKS, TaskSpec, registered_tasks
@@ -92,11 +93,13 @@ def make_processor(cfg: AudioDataConfig) -> FeatureExtractionMixin:
     )
 
 
-def collator(processor: FeatureExtractionMixin, with_labels: bool, kmeans: MFCCKMeans | None = None) -> AudioCollator:
-    """The collator that computes what ``processor`` computes."""
+def collator(
+    processor: FeatureExtractionMixin, with_labels: bool, kmeans: MFCCKMeans | None = None, keep_waves: bool = False
+) -> AudioCollator:
+    """The collator that computes what ``processor`` computes (and keeps the raw clips for views when asked)."""
     if isinstance(processor, SeamlessM4TFeatureExtractor):
         return AudioCollator(
-            "fbank", processor.sampling_rate, processor.num_mel_bins, processor.stride, with_labels, kmeans
+            "fbank", processor.sampling_rate, processor.num_mel_bins, processor.stride, with_labels, kmeans, keep_waves
         )
     return AudioCollator("waveform", processor.sampling_rate, with_labels=with_labels)
 
@@ -201,11 +204,13 @@ class AudioDomain:
 
     def contract_overrides(self, needs: tuple[str, ...]) -> tuple[str, ...] | None:
         """Fbank units read by a conformer; ``causal``: its causal variant, ``targets``: MFCC k-means ids per
-        unit, ``quantizer_head``: wav2vec 2.0 on the waveform (whose conv frames are then the feature units)."""
+        unit, ``quantizer_head``: wav2vec 2.0 on the waveform (whose conv frames are then the feature units), ``views``: two augmented
+        fbank views of each clip (``data.views=2``)."""
         given = {
             "causal": ("encoder.causal=true",),
             "targets": ("data.targets=mfcc-kmeans",),
             "quantizer_head": ("data.stream=waveform", "encoder.arch=wav2vec2"),
+            "views": ("data.views=2",),  # Speech SimCLR's augmentations (domains/audio/views.py)
         }
         return needs_overrides(needs, given, base=("data.stream=fbank", "encoder.arch=conformer"))
 
@@ -249,7 +254,13 @@ class AudioDomain:
             "sampling_rate": data.sampling_rate,
         }
         transform = SpecAugmentTransform(data) if data.spec_augment else None
-        return PretrainData(dataset, collator(processor, False, kmeans), processor, transform, summary)
+        if data.views:
+            summary["views"] = data.views
+            transform = AudioViewTransform(
+                data.augment, data.views, data.sampling_rate, data.num_mel_bins, data.frame_stride
+            )
+        keep_waves = data.views > 0
+        return PretrainData(dataset, collator(processor, False, kmeans, keep_waves), processor, transform, summary)
 
     def load_processor(self, path: Path) -> FeatureExtractionMixin:
         path = Path(path)

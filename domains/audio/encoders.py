@@ -16,6 +16,10 @@
   units ``[B, T, n_mels * stride]``; ``causal=true`` restricts self-attention to the past
   (its depthwise convolutions are causal already), as APC needs. The export loads with
   ``AutoModel`` and ``SeamlessM4TFeatureExtractor``.
+* ``arch=cpc``: :class:`domains.audio.cpc_model.CPCModel` (CPC, van den Oord et al. 2018; vq-wav2vec with
+  ``cpc_quantizer=gumbel``): a strided conv encoder on raw samples (10 ms frames with the paper's strides), a
+  causal GRU or transformer context network whose ``c_t`` is ``hidden``. The export is a Hub-mixin folder that
+  ``CPCModel.from_pretrained`` loads (torch, transformers and huggingface_hub only).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from transformers import (
 )
 from transformers.masking_utils import causal_mask_function, create_bidirectional_mask
 
+from domains.audio.cpc_encoder import CPCEncoder
+from domains.audio.cpc_model import CPCModel, conv_frames
 from mmssl.encoder import Encoder
 from mmssl.types import Batch, EncoderOutput
 
@@ -55,7 +61,7 @@ class AudioEncoderConfig:
     and a post-LN transformer (``do_stable_layer_norm=false``).
     """
 
-    arch: Literal["wav2vec2", "data2vec_audio", "conformer"] = "wav2vec2"
+    arch: Literal["wav2vec2", "data2vec_audio", "conformer", "cpc"] = "wav2vec2"
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
@@ -82,6 +88,12 @@ class AudioEncoderConfig:
     input_dim: int = 160  # fbank units: num_mel_bins * frame_stride
     conv_depthwise_kernel_size: int = 31
     causal: bool = False  # conformer only: attend to the past only (APC)
+    # cpc: conv frame encoder of one width (CPC / wav2vec / vq-wav2vec: 512), 160 samples = 10 ms per frame
+    cpc_conv_width: int = 512
+    cpc_conv_kernel: tuple[int, ...] = (10, 8, 4, 4, 4)  # CPC (van den Oord et al. 2018, sec. 3.1)
+    cpc_conv_stride: tuple[int, ...] = (5, 4, 2, 2, 2)  # vq-wav2vec: 8 layers, (10,8,4,4,4,1,1,1) / (5,4,2,2,2,1,1,1)
+    context_network: Literal["gru", "transformer"] = "gru"  # cpc: c_t from a GRU (CPC: 1 layer of 256) or causal
+    cpc_quantizer: Literal["none", "gumbel"] = "none"  # cpc: gumbel quantises z before the context (vq-wav2vec)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -92,6 +104,8 @@ class AudioEncoderConfig:
             raise ValueError("encoder.conv_dim, conv_kernel and conv_stride must have the same length")
         if self.codevector_dim % self.num_codevector_groups:
             raise ValueError("encoder.codevector_dim must be divisible by encoder.num_codevector_groups")
+        if len(self.cpc_conv_kernel) != len(self.cpc_conv_stride) or not self.cpc_conv_kernel:
+            raise ValueError("encoder.cpc_conv_kernel and encoder.cpc_conv_stride must be non-empty and of one length")
         if self.causal and self.arch != "conformer":
             raise ValueError("encoder.causal=true needs encoder.arch=conformer")
         if self.arch == "data2vec_audio" and (self.do_stable_layer_norm or self.feat_extract_norm != "layer"):
@@ -100,6 +114,29 @@ class AudioEncoderConfig:
                 "blocks and a post-LN transformer; set encoder.feat_extract_norm=layer and "
                 "encoder.do_stable_layer_norm=false"
             )
+
+    def missing_capability(self, need: str) -> str | None:
+        """Why this encoder cannot give ``need`` (a key of :data:`mmssl.objectives.base.ENCODER_NEEDS`), or None."""
+        if need == "causal" and self.arch in ("wav2vec2", "data2vec_audio"):
+            return (
+                f"encoder.arch={self.arch} is bidirectional; use encoder.arch=cpc (or conformer, encoder.causal=true)"
+            )
+        if need == "causal" and self.arch == "conformer" and not self.causal:
+            return "set encoder.causal=true (or use encoder.arch=cpc)"
+        if need == "quantizer_head" and self.arch != "wav2vec2":
+            return f"encoder.arch={self.arch} has no wav2vec 2.0 quantizer and projections; use encoder.arch=wav2vec2"
+        return None
+
+    def units_per_crop(self, data: Any) -> int:
+        """Units on this encoder's output grid of a clip of ``data.max_seconds`` (the longest a crop gives): conv
+        frames of the waveform, or stacked fbank frames (25 ms windows every 10 ms, ``data.frame_stride`` a unit)."""
+        samples = int(data.max_seconds * data.sampling_rate)
+        if self.arch == "cpc":
+            return int(conv_frames(samples, self.cpc_conv_kernel, self.cpc_conv_stride))
+        if self.arch != "conformer":
+            return int(conv_frames(samples, self.conv_kernel, self.conv_stride))
+        window, hop = int(0.025 * data.sampling_rate), int(0.010 * data.sampling_rate)
+        return max(0, 1 + (samples - window) // hop) // data.frame_stride
 
 
 def _conv_transformer_kwargs(cfg: AudioEncoderConfig) -> dict[str, Any]:
@@ -164,6 +201,7 @@ class Wav2Vec2Encoder(Encoder):
         super().__init__()
         self.model = model
         self.hidden_size = model.config.hidden_size
+        self.feature_dim = model.config.conv_dim[-1]  # encode_with_features: the conv encoder's frames
 
     @property
     def backbone(self) -> PreTrainedModel:
@@ -249,6 +287,7 @@ class ConformerEncoder(Encoder):
         self.causal = bool(getattr(model.config, CAUSAL_KEY, False) if causal is None else causal)
         self.hidden_size = model.config.hidden_size
         self.unit_dim = model.config.feature_projection_input_dim
+        self.feature_dim = self.unit_dim  # encode_with_features: the layer-normed input units
 
     def encode_with_features(
         self, batch: Batch, mask: Tensor | None = None, all_layers: bool = False
@@ -295,8 +334,28 @@ class ConformerEncoder(Encoder):
         self.model.save_pretrained(str(out_dir))
 
 
+def cpc_model(cfg: AudioEncoderConfig) -> CPCModel:
+    return CPCModel(
+        conv_width=cfg.cpc_conv_width,
+        conv_kernel=list(cfg.cpc_conv_kernel),
+        conv_stride=list(cfg.cpc_conv_stride),
+        context_network=cfg.context_network,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        dropout=cfg.dropout,
+        quantizer=cfg.cpc_quantizer,
+        num_codevector_groups=cfg.num_codevector_groups,
+        num_codevectors_per_group=cfg.num_codevectors_per_group,
+        codevector_dim=cfg.codevector_dim,
+    )
+
+
 def build_audio_encoder(cfg: AudioEncoderConfig) -> Encoder:
     """A freshly initialised encoder sized by the recipe."""
+    if cfg.arch == "cpc":
+        return CPCEncoder(cpc_model(cfg))
     if cfg.arch == "wav2vec2":
         return Wav2Vec2Encoder(Wav2Vec2ForPreTraining(wav2vec2_config(cfg)))
     if cfg.arch == "data2vec_audio":
@@ -308,6 +367,9 @@ def load_audio_encoder(export_dir: Path, random_init: bool = False) -> Encoder:
     """The exported encoder (``random_init``: same config, fresh weights)."""
     from transformers import AutoConfig
 
+    cpc_config = cpc_export_config(export_dir)
+    if cpc_config is not None:
+        return CPCEncoder(CPCModel(**cpc_config) if random_init else CPCModel.from_pretrained(str(export_dir)))
     config = AutoConfig.from_pretrained(str(export_dir))
     if config.model_type == "wav2vec2":
         model = (
@@ -324,3 +386,12 @@ def load_audio_encoder(export_dir: Path, random_init: bool = False) -> Encoder:
         f"{export_dir}: model_type {config.model_type!r} is not an mmssl audio encoder "
         "(wav2vec2, data2vec-audio or wav2vec2-bert)"
     )
+
+
+def cpc_export_config(export_dir: Path) -> dict[str, Any] | None:
+    """The init settings of a :class:`CPCModel` export (its Hub-mixin ``config.json``), or None for another folder."""
+    import json
+
+    path = Path(export_dir) / "config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    return config if "context_network" in config and "model_type" not in config else None

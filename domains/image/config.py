@@ -30,6 +30,9 @@ class ImageDataConfig:
     Multi-crop (Caron et al. 2020): the global views are crops at the image's size, or ``global_size`` pixels
     (``crop_scale`` overrides their area range); ``local_crops`` adds that many ``local_size`` x ``local_size`` crops of
     ``local_scale`` of the area, augmented as the preset's local view (``dino``: DINO's) or its second view.
+
+    ``encoder_input=lightness`` (colorization, Zhang et al. 2016): the units and the processor are the CIE
+    lightness ``L*/100`` of RGB images (one channel), while ``extras[Extra.PIXELS]`` keeps the sRGB pixels.
     """
 
     source: Literal["prepared", "numpy", "imagefolder", "hub"] = "prepared"
@@ -50,6 +53,13 @@ class ImageDataConfig:
     jigsaw_grid: int = 2  # views=jigsaw: tiles per side
     jigsaw_permutations: int = 24  # size of the permutation set (= objective.num_classes); 2x2 has 24
     jigsaw_gap: int = 2  # pixels trimmed from each tile at a random offset (no edge shortcuts)
+    encoder_input: Literal["image", "lightness"] = "image"  # lightness: the encoder reads L*/100 of RGB images
+    # S4L (Zhai et al. 2019): a fixed, class-balanced subset of N images of every class of data.split, drawn with
+    # train.seed (mmssl.tasks.label_subset); with views=rotation every step adds labelled_batch_size of them, and
+    # every unlabelled and labelled image is rotated all four ways (extras[Extra.SUPERVISED_LABELS] on the upright
+    # labelled copies). Fashion-MNIST: 60 per class is 1% of the labels, 600 is 10%
+    labels_per_class: int | None = None
+    labelled_batch_size: int | None = None  # None: train.batch_size (S4L: equal labelled and unlabelled minibatches)
 
     def __post_init__(self) -> None:
         if self.views not in VIEW_PRESETS:
@@ -63,6 +73,12 @@ class ImageDataConfig:
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
         if self.jigsaw_grid < 2:
             raise ValueError(f"data.jigsaw_grid must be >= 2, got {self.jigsaw_grid}")
+        if self.encoder_input == "lightness" and (self.views != "none" or self.channels == 1):
+            raise ValueError(
+                "data.encoder_input=lightness feeds the L* channel of the collated colour images to the encoder "
+                f"(colorization): set data.views=none (got {self.views}) and leave data.channels unset or 3"
+            )
+        self._check_labelled()
 
     def _check_multi_crop(self) -> None:
         for key in ("crop_scale", "local_scale"):
@@ -84,6 +100,20 @@ class ImageDataConfig:
                 f"data.local_crops={self.local_crops} adds local views to augmented views, and data.views={self.views} "
                 "makes none: set data.views to a view preset (fashion-mnist, simclr, byol, dino, ...) or local_crops=0"
             )
+
+    def _check_labelled(self) -> None:
+        """A labelled subset is drawn for rotation batches (S4L-Rotation) only, of at least one image per class."""
+        for key in ("labels_per_class", "labelled_batch_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{key} must be 1 or more, got {value}")
+        if self.labels_per_class is not None and self.views != "rotation":
+            raise ValueError(
+                f"data.labels_per_class={self.labels_per_class} adds labelled images to rotation batches "
+                f"(S4L-Rotation), and data.views={self.views}: set data.views=rotation"
+            )
+        if self.labelled_batch_size is not None and self.labels_per_class is None:
+            raise ValueError("data.labelled_batch_size is set without data.labels_per_class: set both or neither")
 
 
 def crop_keys(data: ImageDataConfig) -> tuple[str, ...]:
@@ -115,3 +145,18 @@ def prepared_image_side(data: ImageDataConfig) -> int | None:
     except (OSError, KeyError, SafetensorError):  # the data loader reports an unreadable file
         return None
     return h if h == w else None
+
+
+def prepared_image_channels(data: ImageDataConfig) -> int | None:
+    """The channels of a prepared dataset's images, read from its file's header (None: not prepared yet, another
+    source, or unreadable)."""
+    from mmssl.datasets import dataset_dir, is_prepared
+
+    if data.source != "prepared" or not is_prepared(data.name):
+        return None
+    path = dataset_dir(data.name) / data.split / ARRAYS_FILE
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.get_slice("images").get_shape()[1]
+    except (OSError, KeyError, SafetensorError, IndexError):  # the data loader reports an unreadable file
+        return None

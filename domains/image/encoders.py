@@ -31,9 +31,11 @@ class ImageEncoderConfig:
     ``arch=vit``: transformers' ViT (ViT-Tiny is hidden 192, 12 layers, 3 heads, FFN 768;
     ViT-S/16 hidden 384, 6 heads, FFN 1536). ``arch=resnet``: a ResNet with a small-image stem
     (3x3 stride-1 convolution, no max-pool, as for CIFAR in SimCLR), ``resnet_depth`` 18 or 34.
+    ``arch=imagegpt``: transformers' ImageGPT (Chen et al. 2020) on palette tokens, one per unit, each unit's pixels
+    averaged (:mod:`domains.image.imagegpt`; iGPT-S is hidden 512, 24 layers, 8 heads, FFN 2048, 512 colours).
     """
 
-    arch: Literal["vit", "resnet"] = "vit"
+    arch: Literal["vit", "resnet", "imagegpt"] = "vit"
     patch_size: int = 4  # pixels per patch side (units); 4 or 7 for 28x28 images
     hidden_size: int = 192
     num_layers: int = 6
@@ -43,11 +45,20 @@ class ImageEncoderConfig:
     attention_dropout: float = 0.0
     resnet_depth: Literal[18, 34] = 18
     resnet_width: int = 64  # channels of the first stage (doubling per stage); 64 is ResNet-18/34 as published
+    palette_size: int = 16  # imagegpt: k-means colours of the training pixels (iGPT: 512 RGB clusters; 16 for grey)
+    probe_layer: int | None = None  # imagegpt: layer whose pooled features are probed, 1..num_layers; None: the middle
+    max_positions: int | None = None  # imagegpt: n_positions (iGPT: 32*32=1024); None: the number of units
 
     def missing_capability(self, need: str) -> str | None:
         """Why this encoder cannot give ``need`` (a key of :data:`mmssl.objectives.base.ENCODER_NEEDS`), or None."""
         if self.arch == "resnet" and need in ("encode_visible", "mask_token"):
             return "encoder.arch=resnet pools whole images (no patch tokens to drop or mask); use encoder.arch=vit"
+        if self.arch == "imagegpt" and need in ("encode_visible", "mask_token"):
+            return "encoder.arch=imagegpt reads every unit as a palette token, with no mask token; use encoder.arch=vit"
+        if need == "feature_map" and self.arch == "imagegpt":
+            return "encoder.arch=imagegpt gives a sequence of palette tokens, no 2-D feature map; use resnet or vit"
+        if need == "start_token" and self.arch != "imagegpt":
+            return f"encoder.arch={self.arch} reads no start token; set encoder.arch=imagegpt"
         return None
 
     def __post_init__(self) -> None:
@@ -57,6 +68,18 @@ class ImageEncoderConfig:
             raise ValueError(
                 f"encoder.hidden_size={self.hidden_size} is not divisible by encoder.num_heads={self.num_heads}"
             )
+        self._check_imagegpt()
+
+    def _check_imagegpt(self) -> None:
+        """The palette has at least two colours, the probed layer exists, the context holds a token."""
+        if self.palette_size < 2:
+            raise ValueError(f"encoder.palette_size must be >= 2, got {self.palette_size}")
+        if self.probe_layer is not None and not 1 <= self.probe_layer <= self.num_layers:
+            raise ValueError(
+                f"encoder.probe_layer={self.probe_layer} must be a layer in [1, encoder.num_layers={self.num_layers}]"
+            )
+        if self.max_positions is not None and self.max_positions < 1:
+            raise ValueError(f"encoder.max_positions must be >= 1, got {self.max_positions}")
 
 
 class ViTEncoder(Encoder):
@@ -125,8 +148,11 @@ class ViTEncoder(Encoder):
         padding = torch.zeros(visible.shape, dtype=torch.bool, device=visible.device)
         return EncoderOutput(hidden=seq[:, 1:], padding_mask=padding, summary=seq[:, 0])
 
+    saves_export_extras = True  # an objective's head that ships with the export (the VAE's posterior mean)
+
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))
+        self.save_export_extras(out_dir)
 
 
 class ResNetEncoder(Encoder):
@@ -154,12 +180,26 @@ class ResNetEncoder(Encoder):
         padding = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         return EncoderOutput(hidden=hidden, padding_mask=padding, summary=hidden.mean(1), grid=tuple(fmap.shape[2:]))
 
+    saves_export_extras = True  # an objective's head that ships with the export (the VAE's posterior mean)
+
+    def output_padding_mask(self, batch: Batch) -> Tensor:
+        """``[B, h * w]`` all False: the final feature map's cells (each stride-2 stage halves a side, rounding up)."""
+        rows, cols = (side * self.patch_size for side in grid_of(batch))
+        for _ in range(self.model.downsamplings):
+            rows, cols = -(-rows // 2), -(-cols // 2)
+        return torch.zeros(batch.batch_size, rows * cols, dtype=torch.bool, device=batch.units.device)
+
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(str(out_dir))
+        self.save_export_extras(out_dir)
 
 
 def build_image_encoder(cfg: ImageEncoderConfig, image_size: tuple[int, int], channels: int) -> Encoder:
     """A freshly initialised encoder for ``channels x H x W`` images."""
+    if cfg.arch == "imagegpt":  # its vocabulary is the data's palette, which the domain's processor holds
+        raise ValueError(
+            "encoder.arch=imagegpt is built from its palette: domains.image.imagegpt.build_imagegpt_encoder"
+        )
     if cfg.arch == "resnet":
         return ResNetEncoder(
             SmallResNet(in_channels=channels, depth=cfg.resnet_depth, width=cfg.resnet_width), cfg.patch_size

@@ -33,6 +33,20 @@ def rotate(pixels: Tensor, generator: torch.Generator | None = None) -> tuple[Te
     return rotated[k, torch.arange(b, device=pixels.device)], k
 
 
+def rotate_all(pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """Every square image in all four rotations, rotation-major (RotNet's and S4L's batches).
+
+    Gidaris et al. (2018) feed the four rotated copies of each image in the same batch; S4L-Rotation
+    (Zhai et al. 2019) does too. Returns ``(images [4B, C, H, W], k int64 [4B])``: row ``r * B + i`` is
+    image ``i`` rotated by ``r * 90`` degrees (counter-clockwise, ``torch.rot90``), labelled ``r``.
+    """
+    if pixels.shape[-1] != pixels.shape[-2]:
+        raise ValueError(f"rotation needs square images, got {tuple(pixels.shape[-2:])}")
+    b = pixels.shape[0]
+    rotated = torch.cat([torch.rot90(pixels, r, dims=(2, 3)) for r in range(4)])
+    return rotated, torch.arange(4, device=pixels.device).repeat_interleave(b)
+
+
 def hamming_permutations(num_tiles: int, count: int, seed: int = 0) -> Tensor:
     """``count`` permutations of ``num_tiles`` tiles chosen greedily for maximal minimum Hamming distance.
 

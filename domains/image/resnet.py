@@ -67,6 +67,7 @@ class SmallResNet(nn.Module, PyTorchModelHubMixin, library_name="mmssl", tags=["
                 blocks.append(BasicBlock(in_ch, out_ch, stride=2 if stage > 0 and i == 0 else 1))
                 in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
+        self.downsamplings = len(STAGES[depth]) - 1  # stride-2 stages: the feature map is the input / 2**this
         self.out_dim = in_ch
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -79,7 +79,8 @@ class BlockCollator:
             if bool((lengths != L).any()):
                 raise ValueError("sentence pairs need blocks of equal length (data.packing=concat)")
             return build_pairs(raw, torch.full((B,), L // 2), torch.zeros(B, dtype=torch.bool), self.cls, self.sep)
-        if self.arch in ("gpt2", "t5"):  # no [CLS]/[SEP]: T5's span corruption appends </s> to what it builds
+        # no [CLS]/[SEP]: T5's span corruption appends </s> to what it builds; word2vec reads words only
+        if self.arch in ("gpt2", "t5", "word2vec"):
             return Batch(units=raw, padding_mask=torch.arange(L) >= lengths[:, None])
         # [CLS] ids [SEP] pad ...: each row's [SEP] goes right after its last id
         units = torch.cat([torch.full((B, 1), self.cls), raw, torch.full((B, 1), self.pad)], dim=1)

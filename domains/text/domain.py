@@ -23,6 +23,7 @@ from domains.text.encoders import HFTextEncoder, TextEncoderConfig, build_text_e
 from domains.text.t5 import build_t5_encoder, load_t5_encoder
 from domains.text.tasks import USER_TASKS, sequence_classifier, text_task_data
 from domains.text.tokenizer import check_tokenizer, load_tokenizer, train_tokenizer
+from domains.text.word2vec import is_word2vec_export, load_word2vec_encoder
 from mmssl.domain import PretrainData, RawFeatures, TaskData, needs_overrides
 from mmssl.encoder import Encoder
 from mmssl.registry import DOMAINS, registered_tasks
@@ -61,6 +62,7 @@ class TextDomain:
         labels or pairs."""
         given = {"causal": ("encoder.arch=gpt2",), "mlm_generator": ("encoder.arch=electra",)}
         given["seq2seq"] = ("encoder.arch=t5",)  # T5's encoder-decoder and sentinel tokens
+        given["unit_counts"] = ("encoder.arch=word2vec",)  # word vectors; the word-level tokenizer counts the corpus
         return needs_overrides(needs, given, base=("encoder.arch=bert",))
 
     # ------------------------------------------------------------------ pretraining
@@ -102,7 +104,7 @@ class TextDomain:
         data, enc = recipe.data, recipe.encoder
         texts = load_texts(data)
         tokenizer = self._tokenizer(data, enc.arch, texts, run_dir, enc.max_position_embeddings)
-        n_special = 0 if enc.arch in ("gpt2", "t5") else 3 if data.sentence_pairs else 2
+        n_special = 0 if enc.arch in ("gpt2", "t5", "word2vec") else 3 if data.sentence_pairs else 2
         length = data.block_size - n_special
         # an objective that shortens its rows (T5's span corruption: 568 raw tokens -> 512-token inputs) packs
         # raw rows of the length it turns into data.block_size units
@@ -173,6 +175,8 @@ class TextDomain:
 
     def load_encoder(self, export_dir: Path, random_init: bool = False) -> Encoder:
         tokenizer = load_tokenizer(export_dir)
+        if is_word2vec_export(export_dir):  # word vectors in word2vec's text format, no transformers model
+            return load_word2vec_encoder(export_dir, tokenizer, random_init)
         config = AutoConfig.from_pretrained(str(export_dir))
         if config.model_type == "t5":  # T5ForConditionalGeneration: features from its encoder stack
             return load_t5_encoder(export_dir, tokenizer, random_init)

@@ -27,6 +27,7 @@ from transformers import (
 )
 from transformers.models.bert.modeling_bert import BertLayer
 
+from domains.text.word2vec import build_word2vec_encoder
 from mmssl.encoder import Encoder
 from mmssl.types import Batch, EncoderOutput, Extra
 
@@ -37,9 +38,11 @@ class TextEncoderConfig:
     BERT-base / GPT-2 small are hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072;
     ``electra`` is ELECTRA's discriminator (``ElectraForPreTraining``), ELECTRA-Small 12 x 256 with 4 heads;
     ``t5`` is ``T5ForConditionalGeneration`` with ``num_layers`` in its encoder and in its decoder, ``dropout`` its
-    one dropout rate (:mod:`domains.text.t5`; t5-small: 6 + 6 layers x 512, 8 heads, d_ff 2048)."""
+    one dropout rate (:mod:`domains.text.t5`; t5-small: 6 + 6 layers x 512, 8 heads, d_ff 2048);
+    ``word2vec`` is a table of ``hidden_size``-wide word vectors over a word-level vocabulary (:mod:`domains.text.word2vec`;
+    Mikolov et al. 2013: 300), which reads no other size and ``init_from`` a word2vec export."""
 
-    arch: Literal["bert", "gpt2", "electra", "t5"] = "bert"
+    arch: Literal["bert", "gpt2", "electra", "t5", "word2vec"] = "bert"
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
@@ -68,6 +71,8 @@ class TextEncoderConfig:
             return f"encoder.arch={self.arch} has none; set encoder.arch=electra"
         if need == "seq2seq" and self.arch != "t5":
             return f"encoder.arch={self.arch} has no decoder; set encoder.arch=t5"
+        if need == "unit_counts" and self.arch != "word2vec":
+            return f"encoder.arch={self.arch} carries no corpus counts of its units; set encoder.arch=word2vec"
         return None
 
 
@@ -309,8 +314,11 @@ class HFTextEncoder(Encoder):
         self.save_export_extras(out_dir)
 
 
-def build_text_encoder(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> HFTextEncoder:
-    """A fresh BERT/GPT-2 sized by ``cfg`` and the tokenizer, or ``cfg.init_from`` checked against the tokenizer."""
+def build_text_encoder(cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> Encoder:
+    """A fresh BERT/GPT-2 sized by ``cfg`` and the tokenizer, or ``cfg.init_from`` checked against the tokenizer;
+    ``word2vec``: a table of word vectors (:func:`domains.text.word2vec.build_word2vec_encoder`)."""
+    if cfg.arch == "word2vec":
+        return build_word2vec_encoder(cfg.hidden_size, tokenizer, cfg.init_from)
     if cfg.init_from is None:
         return HFTextEncoder(_fresh_model(cfg, tokenizer), tokenizer)
     auto = {"bert": AutoModelForMaskedLM, "gpt2": AutoModelForCausalLM, "electra": AutoModelForPreTraining}[cfg.arch]

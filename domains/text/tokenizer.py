@@ -6,9 +6,10 @@ import json
 import logging
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, T5Tokenizer
 
@@ -182,12 +183,78 @@ def _t5_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) -
     return T5Tokenizer(vocab=pieces, extra_ids=T5_EXTRA_IDS, model_max_length=max_length)
 
 
+WORD_ARCHS = ("word2vec",)  # encoders that learn one vector per whole word: a word-level vocabulary with counts
+WORD_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "eos_token": "</s>"}  # </s>: word2vec.c's line end
+WORD_COUNTS_KEY = "unit_counts"  # init kwarg of a word-level tokenizer: the corpus count of every id
+
+
+def _word_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, max_length: int) -> PreTrainedTokenizerFast:
+    """A word-level vocabulary (``tokenizers``' ``WordLevel``) with the corpus count of every word, for word2vec.
+
+    Words are BERT's pre-tokens (split at whitespace and punctuation, lowercased with ``cfg.lowercase``). Every
+    word of ``texts`` is counted, the ones seen at least ``cfg.min_frequency`` times (word2vec.c's ``min_count``)
+    are kept, at most ``cfg.vocab_size`` in all, numbered by falling count, then alphabetically, after the specials
+    :data:`WORD_SPECIALS` (word2vec.c also sorts its vocabulary by count). Rarer words become ``[UNK]``. The counts
+    (0 for the specials) travel with the tokenizer as its ``unit_counts`` init kwarg, so ``save_pretrained`` writes
+    them into ``tokenizer_config.json`` and a resumed run or an export reads the same ones back.
+    """
+    texts = list(texts)
+    specials = list(WORD_SPECIALS.values())
+    counts = word_counts(_word_pipeline(Tokenizer(models.WordLevel(unk_token=specials[1])), cfg), texts)
+    kept = sorted(((w, c) for w, c in counts.items() if c >= cfg.min_frequency), key=lambda wc: (-wc[1], wc[0]))
+    kept = kept[: max(cfg.vocab_size - len(specials), 0)]
+    vocab = {w: i for i, w in enumerate(specials + [w for w, _ in kept])}
+    tok = _word_pipeline(Tokenizer(models.WordLevel(vocab=vocab, unk_token=specials[1])), cfg)
+    tok.add_special_tokens(specials)
+    unit_counts = [0] * len(specials) + [c for _, c in kept]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_max_length=max_length, **WORD_SPECIALS, **{WORD_COUNTS_KEY: unit_counts}
+    )
+
+
+def _word_pipeline(tok: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
+    """BERT's normaliser (lowercasing with ``cfg.lowercase``) and pre-tokeniser (whitespace and punctuation)."""
+    tok.normalizer = normalizers.BertNormalizer(lowercase=cfg.lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
+
+
+def word_counts(tok: Tokenizer, texts: list[str], chunk: int = 10_000) -> dict[str, int]:
+    """How often each word of ``texts`` occurs, words as ``tok``'s pre-tokenizer cuts them.
+
+    A ``WordLevelTrainer`` pass with no minimum count collects every word; the texts are then encoded (in Rust,
+    in chunks) and the ids counted: the trainer keeps its counts to itself.
+    """
+    specials = list(WORD_SPECIALS.values())
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=2**31 - 1, min_frequency=0, special_tokens=specials, show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    counts = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    for start in range(0, len(texts), chunk):
+        encoded = tok.encode_batch(texts[start : start + chunk], add_special_tokens=False)
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encoded), dtype=np.int64)
+        counts += np.bincount(ids, minlength=len(counts))
+    return {w: int(counts[i]) for w, i in tok.get_vocab().items() if w not in specials}
+
+
+def tokenizer_model_type(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The ``tokenizers`` model of a fast tokenizer (``WordLevel``, ``WordPiece``, ``BPE``, ``Unigram``), else its class."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return type(tokenizer).__name__
+    return json.loads(backend.to_str())["model"]["type"]
+
+
 WORDPIECE_ARCHS = ("bert", "electra")  # encoders that read [CLS] ... [SEP] blocks of a WordPiece vocabulary
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, arch: str, max_length: int) -> PreTrainedTokenizerFast:
     """Train a tokenizer suited to ``arch`` (``bert``, ``electra``: WordPiece, ``gpt2``: byte-level BPE)."""
     texts = islice(texts, cfg.train_texts)
+    if arch in WORD_ARCHS:  # whole words and their corpus counts (word2vec)
+        log.info("counting the words of up to %d texts (at most %d kept)", cfg.train_texts, cfg.vocab_size)
+        return _word_tokenizer(texts, cfg, max_length)
     if arch == "t5":  # unigram pieces, T5's specials and sentinels
         log.info("training a unigram tokenizer (vocabulary of %d) on up to %d texts", cfg.vocab_size, cfg.train_texts)
         return _t5_tokenizer(texts, cfg, max_length)
@@ -208,8 +275,35 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerBase, arch: str, source: str) -> None:
-    """The special tokens each architecture needs must exist."""
+    """The special tokens each architecture needs must exist; word2vec needs a word-level vocabulary with counts."""
+    if arch in WORD_ARCHS:
+        check_word_tokenizer(tokenizer, arch, source)
+        return
     needed = ("mask_token", "cls_token", "sep_token", "pad_token") if arch in WORDPIECE_ARCHS else ("eos_token",)
     missing = [name for name in needed if getattr(tokenizer, name, None) is None]
     if missing:
         raise ValueError(f"tokenizer {source} has no {', '.join(missing)}, which a {arch} encoder needs")
+
+
+def check_word_tokenizer(tokenizer: PreTrainedTokenizerBase, arch: str, source: str) -> None:
+    """A word-level vocabulary with a pad and an unknown token and the corpus count of every word.
+
+    Raises:
+        ValueError: Naming ``data.tokenizer.name_or_path`` when the tokenizer is subword or carries no counts.
+    """
+    kind = tokenizer_model_type(tokenizer)
+    if kind != "WordLevel":
+        raise ValueError(
+            f"data.tokenizer.name_or_path: tokenizer {source} is a {kind} (subword) vocabulary, but encoder.arch={arch} "
+            "learns one vector per whole word and needs a word-level one: leave data.tokenizer.name_or_path out to "
+            "train one on the corpus"
+        )
+    missing = [name for name in ("pad_token", "unk_token") if getattr(tokenizer, name, None) is None]
+    if missing:
+        raise ValueError(f"data.tokenizer.name_or_path: tokenizer {source} has no {', '.join(missing)}")
+    if WORD_COUNTS_KEY not in tokenizer.init_kwargs:
+        raise ValueError(
+            f"data.tokenizer.name_or_path: tokenizer {source} carries no corpus counts ({WORD_COUNTS_KEY}), which "
+            f"encoder.arch={arch} draws its negatives and subsampling from: leave data.tokenizer.name_or_path out to "
+            "train one, or point it at the tokenizer of a word2vec run or export"
+        )

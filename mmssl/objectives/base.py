@@ -3,11 +3,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
 from mmssl.encoder import Encoder
 from mmssl.types import Batch, ObjectiveOutput
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """A module an objective trains against its own loss, with its own AdamW (:meth:`Objective.adversary`).
+
+    Its parameters leave the main optimizer; the trainer minimises ``ObjectiveOutput.adversary_loss`` over them
+    alone, with AdamW at peak ``lr`` on the run's warmup + cosine schedule (``train.warmup_steps``,
+    ``train.max_steps``). GANs train their discriminator so (Goodfellow et al. 2014; DCGAN: Adam, lr 2e-4,
+    betas (0.5, 0.999)).
+
+    Attributes:
+        module: the adversary, a submodule of the objective (saved, moved and DDP-wrapped with the model).
+        lr: its peak learning rate.
+        betas: its Adam betas.
+        weight_decay: its decoupled weight decay (never on biases and norm weights, as the main optimizer's).
+        eps: its Adam epsilon.
+    """
+
+    module: nn.Module
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.eps <= 0 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(
+                f"Adversary needs lr > 0, weight_decay >= 0, eps > 0 and betas in [0, 1), got lr={self.lr}, "
+                f"weight_decay={self.weight_decay}, eps={self.eps}, betas={tuple(self.betas)}"
+            )
 
 
 class Objective(nn.Module):
@@ -30,6 +62,21 @@ class Objective(nn.Module):
     def after_optimizer_step(self, encoder: Encoder, step: int, max_steps: int) -> None:
         """Hook for momentum/EMA updates and schedules, given the (unwrapped) student ``encoder``;
         ``step`` counts completed optimizer steps (1 after the first)."""
+
+    artifact_samples: int = 0  # training samples write_artifacts reads after pretraining; 0: it writes nothing
+
+    def write_artifacts(self, encoder: Encoder, batch: Batch, run_dir: Path) -> list[Path]:
+        """Hook for files of the objective's own, written into ``run_dir`` after pretraining (the VAE's sample grid)
+        from a batch of the first ``artifact_samples`` training samples, in eval mode; returns their paths."""
+        return []
+
+    def adversary(self) -> Adversary | None:
+        """The submodule trained against this objective by its own optimizer (a GAN's discriminator), or None.
+
+        The trainer leaves its parameters out of the main optimizer and minimises the output's
+        ``adversary_loss`` over them alone (:mod:`mmssl.adversary`).
+        """
+        return None
 
 
 class SSLModel(nn.Module):
@@ -65,6 +112,8 @@ BATCH_NEEDS: dict[str, str] = {
     "generation": "extras[Extra.GEN_ATTR] and extras[Extra.GEN_PAIRS]: units and links to regenerate (GPT-GNN)",
     "pair": "Batch.pair: the paired input of another modality, for a TwoTowerEncoder",
     "sample_index": "extras[Extra.SAMPLE_INDEX]: each sample's position in the training data (DeepCluster's memory)",
+    "lightness": "units of the lightness L* of colour images, their sRGB pixels in extras[Extra.PIXELS] (colorization)",
+    "supervised_labels": "extras[Extra.SUPERVISED_LABELS]: class ids of the labelled samples, -100 at the others (S4L)",
 }
 ENCODER_NEEDS: dict[str, str] = {
     "causal": "Encoder.causal: the output at unit t sees units <= t only",
@@ -73,6 +122,9 @@ ENCODER_NEEDS: dict[str, str] = {
     "quantizer_head": "Encoder.quantizer_head and Encoder.encode_with_features (wav2vec 2.0)",
     "mlm_generator": "Encoder.mlm_generator and Encoder.replaced_token_head (ELECTRA's generator and discriminator)",
     "seq2seq": "Encoder.decode, Encoder.sentinel_ids and eos_token_id: a sequence-to-sequence model (T5)",
+    "start_token": "Encoder.encode_from_start: units read as ids behind a start token (ImageGPT)",
+    "unit_counts": "Encoder.unit_counts: the pretraining corpus count of every unit id (word2vec)",
+    "feature_map": "EncoderOutput.grid: outputs on a 2-D grid, a feature map a convolutional decoder upsamples (DAE)",
 }
 NEEDS: dict[str, str] = {**BATCH_NEEDS, **ENCODER_NEEDS}
 

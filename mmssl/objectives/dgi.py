@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.encoder import Encoder
 from mmssl.objectives.base import Objective
+from mmssl.objectives.infomax import jsd_loss, summary_projection
 from mmssl.types import Batch, ObjectiveOutput
 
 
@@ -71,7 +71,7 @@ def dgi_logits(
     """
     if pos.shape != neg.shape or pos.ndim != 2:
         raise ValueError(f"pos and neg must both be [N, D], got {tuple(pos.shape)} and {tuple(neg.shape)}")
-    ws = summary.float().reshape(-1, summary.shape[-1]) @ weight.float().T  # [S, D]: row j is W s_j
+    ws = summary_projection(summary, weight)  # [S, D]: row j is W s_j
     if index is not None:
         ws = ws[index]
     elif ws.shape[0] != pos.shape[0]:
@@ -86,18 +86,12 @@ def dgi_loss(pos: Tensor, neg: Tensor, summary: Tensor, weight: Tensor, index: T
 
     ``BCE(D(h_i, s_i), 1)`` averaged over the ``N`` positive locals plus ``BCE(D(h~_i, s_i), 0)``
     averaged over the ``N`` corrupted ones (the two means summed, as PyG's
-    ``DeepGraphInfomax.loss`` does). Arguments as :func:`dgi_logits`.
+    ``DeepGraphInfomax.loss`` does: :func:`mmssl.objectives.infomax.jsd_loss`). Arguments as :func:`dgi_logits`.
 
     Returns:
         Scalar loss.
     """
-    return _bce_pair(*dgi_logits(pos, neg, summary, weight, index))
-
-
-def _bce_pair(pos_logits: Tensor, neg_logits: Tensor) -> Tensor:
-    return F.binary_cross_entropy_with_logits(
-        pos_logits, torch.ones_like(pos_logits)
-    ) + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
+    return jsd_loss(*dgi_logits(pos, neg, summary, weight, index))
 
 
 @dataclass(frozen=True)
@@ -129,7 +123,7 @@ class DGI(Objective):
             h_pos, h_neg = pos.pooled(), neg.pooled()
             summary, rows = torch.sigmoid(h_pos.mean(0)), None
         pos_logits, neg_logits = dgi_logits(h_pos, h_neg, summary, self.weight, rows)
-        loss = _bce_pair(pos_logits, neg_logits)
+        loss = jsd_loss(pos_logits, neg_logits)
         with torch.no_grad():
             accuracy = torch.cat([pos_logits > 0, neg_logits <= 0]).float().mean()
         return ObjectiveOutput(loss=loss, terms={"dgi": loss}, logs={"discriminator_accuracy": accuracy})

@@ -98,6 +98,35 @@ def _seq2seq(encoder: Encoder, batch: Batch) -> bool:
     return tuple(logits.shape) == (*targets.shape, encoder.vocab_size)
 
 
+def _unit_counts(encoder: Encoder, batch: Batch) -> bool:
+    """The encoder gives a ``[V]`` count of every unit id, some of them positive (word2vec's corpus counts)."""
+    counts = encoder.unit_counts()
+    return counts is not None and tuple(counts.shape) == (encoder.vocab_size,) and bool((counts > 0).any())
+
+
+@torch.no_grad()
+def _start_token(encoder: Encoder, batch: Batch) -> bool:
+    """The encoder reads the units as ``[B, T]`` ids behind a start token: the first output has read the start token
+    alone, so it is the same in every row (in eval mode: no dropout)."""
+    training = encoder.training
+    encoder.eval()
+    try:
+        hidden, ids = encoder.encode_from_start(batch)
+    except CapabilityError:  # the protocol's default
+        return False
+    finally:
+        encoder.train(training)
+    first = hidden[:, 0]
+    shapes = ids.dtype == torch.long and ids.shape == batch.padding_mask.shape and hidden.shape[:2] == ids.shape
+    return shapes and torch.allclose(first, first[:1].expand_as(first), atol=1e-5)
+
+
+def _feature_map(encoder: Encoder, batch: Batch) -> bool:
+    """The encoder's outputs lie on a 2-D grid (``EncoderOutput.grid``) that holds them all: a feature map."""
+    out = encoder.encode(batch)
+    return out.grid is not None and out.grid[0] * out.grid[1] == out.hidden.shape[1]
+
+
 def _extra(key: Extra, shape: Callable[[Batch], tuple[int, ...]]) -> Callable[[Encoder, Batch], bool]:
     """The batch carries ``extras[key]`` of the given shape."""
     return lambda encoder, batch: key in batch.extras and tuple(batch.extras[key].shape) == shape(batch)
@@ -111,12 +140,25 @@ NEED_CHECKS: dict[str, Callable[[Encoder, Batch], bool]] = {
     "generation": lambda encoder, batch: Extra.GEN_ATTR in batch.extras and Extra.GEN_PAIRS in batch.extras,
     "pair": lambda encoder, batch: isinstance(batch.pair, Batch),
     "sample_index": _extra(Extra.SAMPLE_INDEX, lambda batch: (batch.batch_size,)),
+    "supervised_labels": lambda encoder, batch: (
+        _extra(Extra.SUPERVISED_LABELS, lambda b: (b.batch_size,))(encoder, batch)
+        and bool((batch.extras[Extra.SUPERVISED_LABELS] >= 0).any())  # at least one labelled row
+    ),
+    "lightness": lambda encoder, batch: (
+        Extra.PIXELS in batch.extras
+        and batch.extras[Extra.PIXELS].shape[1] == 3
+        and encoder.unit_dim == batch.units.shape[-1]
+        and batch.units.shape[-1] * batch.units.shape[1] == batch.extras[Extra.PIXELS][0, 0].numel()
+    ),
     "causal": _causal,
     "encode_visible": _visible,
     "mask_token": _mask_token,
     "quantizer_head": _quantizer,
     "mlm_generator": _generator,
     "seq2seq": _seq2seq,
+    "start_token": _start_token,
+    "unit_counts": _unit_counts,
+    "feature_map": _feature_map,
 }
 
 
