@@ -262,4 +262,6 @@ def _ddp_routing(rank: int) -> None:
 
 @pytest.mark.timeout(120)
 def test_ddp_routes_and_averages_the_adversary_gradient(tmp_path: Path) -> None:
+    """Each of the two processes asserts in :func:`_ddp_routing` that its gradients equal one process's on the global
+    batch; ``run_in_two_processes`` raises when either worker fails."""
     run_in_two_processes(_ddp_routing, tmp_path)
